@@ -1,0 +1,312 @@
+"""``udaseg`` command line: parse options, build a config, call one stage, print the result.
+
+Kept thin and import-light: torch, SimpleITK and h5py are imported inside the commands, so
+``udaseg --help`` answers immediately. Options that change results are listed apart from the
+runtime-only ones (workers, output format) in the help.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from udaseg import __version__
+from udaseg.errors import UdasegError
+
+app = typer.Typer(
+    name="udaseg",
+    help="Unsupervised cross-modality domain adaptation for medical image segmentation: "
+    "labelled source scans + unlabelled target scans -> a segmenter for the target. "
+    "Stages share artifacts under --work and can each run alone (e.g. on their own GPU node).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+
+RESULTS = "Options that change results"
+RUNTIME = "Runtime options (results unchanged)"
+
+WorkOpt = Annotated[
+    Path,
+    typer.Option(
+        "--work",
+        "-w",
+        help="Workspace root: stages read and write their artifacts under it.",
+        rich_help_panel=RESULTS,
+    ),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print a machine-readable JSON summary on stdout (progress goes to stderr).",
+        rich_help_panel=RUNTIME,
+    ),
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Rebuild even if the artifact is current, "
+        "and use inputs that changed since they were made.",
+        rich_help_panel=RUNTIME,
+    ),
+]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers", "-j", min=1, help="Cases processed in parallel.", rich_help_panel=RUNTIME
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"udaseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """udaseg: staged, reproducible UDA pipelines (SIFA, DAR-UNet, AttENT, BiGL, GLUA)."""
+
+
+def _emit(summary: object, as_json: bool, table: str | None = None) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    elif table:
+        from rich.console import Console
+
+        Console().print(table)
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError as exc:
+        raise UdasegError(f'--shard "{text}" must look like i/n, e.g. 0/4', exit_code=2) from exc
+    if count < 1 or not 0 <= index < count:
+        raise UdasegError(f"--shard {text}: need 0 <= i < n", exit_code=2)
+    return index, count
+
+
+@app.command(rich_help_panel="Data")
+def phantom(
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder to write the raw phantom dataset into.",
+            rich_help_panel=RESULTS,
+        ),
+    ],
+    task: Annotated[
+        str,
+        typer.Option(
+            help="abdomen (BTCV-like CT + CHAOS-like MR, SSL-ALPNet "
+            "layout) or cardiac (MMWHS layout).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = "abdomen",
+    seed: Annotated[int, typer.Option(help="Random seed.", rich_help_panel=RESULTS)] = 0,
+    size: Annotated[
+        str, typer.Option(help="small (demo) or tiny (tests).", rich_help_panel=RESULTS)
+    ] = "small",
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a small synthetic cross-modality dataset in a real dataset's file layout.
+
+    The folder also gets dataset.yaml, a manifest for `udaseg preprocess`, e.g.:
+    udaseg phantom --out W/raw && udaseg preprocess W/raw/dataset.yaml --raw W/raw --work W
+    """
+    from udaseg.stages import phantom as stage
+
+    summary = stage.run(task, out, seed=seed, size=size)
+    _emit(
+        summary,
+        as_json,
+        f"wrote the {task} phantom to {out} "
+        f"({summary['cases']} cases); manifest: {summary['manifest']}",
+    )
+
+
+@app.command(rich_help_panel="Stages")
+def preprocess(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="Built-in dataset (mmwhs, chaos, btcv, "
+            "abdominal-normalized, sifa-tfrecords, brats, "
+            "crossmoda, custom) or the path of a manifest YAML."
+        ),
+    ],
+    work: WorkOpt,
+    raw: Annotated[
+        Path | None,
+        typer.Option(
+            "--raw",
+            "-r",
+            help="The downloaded dataset folder (layout as the manifest says).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    domain: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--domain",
+            "-d",
+            help="Only this domain (repeatable; default all).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a manifest key, e.g. --set geometry.inplane_mm=2.0 (repeatable).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Process only shard i of n (0-based), e.g. "
+            "${SLURM_ARRAY_TASK_ID}/8; merge with "
+            "--merge-shards.",
+            rich_help_panel=RUNTIME,
+        ),
+    ] = None,
+    merge_shards: Annotated[
+        bool,
+        typer.Option(
+            "--merge-shards", help="Join finished shards into one store.", rich_help_panel=RUNTIME
+        ),
+    ] = False,
+    workers: WorkersOpt = 1,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Raw scans -> reoriented, resampled, cropped, normalised volumes in HDF5 (one per domain)."""
+    from udaseg.progress import rich_progress
+    from udaseg.stages import preprocess as stage
+
+    config = stage.PreprocessConfig(
+        dataset=dataset,
+        raw=raw,
+        domains=domain or None,
+        overrides=set_ or [],
+        shard=_parse_shard(shard),
+        merge_shards=merge_shards,
+        workers=workers,
+    )
+    with rich_progress(enabled=sys.stderr.isatty() or not as_json) as progress:
+        manifests = stage.run(config, work, force=force, progress=progress)
+    summaries = [m.summary for m in manifests]
+    lines = [
+        f"{s['dataset']}/{s['domain']}: {s['cases']} cases"
+        + (" (up to date, skipped)" if s.get("skipped") else f" in {s.get('seconds', 0)} s")
+        + f" -> {s['output']}"
+        for s in summaries
+    ]
+    _emit(summaries if len(summaries) > 1 else summaries[0], as_json, "\n".join(lines))
+
+
+def _not_built(stage: str, issue: int, what: str) -> NoReturn:
+    raise UdasegError(
+        f"`udaseg {stage}` is not built yet in udaseg {__version__} ({what}; tracked as issue "
+        f"#{issue})",
+        hint="use a newer udaseg, or run the stages that are available",
+        exit_code=3,
+    )
+
+
+_PLANNED = {
+    "cluster-styles": (5, "KMeans over target style codes -> k representative styles"),
+    "segment-train": (4, "train a 2D/3D segmenter on translated, source or target data"),
+    "adapt": (6, "SIFA / AdaptSegNet / ADVENT / AttENT / GLUA / BiGL adversarial adaptation"),
+    "predict": (4, "sliding-window inference -> NIfTI in the original geometry"),
+    "evaluate": (3, "Dice, ASSD/ASD and HD95 per class and case, with paper-style tables"),
+    "run": (7, "run a recipe's stages in order, skipping completed ones"),
+    "report": (7, "HTML/Markdown report with pictures and tables"),
+}
+
+
+def _planned_command(name: str, issue: int, what: str) -> None:
+    def command(
+        args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None,
+    ) -> None:
+        _not_built(name, issue, what)
+
+    command.__doc__ = f"{what[0].upper()}{what[1:]}. [dim](not built yet)[/dim]"
+    app.command(
+        name,
+        rich_help_panel="Stages",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(command)
+
+
+translate_app = typer.Typer(
+    help="Image-to-image translation: train a translator, render "
+    "source scans in target styles. [dim](not built yet)[/dim]",
+    no_args_is_help=False,
+    invoke_without_command=True,
+)
+
+
+@translate_app.callback(
+    invoke_without_command=True,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def _translate(ctx: typer.Context) -> None:
+    """CycleGAN / attention-CycleGAN / disentangled / domain-style translators."""
+    _not_built(
+        f"translate {ctx.invoked_subcommand or ''}".strip(),
+        5,
+        "CycleGAN, attention-CycleGAN, disentangled and domain-style translators",
+    )
+
+
+for _sub in ("train", "apply"):
+    translate_app.command(
+        _sub, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+    )(lambda: None)
+app.add_typer(translate_app, name="translate", rich_help_panel="Stages")
+for _name, (_issue, _what) in _PLANNED.items():
+    _planned_command(_name, _issue, _what)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning UdasegError into a clean message."""
+    try:
+        app()
+    except UdasegError as exc:
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+
+
+def _print_error(exc: UdasegError) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    text = Text("error: ", style="bold red")
+    text.append(str(exc))
+    Console(stderr=True).print(text)
+
+
+if __name__ == "__main__":
+    main()

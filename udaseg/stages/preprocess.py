@@ -1,0 +1,288 @@
+"""``udaseg preprocess``: raw scans -> normalised volumes + slice index, one HDF5 store per domain.
+
+Output, one artifact per domain: ``W/preprocessed/<dataset>__<domain>/`` holding ``store.h5`` (see
+``udaseg.data.store``), ``fingerprint.json`` (spacings, shapes, intensity and class statistics),
+``splits.json`` and ``manifest.json``. With ``shard=(i, n)`` only every n-th case starting at i is
+processed into ``<dataset>__<domain>__shard-<i>-of-<n>/``; ``merge_shards`` then joins the n shard
+artifacts into the plain one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from udaseg import artifacts
+from udaseg.data.manifest import DatasetManifest, Domain, load_manifest
+from udaseg.data.pipeline import ProcessedCase, preprocess_case, source_fingerprint
+from udaseg.data.readers import CaseFiles, find_cases
+from udaseg.data.splits import make_splits
+from udaseg.data.store import StoreWriter, merge_stores
+from udaseg.errors import UdasegError
+from udaseg.progress import NullProgress, Progress
+
+STAGE = "preprocess"
+# bump when the preprocessing of the same inputs would give different arrays
+PIPELINE_VERSION = 1
+
+
+@dataclass
+class PreprocessConfig:
+    """Options of one preprocess run.
+
+    dataset: built-in manifest name or path of a manifest YAML; raw: the downloaded data folder;
+    domains: which domains (None = all); overrides: ``key=value`` manifest overrides;
+    shard: (i, n) with 0 <= i < n, or None; merge_shards: join finished shards instead;
+    workers: parallel case processes (runtime only).
+    """
+
+    dataset: str
+    raw: Path | None = None
+    domains: list[str] | None = None
+    overrides: list[str] = field(default_factory=list)
+    shard: tuple[int, int] | None = None
+    merge_shards: bool = False
+    workers: int = 1
+
+
+def output_dir(work: Path, dataset: str, domain: str, shard: tuple[int, int] | None = None) -> Path:
+    name = f"{dataset}__{domain}"
+    if shard is not None:
+        name += f"__shard-{shard[0]}-of-{shard[1]}"
+    return Path(work) / "preprocessed" / name
+
+
+def run(
+    config: PreprocessConfig,
+    work: Path,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> list[artifacts.Manifest]:
+    """Preprocess each requested domain; returns one manifest per domain (its summary inside).
+
+    A domain whose artifact is complete and was built from the same manifest, options and raw
+    files is skipped (its summary says ``"skipped": true``) unless ``force``.
+    """
+    progress = progress or NullProgress()
+    manifest = load_manifest(config.dataset, config.overrides)
+    domains = config.domains or list(manifest.domains)
+    results = []
+    for name in domains:
+        domain = manifest.domain(name)
+        if config.merge_shards:
+            results.append(_merge(manifest, domain, Path(work), progress))
+        else:
+            results.append(_run_domain(manifest, domain, config, Path(work), force, progress))
+    return results
+
+
+def _stage_config(
+    manifest: DatasetManifest, domain: Domain, config: PreprocessConfig, cases: list[CaseFiles]
+) -> dict:
+    return {
+        "dataset": manifest.name,
+        "domain": domain.name,
+        "manifest": manifest.raw,
+        "raw": str(Path(config.raw).resolve()),
+        "raw_fingerprint": artifacts.config_hash({"files": source_fingerprint(cases)}),
+        "shard": list(config.shard) if config.shard else None,
+        "pipeline_version": PIPELINE_VERSION,
+        "workers": config.workers,
+    }
+
+
+def _run_domain(manifest, domain, config, work, force, progress) -> artifacts.Manifest:
+    if config.raw is None:
+        raise UdasegError("preprocess needs --raw (the downloaded data folder)", exit_code=2)
+    all_cases = find_cases(domain, config.raw)
+    cases = _shard(all_cases, config.shard)
+    out = output_dir(work, manifest.name, domain.name, config.shard)
+    stage_config = _stage_config(manifest, domain, config, cases)
+    if not force and artifacts.is_current(out, stage_config, {}):
+        progress.log(f"{out} is up to date (same manifest, options and raw files); skipped")
+        done = artifacts.load_manifest(out)
+        done.summary = {**done.summary, "skipped": True}
+        return done
+    started = time.perf_counter()
+    with artifacts.building(out) as tmp:
+        try:
+            stats = _write_store(
+                manifest, domain, cases, tmp / "store.h5", config.workers, progress
+            )
+            splits = make_splits(manifest, domain, [c.case_id for c in all_cases])
+            _write_json(tmp / "splits.json", splits)
+            _write_json(tmp / "fingerprint.json", fingerprint(manifest, domain, stats))
+        except BaseException:
+            # nothing to resume in preprocessing: leave no half-written store behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        summary = {
+            "dataset": manifest.name,
+            "domain": domain.name,
+            "output": str(out),
+            "cases": len(cases),
+            "slices": int(sum(s["processed"]["size"][2] for s in stats)),
+            "split_sizes": {k: len(splits[k]) for k in ("train", "val", "test")},
+            "seconds": round(time.perf_counter() - started, 2),
+            "skipped": False,
+        }
+        return artifacts.publish(tmp, out, stage=STAGE, config=stage_config, summary=summary)
+
+
+def _shard(cases: list[CaseFiles], shard: tuple[int, int] | None) -> list[CaseFiles]:
+    if shard is None:
+        return cases
+    index, count = shard
+    if not 0 <= index < count:
+        raise UdasegError(
+            f"--shard {index}/{count}: the index must be in 0..{count - 1}",
+            hint="SLURM: --shard ${SLURM_ARRAY_TASK_ID}/N with --array=0-(N-1)",
+            exit_code=2,
+        )
+    return cases[index::count]
+
+
+def _write_store(manifest, domain, cases, path, workers, progress) -> list[dict]:
+    task = progress.task(f"preprocess {manifest.name}/{domain.name}", len(cases))
+    metas = []
+    with StoreWriter(
+        path,
+        dataset=manifest.name,
+        domain=domain.name,
+        modality=domain.modality,
+        view=manifest.view,
+        classes=manifest.classes,
+        labelled=domain.labelled,
+    ) as store:
+        for result in _process_all(manifest, domain, cases, workers):
+            store.add_case(result.case_id, result.image, result.label, result.meta)
+            metas.append(result.meta)
+            progress.advance(task, case=result.case_id)
+    return metas
+
+
+def _process_all(manifest, domain, cases, workers):
+    """Yield processed cases in case order, computed in ``workers`` processes."""
+    if workers <= 1 or len(cases) <= 1:
+        for case in cases:
+            yield preprocess_case(manifest, domain, case)
+        return
+    # spawn, not fork: SimpleITK's thread pool does not survive a fork safely
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(preprocess_case, manifest, domain, case) for case in cases]
+        for future in futures:
+            result: ProcessedCase = future.result()
+            yield result
+
+
+def fingerprint(manifest: DatasetManifest, domain: Domain, metas: list[dict]) -> dict:
+    """Dataset statistics of one domain: spacings, shapes, orientations, intensities, classes."""
+
+    def summary(values) -> dict:
+        values = np.asarray(values, dtype=float)
+        return {
+            "min": values.min(0).tolist(),
+            "median": np.median(values, 0).tolist(),
+            "max": values.max(0).tolist(),
+        }
+
+    orientations: dict[str, int] = {}
+    for meta in metas:
+        code = meta["original"]["orientation"]
+        orientations[code] = orientations.get(code, 0) + 1
+    class_voxels = [m["class_voxels"] for m in metas if m["class_voxels"] is not None]
+    return {
+        "dataset": manifest.name,
+        "domain": domain.name,
+        "modality": domain.modality,
+        "view": manifest.view,
+        "classes": list(manifest.classes),
+        "cases": len(metas),
+        "original_spacing_xyz_mm": summary([m["original"]["spacing"] for m in metas]),
+        "original_size_xyz": summary([m["original"]["size"] for m in metas]),
+        "original_orientations": orientations,
+        "processed_spacing_xyz_mm": summary([m["processed"]["spacing"] for m in metas]),
+        "processed_size_xyz": summary([m["processed"]["size"] for m in metas]),
+        "intensity_raw": {
+            key: summary([m["intensity"][key] for m in metas]) for key in metas[0]["intensity"]
+        }
+        if metas
+        else {},
+        "class_voxels_total": np.sum(class_voxels, axis=0).tolist() if class_voxels else None,
+        "seconds_per_case": summary([[m["seconds"]] for m in metas]),
+    }
+
+
+def _merge(manifest, domain, work, progress) -> artifacts.Manifest:
+    parent = work / "preprocessed"
+    prefix = f"{manifest.name}__{domain.name}__shard-"
+    shards = sorted(parent.glob(prefix + "*-of-*"), key=lambda p: p.name)
+    shards = [s for s in shards if not s.name.endswith(artifacts.PARTIAL_SUFFIX)]
+    if not shards:
+        raise UdasegError(
+            f"no shards {prefix}*-of-* under {parent}",
+            hint="run `udaseg preprocess ... --shard i/n` for every i first",
+        )
+    count = int(shards[0].name.rsplit("-of-", 1)[1])
+    expected = {f"{prefix}{i}-of-{count}" for i in range(count)}
+    missing = sorted(expected - {s.name for s in shards})
+    if missing:
+        raise UdasegError(
+            f"cannot merge {manifest.name}/{domain.name}: shards missing: {', '.join(missing)}",
+            hint="rerun those shards, then merge again",
+        )
+    shards = [parent / name for name in sorted(expected)]
+    manifests = [
+        artifacts.require_input(
+            s, stage=STAGE, rerun=f"udaseg preprocess {manifest.name} --shard i/{count}"
+        )
+        for s in shards
+    ]
+    out = output_dir(work, manifest.name, domain.name)
+    with artifacts.building(out) as tmp:
+        merge_stores([s / "store.h5" for s in shards], tmp / "store.h5")
+        shutil.copy(shards[0] / "splits.json", tmp / "splits.json")
+        metas = _metas(tmp / "store.h5")
+        _write_json(tmp / "fingerprint.json", fingerprint(manifest, domain, metas))
+        config = {**manifests[0].config, "shard": None, "merged_from": count}
+        inputs = {
+            s.name: artifacts.input_record(s, m) for s, m in zip(shards, manifests, strict=True)
+        }
+        summary = {
+            "dataset": manifest.name,
+            "domain": domain.name,
+            "output": str(out),
+            "cases": len(metas),
+            "merged_shards": count,
+            "skipped": False,
+        }
+        progress.log(f"merged {count} shards into {out}")
+        return artifacts.publish(
+            tmp, out, stage=STAGE, config=config, inputs=inputs, summary=summary
+        )
+
+
+def _metas(store_path: Path) -> list[dict]:
+    from udaseg.data.store import Store
+
+    store = Store(store_path)
+    try:
+        return [store.meta(c) for c in store.case_ids]
+    finally:
+        store.close()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def config_summary(config: PreprocessConfig) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
