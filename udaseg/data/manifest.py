@@ -211,11 +211,20 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+# mappings that describe one thing as a whole: an extension replaces them rather than adding codes
+_REPLACED_WHOLE = {"label_map", "label_ranges", "regions"}
+
+
 def _merge(base: dict, override: dict) -> dict:
-    """Merge ``override`` into a copy of ``base``: mappings key by key, other values replaced."""
+    """Merge ``override`` into a copy of ``base``: sections key by key, other values (and the
+    code mappings in ``_REPLACED_WHOLE``) replaced."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if (
+            isinstance(value, dict)
+            and isinstance(merged.get(key), dict)
+            and key not in _REPLACED_WHOLE
+        ):
             merged[key] = _merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
@@ -377,6 +386,14 @@ def _validate_domain(name: str, spec: dict, classes: tuple[str, ...], source: st
                 f"{source}: {where}.label_ranges.{target} must be [low, high]", exit_code=2
             )
         label_ranges[str(target)] = (int(bounds[0]), int(bounds[1]))
+    if spec.get("labels") is not None:
+        needed = "label_ranges" if reader == "dicom-png" else "label_map"
+        if not (label_ranges if reader == "dicom-png" else label_map):
+            raise UdasegError(
+                f"{source}: {where} has labels but no {needed}",
+                hint=f"say which label codes are which class in {where}.{needed}",
+                exit_code=2,
+            )
     for key in ("images", "labels"):
         if spec.get(key) is not None and "{case}" not in spec[key]:
             raise UdasegError(f"{source}: {where}.{key} must contain '{{case}}'", exit_code=2)

@@ -139,8 +139,8 @@ class _Domain:
 
 # CT: fine in-plane, thin slices, long z coverage (organ-free slices above/below); MR: coarse and
 # thick, covering just the organs. Both z jitters keep the main organs off the first/last slice.
-_CT_GRID = {"inplane_mm": (1.6, 1.8), "slice_mm": (2.5, 3.0), "z_jitter_mm": 10.0}
-_MR_GRID = {"inplane_mm": (2.0, 2.5), "slice_mm": (6.0, 7.0), "z_jitter_mm": 3.0}
+_CT_GRID = {"inplane_mm": (1.6, 1.8), "slice_mm": (2.5, 3.0), "z_jitter_mm": 8.0}
+_MR_GRID = {"inplane_mm": (2.0, 2.5), "slice_mm": (6.5, 7.5), "z_jitter_mm": 2.0}
 
 _ABDOMEN_DOMAINS = (
     _Domain("ct", "sabs_CT_normalized", "image_{id}.nii.gz", "label_{id}.nii.gz", **_CT_GRID,
@@ -269,7 +269,7 @@ def _rotation(yaw: float, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
 
 
 def _blob(
-    rng, center, semi, *, scale, yaw=0.0, turn=8.0, tilt=5.0, jitter=2.5, amp=0.06, axes=None
+    rng, center, semi, *, scale, yaw=0.0, turn=8.0, tilt=5.0, jitter=2.5, amp=0.05, axes=None
 ):
     """A randomly varied blob: position jitter (mm), own size scaling, slight rotation, wobble.
 
@@ -323,12 +323,12 @@ def _abdomen_scene(rng: np.random.Generator) -> _Scene:
         ("bone", _cylinder(rng, (0, 30), (10, 9), scale=s, jitter=0.5)),
         ("aorta", _vessel(rng, (4, 16), 6.5, scale=s)),
         ("ivc", _vessel(rng, (-12, 12), 6.0, scale=s)),
-        ("liver", _blob(rng, (-22, -2, 12), (30, 28, 22), scale=s, amp=0.07)),
+        ("liver", _blob(rng, (-22, -2, 10), (30, 28, 21), scale=s)),
         ("gallbladder", _blob(rng, (-16, -20, -6), (7, 8, 11), scale=s)),
-        ("stomach", _blob(rng, (20, -20, 12), (16, 12, 15), scale=s)),
-        ("spleen", _blob(rng, (34, 16, 18), (12, 19, 14), scale=s, yaw=35.0)),
-        ("kidney_r", _blob(rng, (-28, 20, -13), (11, 13, 18), scale=s, yaw=-20.0)),
-        ("kidney_l", _blob(rng, (28, 20, -10), (11, 13, 18), scale=s, yaw=20.0)),
+        ("stomach", _blob(rng, (20, -20, 10), (16, 12, 15), scale=s)),
+        ("spleen", _blob(rng, (30, 11, 16), (11, 18, 12), scale=s, yaw=35.0)),
+        ("kidney_r", _blob(rng, (-26, 17, -12), (10, 12, 17), scale=s, yaw=-20.0)),
+        ("kidney_l", _blob(rng, (26, 17, -9), (10, 12, 17), scale=s, yaw=20.0)),
     ]
     return _Scene(body, inner, "visceral", parts)
 

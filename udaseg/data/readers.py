@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from udaseg.data import nifti
 from udaseg.data.dicom import natural_key
 from udaseg.data.geometry import canonical_direction
 from udaseg.data.manifest import DatasetManifest, Domain
@@ -103,13 +104,10 @@ def _read_image(path: Path, what: str, case_id: str) -> sitk.Image:
     if not path.is_file():
         raise UdasegError(f"case {case_id}: {what} file {path} is missing", path=path)
     try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+        return nifti.read_image(path)
+    except UdasegError as exc:
         raise UdasegError(
-            f"case {case_id}: cannot read {what} {path}: {first}",
-            hint="the file is unreadable or truncated; download it again",
-            path=path,
+            f"case {case_id}: {what}: {exc.message}", hint=exc.hint, path=path
         ) from exc
 
 
