@@ -41,7 +41,7 @@ def test_store_layout_index_splits_and_fingerprint(tiny_dataset, tmp_path):
     image, label = store.image("c0"), store.label("c0")
     assert image.dtype == np.float32 and label.dtype == np.uint8
     assert image.shape[1:] == (24, 24)
-    assert -1.0 <= image.min() and image.max() <= 1.0
+    assert image.min() >= -1.0 and image.max() <= 1.0
     assert set(np.unique(label)) == {0, 1, 2}  # 5 -> 1, 7 -> 2, distractor 9 -> background
     index = store.index()
     assert len(index["case"]) == sum(store.image(c).shape[0] for c in store.case_ids)

@@ -56,7 +56,7 @@ _DOMAIN = {
     "intensity": dict,
     "test_ids": list,
     "val_ids": list,
-    "assume_orientation": str,
+    "assume_orientation": str, "other_codes": str,
 }
 _INTENSITY = {"method": str, "percentiles": list, "window": list, "over": str}
 _GEOMETRY = {
@@ -108,6 +108,9 @@ class Domain:
     # orientation code (e.g. "LAS") to use instead of the files' header, for releases known to
     # carry a wrong direction matrix; None trusts the header
     assume_orientation: str | None = None
+    # what a label code missing from label_map means: "error" (default: a wrong manifest cannot
+    # silently drop an organ) or "background" (for label sets with many uninteresting codes)
+    other_codes: str = "error"
     description: str = ""
 
     @property
@@ -409,6 +412,8 @@ def _validate_domain(name: str, spec: dict, classes: tuple[str, ...], source: st
         test_ids=tuple(str(c) for c in spec.get("test_ids") or ()),
         val_ids=tuple(str(c) for c in spec.get("val_ids") or ()),
         assume_orientation=_orientation(spec.get("assume_orientation"), where, source),
+        other_codes=_choice(spec.get("other_codes", "error"), ("error", "background"),
+                            f"{where}.other_codes", source),
         description=str(spec.get("description", "")),
     )
 

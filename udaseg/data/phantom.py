@@ -560,6 +560,11 @@ def _write_nifti(array: np.ndarray, grid: _Grid, path: Path) -> None:
     _atomic(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True))
 
 
+def _case_files(dom: _Domain, case_id: int) -> list[str]:
+    """Relative paths of one case's image and label."""
+    return [f"{dom.folder}/{name.format(id=case_id)}" for name in (dom.image_name, dom.label_name)]
+
+
 def _write_case(
     task_name: str, dom: _Domain, size: PhantomSize, stream: list[int], case_id: int, out_dir: Path
 ) -> list[str]:
@@ -571,16 +576,16 @@ def _write_case(
     roll = float(np.clip(rng.normal(0.0, 2.0), -4.0, 4.0))
     names = list(task.tissues)
     tissue = _paint(scene, _body_points(grid, body_centre, roll), names)
-    image = _render(rng, task, dom, grid, tissue, names)
-    written = []
-    for pattern, array in (
-        (dom.image_name, image),
-        (dom.label_name, _labels(task_name, dom, tissue, names)),
-    ):
-        rel = f"{dom.folder}/{pattern.format(id=case_id)}"
+    arrays = (_render(rng, task, dom, grid, tissue, names), _labels(task_name, dom, tissue, names))
+    paths = _case_files(dom, case_id)
+    for array, rel in zip(arrays, paths, strict=True):
         _write_nifti(array, grid, out_dir / rel)
-        written.append(rel)
-    return written
+    return paths
+
+
+def _write_json(path: Path, record: dict) -> None:
+    text = json.dumps(record, indent=2) + "\n"
+    _atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _check_args(task: str, size: str, seed: int, n_cases: int | None) -> int:
@@ -669,26 +674,32 @@ def write_phantom(
 
     Returns:
         summary dict (also written to ``out_dir/phantom.json``): task, layout, seed, size,
-        n_cases and case_ids per domain, label_codes per domain, files (relative to out_dir, in
-        write order, ending with PHANTOM.md and phantom.json) and seconds.
+        complete (True), n_cases and case_ids per domain, label_codes per domain, files
+        (relative to out_dir, in write order, ending with PHANTOM.md and phantom.json) and
+        seconds. While writing, phantom.json holds a marker with ``complete: false``.
     """
     start = time.perf_counter()
     n = _check_args(task, size, seed, n_cases)
     spec, out_dir = _TASKS[task], Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    case_ids = {dom.key: spec.case_ids(dom.key, n) for dom in spec.domains}
+    planned = [f for dom in spec.domains for c in case_ids[dom.key] for f in _case_files(dom, c)]
+    planned += ["PHANTOM.md", "phantom.json"]
     previous = _previous_files(out_dir, spec)
+    # mark the folder as a phantom's before the first volume lands, listing every file this or the
+    # previous run may leave, so a rerun after an interruption recognises and cleans them
+    marker = {"task": task, "complete": False, "files": sorted({*previous, *planned})}
+    _write_json(out_dir / "phantom.json", marker)
     files: list[str] = []
-    case_ids: dict[str, list[int]] = {}
     for d_index, dom in enumerate(spec.domains):
         (out_dir / dom.folder).mkdir(exist_ok=True)
-        case_ids[dom.key] = spec.case_ids(dom.key, n)
         for c_index, case_id in enumerate(case_ids[dom.key]):
             stream = [int(seed), list(_TASKS).index(task), d_index, c_index]
             files += _write_case(task, dom, SIZES[size], stream, case_id, out_dir)
     files += ["PHANTOM.md", "phantom.json"]
-    _remove_stale(out_dir, previous, files)
+    _remove_stale(out_dir, marker["files"], files)
     summary = {
-        "task": task, "layout": spec.layout, "seed": int(seed), "size": size,
+        "task": task, "layout": spec.layout, "seed": int(seed), "size": size, "complete": True,
         "n_cases": {k: len(v) for k, v in case_ids.items()}, "case_ids": case_ids,
         "label_codes": {
             k: {str(c): name for c, name in v.items()} for k, v in LABEL_CODES[task].items()
@@ -697,6 +708,5 @@ def write_phantom(
     }  # fmt: skip
     _atomic(out_dir / "PHANTOM.md", lambda tmp: tmp.write_text(_describe(summary)))
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    text = json.dumps(summary, indent=2) + "\n"
-    _atomic(out_dir / "phantom.json", lambda tmp: tmp.write_text(text))
+    _write_json(out_dir / "phantom.json", summary)
     return summary

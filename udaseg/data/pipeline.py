@@ -167,18 +167,18 @@ def _map_codes(
     present = np.unique(codes)
     known = {0, *domain.label_map}
     unknown = [int(c) for c in present if int(c) not in known]
-    if unknown:
+    if unknown and domain.other_codes == "error":
         raise UdasegError(
             f"case {case.case_id}: label {case.label} has codes {unknown} that the manifest "
             f"'{manifest.name}' does not map (domain {domain.name} knows {sorted(known)})",
-            hint="add them to the domain's label_map (as a class or 'background')",
+            hint="add them to the domain's label_map (as a class or 'background'), or set "
+            "other_codes: background",
             path=case.label,
         )
     ids = manifest.class_ids()
-    lut_codes = np.array(sorted(known))
-    lut_values = np.array(
-        [0 if c == 0 else ids.get(domain.label_map[c], 0) for c in lut_codes], dtype=np.uint8
-    )
+    mapping = {c: ids.get(domain.label_map.get(c, "background"), 0) for c in present.tolist()}
+    lut_codes = np.array(sorted(mapping))
+    lut_values = np.array([mapping[c] for c in lut_codes], dtype=np.uint8)
     return lut_values[np.searchsorted(lut_codes, codes)]
 
 
