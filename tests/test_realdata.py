@@ -87,7 +87,8 @@ def test_totalseg_examples_through_a_custom_manifest(tmp_path):
     manifest = tmp_path / "mine.yaml"
     manifest.write_text(
         "extends: custom\nname: totalseg\nclasses: [liver, right_kidney, left_kidney, spleen]\n"
-        "domains:\n  source:\n    images: '{case}_image.nii.gz'\n    labels: '{case}_label.nii.gz'\n"
+        "domains:\n  source:\n    images: '{case}_image.nii.gz'\n"
+        "    labels: '{case}_label.nii.gz'\n"
         "    label_map: {1: spleen, 2: right_kidney, 3: left_kidney, 5: liver}\n"
         "    other_codes: background\n"
         "  target:\n    images: '{case}_image.nii.gz'\n"

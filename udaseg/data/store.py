@@ -23,7 +23,9 @@ random 2D training slice is one contiguous, separately compressed chunk: ``image
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,35 @@ STORE_VERSION = 1
 # level 1 costs little time over no compression while shrinking background-heavy volumes a lot
 _COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 _STR = h5py.string_dtype("utf-8")
+
+try:  # ISA-L deflate is ~3x faster than zlib's at level 1 and writes the same zlib format
+    from isal import isal_zlib as _deflate
+except ImportError:  # pragma: no cover
+    _deflate = zlib
+# compression releases the GIL, so slices are compressed on a few threads at once
+_POOL = ThreadPoolExecutor(max_workers=4)
+
+
+def _compress_slice(array: np.ndarray) -> bytes:
+    """One (1, H, W) chunk as HDF5's shuffle + deflate filters would store it."""
+    raw = np.ascontiguousarray(array)
+    if raw.itemsize > 1:  # shuffle: byte planes one after another
+        raw = raw.view(np.uint8).reshape(-1, raw.itemsize).T
+    return _deflate.compress(np.ascontiguousarray(raw).tobytes(), 1)
+
+
+def write_volume(group: h5py.Group, name: str, volume: np.ndarray) -> h5py.Dataset:
+    """Write an (S, H, W) volume chunked by slice with shuffle + gzip, compressing in threads.
+
+    The file is an ordinary gzip-filtered HDF5 dataset (any HDF5 reader decodes it); only the
+    compression is done here instead of inside HDF5, where it runs on one core.
+    """
+    dataset = group.create_dataset(
+        name, shape=volume.shape, dtype=volume.dtype, chunks=(1, *volume.shape[1:]), **_COMPRESSION
+    )
+    for k, chunk in enumerate(_POOL.map(_compress_slice, volume)):
+        dataset.id.write_direct_chunk((k, 0, 0), chunk)
+    return dataset
 
 
 class StoreWriter:
