@@ -29,7 +29,9 @@ def test_help_is_fast_lists_every_stage_and_imports_no_torch():
         "print('TORCH' if 'torch' in sys.modules else 'NOTORCH', time.perf_counter() - t)"
     )
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8"
+    )
     elapsed = time.perf_counter() - started
     assert done.returncode == 0
     for stage in STAGES:
@@ -43,6 +45,7 @@ def test_stage_not_built_says_so_and_exits_nonzero():
         [sys.executable, "-m", "udaseg.cli", "adapt", "--method", "sifa"],
         capture_output=True,
         text=True,
+        encoding="utf-8",
     )
     assert done.returncode == 3 and "not built yet" in done.stderr
 

@@ -18,13 +18,14 @@ def udaseg(*args: str) -> dict | list:
         [sys.executable, "-m", "udaseg.cli", *args, "--json"],
         capture_output=True,
         text=True,
+        encoding="utf-8",
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
-def test_phantom_to_preprocess_with_reruns(tmp_path):
+def test_phantom_preprocess_evaluate_with_reruns(tmp_path):
     raw, work = tmp_path / "raw", tmp_path / "work"
     summary = udaseg("phantom", "--out", str(raw), "--size", "tiny")
     assert summary["cases"] == 6
@@ -44,3 +45,23 @@ def test_phantom_to_preprocess_with_reruns(tmp_path):
     again = udaseg("preprocess", manifest, "--raw", str(raw), "--work", str(work))
     assert not any(s["skipped"] for s in again)
     assert load_manifest(work / "preprocessed" / "phantom-abdomen__mr").config_hash != before
+
+    # evaluate reads store artifacts; the labels against themselves score Dice 1 everywhere
+    store = str(work / "preprocessed" / "phantom-abdomen__mr")
+    summary = udaseg(
+        "evaluate",
+        "--pred",
+        store,
+        "--ref",
+        store,
+        "--dataset",
+        manifest,
+        "--work",
+        str(work),
+        "--name",
+        "self",
+    )
+    assert summary["mean_over_classes"]["dice"]["mean"] == 1.0
+    out = work / "evaluate" / "self"
+    assert require_input(out, stage="evaluate", rerun="udaseg evaluate").inputs
+    assert {p.name for p in out.iterdir()} >= {"per_case.csv", "summary.json", "table.md"}

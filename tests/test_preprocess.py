@@ -204,6 +204,7 @@ def test_cli_reports_errors_with_nonzero_exit_and_json(tiny_dataset, tmp_path):
         [*cli, "preprocess", "no-such-set", "--raw", str(raw), "--work", str(tmp_path / "w")],
         capture_output=True,
         text=True,
+        encoding="utf-8",
     )
     assert bad.returncode == 2 and 'unknown dataset "no-such-set"' in bad.stderr
     good = subprocess.run(
@@ -221,6 +222,7 @@ def test_cli_reports_errors_with_nonzero_exit_and_json(tiny_dataset, tmp_path):
         ],
         capture_output=True,
         text=True,
+        encoding="utf-8",
     )
     assert good.returncode == 0, good.stderr
     summary = json.loads(good.stdout)

@@ -26,6 +26,7 @@ Output: ``W/evaluate/<run>/`` with ``per_case.csv`` (one row per case and class)
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
@@ -204,6 +205,8 @@ def resolve_pred(path: Path, manifest: DatasetManifest) -> Source:
     store = _find_store(path)
     if store is not None:
         return _store_source(store, manifest, "prediction")
+    if not path.exists():
+        raise UdasegError(f"predictions {path} do not exist", path=path, exit_code=2)
     files = _nifti_files(path) if path.is_dir() else {}
     if not files:
         raise UdasegError(
@@ -295,11 +298,14 @@ def match_cases(pred: Source, ref: Source, wanted: Sequence[str] | None) -> list
             parts.append(f"predictions without a reference: {_list(only_pred)}")
         if only_ref:
             parts.append(f"references without a prediction: {_list(only_ref)}")
+        # the common case: predictions for a test split, references for every case
+        subset = not only_pred and len(pred_ids) <= 50
         raise UdasegError(
             f"cases do not match between --pred {pred.path} and --ref {ref.path}: "
             + "; ".join(parts),
-            hint="pass --cases ID,ID,... to evaluate a subset on purpose",
-            exit_code=2,
+            hint=f"to evaluate just the predicted cases, pass --cases {','.join(_sorted(pred_ids))}"
+            if subset
+            else "pass --cases ID,ID,... to evaluate a subset on purpose",
         )
     return list(_sorted(pred_ids))
 
@@ -308,3 +314,429 @@ def _list(ids, limit: int = 20) -> str:
     ids = list(_sorted(ids))
     more = f" ... and {len(ids) - limit} more" if len(ids) > limit else ""
     return ", ".join(ids[:limit]) + more
+
+
+# --- one case -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One side of one case, as a worker process needs it (small and picklable)."""
+
+    kind: str
+    role: str  # "prediction" or "reference"
+    case_id: str
+    location: Path | CaseFiles  # NIfTI file, store file, or the raw case's files
+
+
+@dataclass(frozen=True)
+class _Job:
+    case_id: str
+    pred: _Item
+    ref: _Item
+    manifest: DatasetManifest
+    domain: Domain | None
+    options: dict[str, Any]
+
+
+@dataclass
+class _Labels:
+    """A loaded label map: ``array`` (S, H, W) = (z, y, x) class ids; ``geometry`` size, spacing
+    (mm), origin (mm) and direction in SimpleITK (x, y, z) order; ``where`` names the file."""
+
+    array: np.ndarray
+    geometry: dict[str, list[float]]
+    where: str
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A UdasegError carried back from a worker (its hint and exit code survive pickling)."""
+
+    message: str
+    hint: str | None
+    path: str | None
+    exit_code: int
+
+    def error(self) -> UdasegError:
+        return UdasegError(self.message, hint=self.hint, path=self.path, exit_code=self.exit_code)
+
+
+def _geometry(image) -> dict[str, list[float]]:
+    keys = ("size", "spacing", "origin", "direction")
+    values = (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    return {k: [float(x) for x in v] for k, v in zip(keys, values, strict=True)}
+
+
+def _read_image(path: Path, item: _Item):
+    # udaseg's reader refuses truncated .nii.gz files that SimpleITK would read as garbage
+    from udaseg.data import nifti
+
+    if not Path(path).is_file():
+        raise UdasegError(f"case {item.case_id}: {item.role} file {path} is missing", path=path)
+    try:
+        return nifti.read_image(Path(path))
+    except UdasegError as exc:
+        raise UdasegError(
+            f"case {item.case_id}: {item.role}: {exc.message}", hint=exc.hint, path=path
+        ) from exc
+
+
+def _load_nifti(item: _Item) -> _Labels:
+    import SimpleITK as sitk
+
+    image = _read_image(item.location, item)  # type: ignore[arg-type]
+    return _Labels(sitk.GetArrayFromImage(image), _geometry(image), str(item.location))
+
+
+def _load_raw(item: _Item, manifest: DatasetManifest, domain: Domain) -> _Labels:
+    """A raw label volume with its codes mapped to class ids as preprocessing maps them."""
+    import SimpleITK as sitk
+
+    # the same mapping (and unknown-code errors) as preprocessing, so ids cannot drift apart
+    from udaseg.data.pipeline import _map_codes
+    from udaseg.data.readers import load_case
+
+    case: CaseFiles = item.location  # type: ignore[assignment]
+    if domain.reader == "nifti":
+        label, is_class_ids = _read_image(case.label, item), False  # type: ignore[arg-type]
+    else:  # DICOM + PNG masks and TFRecords need the image to assemble the label volume
+        loaded = load_case(manifest, domain, case)
+        label, is_class_ids = loaded.label, loaded.label_is_class_ids
+    codes = sitk.GetArrayFromImage(label)
+    array = codes if is_class_ids else _map_codes(codes, manifest, domain, case)
+    return _Labels(array, _geometry(label), str(case.label))
+
+
+def _load_store(item: _Item) -> _Labels:
+    from udaseg.data.store import Store
+
+    store = Store(item.location)  # type: ignore[arg-type]
+    try:
+        array = store.label(item.case_id)
+        processed = store.meta(item.case_id).get("processed")
+    finally:
+        store.close()
+    where = f"{item.location}:/cases/{item.case_id}"
+    if array is None or processed is None:
+        raise UdasegError(
+            f"case {item.case_id}: {item.role} store has no label or no processed geometry "
+            f"({where})",
+            hint="rebuild the store with `udaseg preprocess`",
+            path=item.location,  # type: ignore[arg-type]
+        )
+    geometry = {k: [float(x) for x in processed[k]] for k in ("spacing", "origin", "direction")}
+    geometry["size"] = [float(s) for s in array.shape[::-1]]
+    return _Labels(array, geometry, where)
+
+
+def _load(item: _Item, job: _Job) -> _Labels:
+    if item.kind == "store":
+        labels = _load_store(item)
+    elif item.kind == "raw":
+        labels = _load_raw(item, job.manifest, job.domain)  # type: ignore[arg-type]
+    else:
+        labels = _load_nifti(item)
+    labels.array = _class_ids(labels, item, len(job.manifest.classes), job.manifest.name)
+    return labels
+
+
+def _class_ids(labels: _Labels, item: _Item, n_classes: int, dataset: str) -> np.ndarray:
+    """The label map as uint8/int16 class ids; values outside 0..C are an error naming the case."""
+    array = labels.array
+    if array.dtype.kind == "f" and not np.array_equal(array, np.rint(array)):
+        raise UdasegError(
+            f"case {item.case_id}: {item.role} {labels.where} has non-integer or NaN values",
+            hint="label maps must hold integer class ids (argmax, not probabilities)",
+            path=labels.where,
+        )
+    if array.dtype.kind not in "biuf":
+        raise UdasegError(f"case {item.case_id}: {item.role} {labels.where} is not numeric")
+    if array.size and (array.min() < 0 or array.max() > n_classes):
+        bad = np.unique(array[(array < 0) | (array > n_classes)])
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
+        hint = (
+            "a raw dataset's codes are mapped only when --ref is the raw dataset folder"
+            if item.role == "reference"
+            else "predictions must be class ids in the manifest's class order"
+        )
+        raise UdasegError(
+            f"case {item.case_id}: {item.role} {labels.where} has values {shown} outside the "
+            f"class ids 0..{n_classes} of dataset '{dataset}'",
+            hint=hint,
+            path=labels.where,
+        )
+    return array.astype(np.uint8 if n_classes < 256 else np.int16, copy=False)
+
+
+def _same_geometry(a: dict, b: dict, tol: float = GEOMETRY_TOL) -> bool:
+    """Same size, spacing (relative ``tol``), origin and direction (absolute) - as
+    :func:`udaseg.data.geometry.same_grid`, on geometry records."""
+    return (
+        a["size"] == b["size"]
+        and np.allclose(a["spacing"], b["spacing"], rtol=tol, atol=1e-6)
+        and np.allclose(a["origin"], b["origin"], atol=tol * max(1.0, *a["spacing"]))
+        and np.allclose(a["direction"], b["direction"], atol=tol)
+    )
+
+
+def _describe_grid(g: dict) -> str:
+    def r(values):
+        return [round(v, 4) for v in values]
+
+    return (
+        f"size {[int(s) for s in g['size']]}, spacing {r(g['spacing'])}, origin "
+        f"{r(g['origin'])}, direction {r(g['direction'])}"
+    )
+
+
+def _check_pair(case_id: str, pred: _Labels, ref: _Labels) -> None:
+    if pred.array.shape == ref.array.shape and _same_geometry(pred.geometry, ref.geometry):
+        return
+    raise UdasegError(
+        f"case {case_id}: prediction and reference grids differ: prediction {pred.where} "
+        f"({_describe_grid(pred.geometry)}) vs reference {ref.where} "
+        f"({_describe_grid(ref.geometry)})",
+        hint=GRID_HINT,
+        path=pred.where,
+    )
+
+
+def evaluate_job(job: _Job) -> dict[str, dict[str, float]] | _Failure:
+    """Load, check and score one case (runs in worker processes; errors come back as values)."""
+    try:
+        pred, ref = _load(job.pred, job), _load(job.ref, job)
+        _check_pair(job.case_id, pred, ref)
+        spacing_zyx = ref.geometry["spacing"][::-1]
+        return evaluate_case(
+            pred.array,
+            ref.array,
+            job.manifest.evaluation_classes(),
+            spacing_mm=spacing_zyx,
+            **job.options,
+        )
+    except UdasegError as exc:
+        path = str(exc.path) if exc.path is not None else None
+        return _Failure(exc.message, exc.hint, path, exc.exit_code)
+
+
+def _outcomes(jobs: list[_Job], workers: int) -> Iterator[dict | _Failure]:
+    """Results in job order, computed in ``workers`` processes (identical to serial)."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(evaluate_job, jobs)
+        return
+    # spawn, not fork: SimpleITK's and h5py's threads and handles do not survive a fork safely
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(evaluate_job, job) for job in jobs]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:  # an error in one case stops the queued ones instead of computing them
+            for future in futures:
+                future.cancel()
+
+
+def evaluate_all(jobs: list[_Job], workers: int, progress: Progress) -> dict[str, dict]:
+    """``{case_id: {class: {metric: value}}}``; the first failing case (in case order) raises."""
+    task = progress.task("evaluate", len(jobs))
+    results = {}
+    # closing() shuts the pool down at the first failure, not when the traceback is collected
+    with contextlib.closing(_outcomes(jobs, workers)) as outcomes:
+        for job, outcome in zip(jobs, outcomes, strict=False):
+            if isinstance(outcome, _Failure):
+                raise outcome.error()
+            results[job.case_id] = outcome
+            progress.advance(task, case=job.case_id)
+    return results
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def output_dir(work: Path, name: str) -> Path:
+    return Path(work) / "evaluate" / name
+
+
+def run_name(config: EvaluateConfig) -> str:
+    """``config.name``, or the prediction folder's name (the store's folder for a store file)."""
+    if config.name is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", config.name):
+            raise UdasegError(
+                f'--name "{config.name}" is not a plain folder name',
+                hint="use letters, digits and . _ + - (no slashes)",
+                exit_code=2,
+            )
+        return config.name
+    pred = Path(config.pred).resolve()
+    base = pred.parent.name if pred.is_file() else pred.name
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", base).lstrip("._-") or "run"
+
+
+def _fingerprint(source: Source, ids: list[str]) -> str | None:
+    """Hash of (file, size, mtime) of what is read, for inputs that are not artifacts (those are
+    tracked through their manifest hash instead)."""
+    if source.artifact is not None:
+        return None
+    if source.kind == "store":
+        paths = [source.path]
+    elif source.kind == "raw":
+        paths = [source.files[i].label for i in ids]
+    else:
+        paths = [source.files[i] for i in ids]
+    rows = []
+    for path in paths:
+        files = sorted(Path(path).rglob("*")) if Path(path).is_dir() else [Path(path)]
+        rows += [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
+    return artifacts.config_hash({"files": rows})
+
+
+def _options(config: EvaluateConfig, metrics: list[str]) -> dict[str, Any]:
+    """Keyword arguments of :func:`evaluate_case` for every case."""
+    return {
+        "metrics": metrics,
+        "unit": config.unit,
+        "hd95_mode": config.hd95,
+        "assd_mode": config.assd,
+        "connectivity": config.connectivity,
+        "empty_distance": config.empty_distance,
+    }
+
+
+def _stage_config(config, manifest, pred, ref, ids, options) -> dict[str, Any]:
+    return {
+        "dataset": manifest.name,
+        "manifest": manifest.raw,
+        "domain": ref.domain.name if ref.domain else config.domain,
+        "pred": {**pred.record(), "fingerprint": _fingerprint(pred, ids)},
+        "ref": {**ref.record(), "fingerprint": _fingerprint(ref, ids)},
+        "cases": ids,
+        **options,
+        "evaluate_version": EVALUATE_VERSION,
+        "workers": config.workers,
+    }
+
+
+def _inputs(pred: Source, ref: Source, force: bool) -> dict[str, dict[str, str]]:
+    """Manifest records of the inputs that are artifacts; stale ones are refused here."""
+    inputs = {}
+    for key, source in (("pred", pred), ("ref", ref)):
+        if source.artifact is None:
+            continue
+        found = artifacts.load_manifest(source.artifact)
+        rerun = f"udaseg {found.stage}" + (
+            f" {found.config['dataset']}" if "dataset" in found.config else ""
+        )
+        checked = artifacts.require_input(
+            source.artifact, stage=found.stage, rerun=rerun, force=force
+        )
+        inputs[key] = artifacts.input_record(source.artifact, checked)
+    return inputs
+
+
+def run(
+    config: EvaluateConfig,
+    work: Path,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> artifacts.Manifest:
+    """Evaluate ``config.pred`` against ``config.ref``; returns the artifact's manifest.
+
+    The summary holds summary.json's content plus ``skipped`` and ``seconds``. An artifact
+    built from the same inputs and options is left as it is (``skipped: true``) unless ``force``.
+
+    Raises:
+        UdasegError: bad options, unmatched cases, grid mismatches, values outside the class ids,
+            unreadable files, or stale input artifacts; each naming the case and files.
+    """
+    progress = progress or NullProgress()
+    metrics = _check_options(config)
+    manifest = load_manifest(config.dataset)
+    domain = manifest.domain(config.domain) if config.domain else None
+    pred = resolve_pred(config.pred, manifest)
+    ref = resolve_ref(config.ref, manifest, domain)
+    inputs = _inputs(pred, ref, force)
+    ids = match_cases(pred, ref, config.cases)
+    options = _options(config, metrics)
+    out = output_dir(work, run_name(config))
+    stage_config = _stage_config(config, manifest, pred, ref, ids, options)
+    if not force and artifacts.is_current(out, stage_config, inputs):
+        progress.log(f"{out} is up to date (same inputs and options); skipped")
+        done = artifacts.load_manifest(out)
+        done.summary = {**done.summary, "skipped": True}
+        return done
+    started = time.perf_counter()
+    jobs = [
+        _Job(
+            i,
+            _item(pred, "prediction", i),
+            _item(ref, "reference", i),
+            manifest,
+            ref.domain,
+            options,
+        )
+        for i in ids
+    ]
+    per_case = evaluate_all(jobs, config.workers, progress)
+    summary = build_summary(per_case, manifest, config, pred, ref, options, out)
+    with artifacts.building(out) as tmp:
+        write_per_case(tmp / "per_case.csv", per_case, metrics)
+        # explicit UTF-8: the table holds "±" and "—", and the locale may be ASCII (LANG=C)
+        text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+        (tmp / "summary.json").write_text(text, encoding="utf-8")
+        (tmp / "table.md").write_text(tables.markdown_table(summary), encoding="utf-8")
+        seconds = round(time.perf_counter() - started, 2)
+        return artifacts.publish(
+            tmp,
+            out,
+            stage=STAGE,
+            config=stage_config,
+            inputs=inputs,
+            summary={**summary, "skipped": False, "seconds": seconds},
+        )
+
+
+def _item(source: Source, role: str, case_id: str) -> _Item:
+    location = source.path if source.kind == "store" else source.files[case_id]
+    return _Item(source.kind, role, case_id, location)
+
+
+def build_summary(per_case, manifest, config, pred, ref, options, out) -> dict[str, Any]:
+    """The content of summary.json (see :mod:`udaseg.metrics.tables` for the statistics)."""
+    classes = manifest.evaluation_classes()
+    metrics = options["metrics"]
+    shown = {
+        "metrics": metrics,
+        "unit": options["unit"],
+        "hd95": options["hd95_mode"],
+        "assd": options["assd_mode"],
+        "connectivity": options["connectivity"],
+        "empty_distance": options["empty_distance"],
+    }
+    return {
+        "run": out.name,
+        "output": str(Path(out).resolve()),
+        "dataset": manifest.name,
+        "domain": ref.domain.name if ref.domain else config.domain,
+        "pred": pred.record(),
+        "ref": ref.record(),
+        "n_cases": len(per_case),
+        "cases": list(per_case),
+        "class_labels": {name: list(ids) for name, ids in classes.items()},
+        "metrics": metrics,
+        "options": shown,
+        "definitions": tables.metric_definitions(shown),
+        "caption": tables.definitions_line(shown),
+        **tables.aggregate(per_case, list(classes), metrics),
+    }
+
+
+def write_per_case(path: Path, per_case: dict, metrics: list[str]) -> None:
+    """One row per case and class: ``case, class, <metric>...``; values with full precision
+    (``repr``), a missing value as ``nan``."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case", "class", *metrics])
+        for case, scores in per_case.items():
+            for name, values in scores.items():
+                writer.writerow([case, name, *(repr(float(values[m])) for m in metrics)])
