@@ -110,12 +110,9 @@ class StoreWriter:
         if "/" in case_id or case_id in self.file["cases"]:
             raise UdasegError(f"case id {case_id!r} is not unique or contains '/'")
         group = self.file["cases"].create_group(case_id)
-        chunks = (1, *image.shape[1:])
-        group.create_dataset("image", data=image.astype(np.float32), chunks=chunks, **_COMPRESSION)
+        write_volume(group, "image", image.astype(np.float32, copy=False))
         if label is not None:
-            group.create_dataset(
-                "label", data=label.astype(np.uint8), chunks=chunks, **_COMPRESSION
-            )
+            write_volume(group, "label", label.astype(np.uint8, copy=False))
             foreground = (label > 0).sum(axis=(1, 2)).astype(np.int32)
         else:
             foreground = np.full(image.shape[0], -1, dtype=np.int32)
