@@ -114,9 +114,7 @@ def _run_domain(manifest, domain, config, work, force, progress) -> artifacts.Ma
     started = time.perf_counter()
     with artifacts.building(out) as tmp:
         try:
-            stats = _write_store(
-                manifest, domain, cases, tmp / "store.h5", config.workers, progress
-            )
+            stats = write_store(manifest, domain, cases, tmp / "store.h5", config.workers, progress)
             splits = make_splits(manifest, domain, [c.case_id for c in all_cases])
             _write_json(tmp / "splits.json", splits)
             _write_json(tmp / "fingerprint.json", fingerprint(manifest, domain, stats))
@@ -150,7 +148,9 @@ def _shard(cases: list[CaseFiles], shard: tuple[int, int] | None) -> list[CaseFi
     return cases[index::count]
 
 
-def _write_store(manifest, domain, cases, path, workers, progress) -> list[dict]:
+def write_store(manifest, domain, cases, path, workers=1, progress=None) -> list[dict]:
+    """Preprocess ``cases`` into a new store at ``path``; returns each case's meta record."""
+    progress = progress or NullProgress()
     task = progress.task(f"preprocess {manifest.name}/{domain.name}", len(cases))
     metas = []
     with StoreWriter(
