@@ -1,0 +1,161 @@
+"""`udaseg segment-train`: determinism, resume, artifacts, sampling and schedules."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from udaseg.data.sampling import PatchSampler, SliceSampler, Source, VolumeBank, fit
+from udaseg.data.store import Store
+from udaseg.errors import UdasegError
+from udaseg.models.registry import model_spec
+from udaseg.progress import NullProgress
+from udaseg.stages import preprocess, segment_train
+from udaseg.training.checkpoint import load_checkpoint, load_model
+from udaseg.training.optim import lr_factor
+
+
+@pytest.fixture
+def stores(tiny_dataset, tmp_path):
+    raw, manifest = tiny_dataset
+    preprocess.run(preprocess.PreprocessConfig(dataset=str(manifest), raw=raw), tmp_path / "w")
+    root = tmp_path / "w" / "preprocessed"
+    return root / "tiny__src", root / "tiny__tgt"
+
+
+def config(source, **overrides) -> segment_train.SegmentTrainConfig:
+    base = dict(
+        model="unet2d.v1",
+        train_on="source",
+        train=[source],
+        model_kwargs=dict(model_spec("unet2d.v1").tiny),
+        recipe={"steps": 6, "batch_size": 2, "patch_size": [32, 32], "lr": 1e-3},
+        checkpoint_every=3,
+        val_every=3,
+        log_every=1,
+        device="cpu",
+        seed=3,
+    )
+    base.update(overrides)
+    return segment_train.SegmentTrainConfig(**base)
+
+
+def weights(model_dir, which="final"):
+    return load_checkpoint(model_dir / f"checkpoint_{which}.pt")["state_dict"]
+
+
+def same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def log_without_times(path):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_same_seed_gives_identical_weights_and_writes_a_model_dir(stores, tmp_path):
+    source, _ = stores
+    first = segment_train.run(config(source, name="a"), tmp_path / "w")
+    second = segment_train.run(config(source, name="b"), tmp_path / "w")
+    a, b = (tmp_path / "w" / "segment" / n for n in ("a", "b"))
+    assert same_weights(weights(a), weights(b))
+    assert log_without_times(a / "metrics.jsonl") == log_without_times(b / "metrics.jsonl")
+    other = segment_train.run(config(source, name="c", seed=4), tmp_path / "w")
+    assert not same_weights(weights(a), weights(tmp_path / "w" / "segment" / "c"))
+    assert {p.name for p in a.iterdir()} >= {
+        "checkpoint_latest.pt",
+        "checkpoint_best.pt",
+        "checkpoint_final.pt",
+        "model.json",
+        "metrics.jsonl",
+        "manifest.json",
+    }
+    info = json.loads((a / "model.json").read_text())
+    assert info["classes"] == ["organ_a", "organ_b"] and info["num_classes"] == 3
+    assert info["dims"] == 2 and info["kwargs"]["in_channels"] == 1
+    rows = log_without_times(a / "metrics.jsonl")
+    assert [r["step"] for r in rows if "val" in r] == [3, 6]
+    assert first.summary["steps"] == 6 and first.summary["best"]["step"] in (3, 6)
+    model, _ = load_model(a)
+    assert not model.training and other.summary["steps"] == 6
+
+
+class KillAt(NullProgress):
+    """Raises (like a kill) when the loop reports reaching a given step."""
+
+    def __init__(self, step: int) -> None:
+        self.stop, self.seen = step, 0
+
+    def advance(self, task, steps=1, **fields) -> None:
+        self.seen += steps
+        if self.seen >= self.stop:
+            raise KeyboardInterrupt("killed")
+
+
+def test_resume_continues_exactly_where_the_killed_run_stopped(stores, tmp_path):
+    source, _ = stores
+    segment_train.run(config(source, name="whole"), tmp_path / "w")
+    with pytest.raises(KeyboardInterrupt):
+        segment_train.run(config(source, name="cut"), tmp_path / "w", progress=KillAt(5))
+    partial = tmp_path / "w" / "segment" / "cut.partial"
+    assert load_checkpoint(partial / "checkpoint_latest.pt")["step"] == 3
+    assert not (tmp_path / "w" / "segment" / "cut").exists()
+    resumed = segment_train.run(config(source, name="cut", resume=True), tmp_path / "w")
+    assert resumed.summary["steps"] == 6
+    whole, cut = tmp_path / "w" / "segment" / "whole", tmp_path / "w" / "segment" / "cut"
+    assert same_weights(weights(whole), weights(cut))
+    assert log_without_times(whole / "metrics.jsonl") == log_without_times(cut / "metrics.jsonl")
+    saved = load_checkpoint(cut / "checkpoint_final.pt")
+    assert saved["step"] == 6 and saved["training"]["optimizers"]["model"]["state"]
+
+
+def test_resume_refuses_other_options_and_reruns_are_skipped(stores, tmp_path):
+    source, _ = stores
+    with pytest.raises(KeyboardInterrupt):
+        segment_train.run(config(source, name="r"), tmp_path / "w", progress=KillAt(4))
+    with pytest.raises(UdasegError, match="started with other options"):
+        segment_train.run(config(source, name="r", resume=True, seed=9), tmp_path / "w")
+    segment_train.run(config(source, name="r"), tmp_path / "w")  # no --resume: starts over
+    again = segment_train.run(config(source, name="r"), tmp_path / "w")
+    assert again.summary["skipped"]
+
+
+def test_bad_requests_are_refused(stores, tmp_path):
+    source, target = stores
+    with pytest.raises(UdasegError, match="has no labels"):
+        segment_train.run(config(target, train_on="target", name="t"), tmp_path / "w")
+    with pytest.raises(UdasegError, match="patch size"):
+        segment_train.run(
+            config(source, recipe={"steps": 2, "patch_size": [8, 32, 32]}), tmp_path / "w"
+        )
+    with pytest.raises(UdasegError, match='unknown recipe option "lrate"'):
+        segment_train.run(config(source, recipe={"lrate": 1.0}), tmp_path / "w")
+    with pytest.raises(UdasegError, match='did you mean "unet2d.v1"'):
+        segment_train.run(config(source, model="unet2d.v2"), tmp_path / "w")
+
+
+def test_slice_and_patch_samplers(stores):
+    source, _ = stores
+    store = Store(source / "store.h5")
+    bank = VolumeBank([Source(store, tuple(store.case_ids))], need_labels=True)
+    draw = SliceSampler(bank, (32, 32), 6, np.random.default_rng(0), foreground_fraction=0.5)
+    images, labels = draw()
+    assert images.shape == (6, 1, 32, 32) and labels.shape == (6, 32, 32)
+    assert labels.dtype == np.int64 and (labels[:3] > 0).any(axis=(1, 2)).all()
+    again = SliceSampler(bank, (32, 32), 6, np.random.default_rng(0), foreground_fraction=0.5)()
+    np.testing.assert_array_equal(images, again[0])
+    volumes, vlabels = PatchSampler(bank, (4, 16, 16), 2, np.random.default_rng(1))()
+    assert volumes.shape == (2, 1, 4, 16, 16) and vlabels.shape == (2, 4, 16, 16)
+    window = fit(np.arange(12.0).reshape(3, 4), (5, 2), (-1, 1), fill=-1.0)
+    assert window.tolist() == [[-1, -1], [1, 2], [5, 6], [9, 10], [-1, -1]]
+
+
+def test_schedules():
+    assert lr_factor(0, 100, {"schedule": "constant"}) == 1.0
+    assert lr_factor(50, 100, {"schedule": "cosine"}) == pytest.approx(0.5)
+    assert lr_factor(100, 100, {"schedule": "cosine"}) == pytest.approx(0.0)
+    assert lr_factor(50, 100, {"schedule": "poly", "poly_power": 0.9}) == pytest.approx(0.5**0.9)
+    assert lr_factor(1, 100, {"schedule": "poly", "warmup_steps": 4}) == pytest.approx(0.5)

@@ -1,0 +1,232 @@
+"""Random training batches from HDF5 stores: 2D slices or 3D sub-volumes.
+
+Sampling runs in the training process from a ``numpy.random.Generator`` that the checkpoint saves,
+so a resumed run draws exactly the batches the uninterrupted run would have drawn. Cases are read
+once and kept in memory when they fit a budget (the usual case for 2D work on a CPU), otherwise
+slices are read from the store on demand (each slice is one compressed HDF5 chunk).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from udaseg.data.store import Store
+from udaseg.errors import UdasegError
+
+SPLITS = "splits.json"
+
+
+def store_path(path: Path) -> Path:
+    """``store.h5`` of an artifact directory, or the path itself when it is a file."""
+    path = Path(path)
+    return path / "store.h5" if path.is_dir() else path
+
+
+def split_cases(artifact: Path, split: str, store: Store) -> list[str]:
+    """Case ids of ``split`` (train/val/test/all) from the artifact's ``splits.json``."""
+    if split == "all":
+        return list(store.case_ids)
+    path = Path(artifact) / SPLITS if Path(artifact).is_dir() else Path(artifact).parent / SPLITS
+    if not path.is_file():
+        raise UdasegError(
+            f"{path} is missing, so split '{split}' is unknown",
+            hint="pass a preprocessed artifact directory, or use split 'all'",
+            path=path,
+        )
+    splits = json.loads(path.read_text())
+    if split not in splits:
+        raise UdasegError(f"split '{split}' not in {path} (has {', '.join(splits)})", path=path)
+    return [c for c in splits[split] if c in store.case_ids]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A store and the cases of it to use."""
+
+    store: Store
+    cases: tuple[str, ...]
+
+
+class VolumeBank:
+    """Image and label volumes of some cases, in memory when they fit ``memory_budget`` bytes."""
+
+    def __init__(
+        self, sources: list[Source], *, need_labels: bool, memory_budget: float = 4e9
+    ) -> None:
+        self.entries: list[tuple[Store, str]] = [(s.store, c) for s in sources for c in s.cases]
+        if not self.entries:
+            raise UdasegError(
+                "no cases to sample from",
+                hint="check the split (splits.json) and --cases of the stores",
+            )
+        if need_labels:
+            for store, _ in self.entries:
+                if not store.labelled:
+                    raise UdasegError(
+                        f"store {store.path} ({store.dataset}/{store.domain}) has no labels, "
+                        "but training on it needs them",
+                        hint="train on a labelled domain (source, or target only for the "
+                        "supervised bound)",
+                        path=store.path,
+                    )
+        self.need_labels = need_labels
+        sizes = [_volume_bytes(store, case) for store, case in self.entries]
+        self.in_memory = sum(sizes) <= memory_budget
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        shapes = [store.file["cases"][case]["image"].shape for store, case in self.entries]
+        self.shapes = np.array(shapes)
+        self.foreground = [
+            store.file["cases"][case]["foreground"][()] for store, case in self.entries
+        ]
+
+    def volume(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Case ``i`` as (image (S, H, W) float32, label (S, H, W) uint8 or None)."""
+        if i in self._cache:
+            return self._cache[i]
+        store, case = self.entries[i]
+        data = (store.image(case), store.label(case) if self.need_labels else None)
+        if self.in_memory:
+            self._cache[i] = data
+        return data
+
+    def slices(self, i: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Slices ``start:stop`` of case ``i`` (read from disk when not cached)."""
+        if self.in_memory or i in self._cache:
+            image, label = self.volume(i)
+            return image[start:stop], None if label is None else label[start:stop]
+        store, case = self.entries[i]
+        group = store.file["cases"][case]
+        label = group["label"][start:stop] if self.need_labels else None
+        return group["image"][start:stop], label
+
+
+def _volume_bytes(store: Store, case: str) -> int:
+    shape = store.file["cases"][case]["image"].shape
+    return int(np.prod(shape)) * 5  # float32 image + uint8 label
+
+
+def fit(
+    array: np.ndarray, size: tuple[int, ...], start: tuple[int, ...], fill: float
+) -> np.ndarray:
+    """Cut a window of ``size`` at ``start`` from the last len(size) axes, padding with ``fill``
+    where the window leaves the array (``start`` may be negative)."""
+    lead = array.ndim - len(size)
+    out = np.full(array.shape[:lead] + tuple(size), fill, dtype=array.dtype)
+    src, dst = [slice(None)] * lead, [slice(None)] * lead
+    for axis, (want, first) in enumerate(zip(size, start, strict=True)):
+        have = array.shape[lead + axis]
+        lo, hi = max(first, 0), min(first + want, have)
+        src.append(slice(lo, max(lo, hi)))
+        dst.append(slice(lo - first, max(lo, hi) - first))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def _window_start(extent: int, size: int, rng: np.random.Generator, centre: int | None) -> int:
+    """Start of a window of ``size`` along an axis of ``extent``: random, around ``centre`` if
+    given; centred (padding both sides) when the axis is shorter than the window."""
+    if extent <= size:
+        return -((size - extent) // 2)
+    if centre is None:
+        return int(rng.integers(0, extent - size + 1))
+    jitter = int(rng.integers(-size // 4, size // 4 + 1))
+    return int(np.clip(centre - size // 2 + jitter, 0, extent - size))
+
+
+class SliceSampler:
+    """Random 2D training batches: (images (B, 1, H, W) float32, labels (B, H, W) int64).
+
+    Slices are drawn uniformly over all slices of all cases, except that a fraction
+    ``foreground_fraction`` of each batch comes from slices holding labelled structures (small
+    organs are otherwise rare in a batch). Slices larger than ``patch_size`` are cropped at a random
+    position, smaller ones padded with the slice minimum (the normalised background).
+    """
+
+    def __init__(
+        self,
+        bank: VolumeBank,
+        patch_size: tuple[int, int],
+        batch_size: int,
+        rng: np.random.Generator,
+        foreground_fraction: float = 0.5,
+    ) -> None:
+        self.bank, self.patch_size, self.batch_size, self.rng = bank, patch_size, batch_size, rng
+        self.index = [(i, k) for i, fg in enumerate(bank.foreground) for k in range(len(fg))]
+        self.labelled = [
+            (i, k) for i, fg in enumerate(bank.foreground) for k in np.flatnonzero(fg > 0).tolist()
+        ]
+        self.foreground_fraction = foreground_fraction if self.labelled else 0.0
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray | None]:
+        n_fg = int(round(self.foreground_fraction * self.batch_size))
+        picks = (
+            [self.labelled[j] for j in self.rng.integers(0, len(self.labelled), n_fg)]
+            if n_fg
+            else []
+        )
+        picks += [
+            self.index[j] for j in self.rng.integers(0, len(self.index), self.batch_size - n_fg)
+        ]
+        images, labels = [], []
+        for i, k in picks:
+            image, label = self.bank.slices(i, k, k + 1)
+            start = tuple(
+                _window_start(e, s, self.rng, None)
+                for e, s in zip(image.shape[1:], self.patch_size, strict=True)
+            )
+            images.append(fit(image, self.patch_size, start, float(image.min())))
+            if label is not None:
+                labels.append(fit(label, self.patch_size, start, 0)[0])
+        batch_labels = np.stack(labels).astype(np.int64) if labels else None
+        return np.stack(images).astype(np.float32), batch_labels
+
+
+class PatchSampler:
+    """Random 3D training batches: (images (B, 1, D, H, W), labels (B, D, H, W) int64).
+
+    Each sub-volume of ``patch_size`` (slices, rows, cols) comes from a random case; with
+    probability ``foreground_fraction`` it is centred (with jitter) on a labelled voxel.
+    """
+
+    def __init__(
+        self,
+        bank: VolumeBank,
+        patch_size: tuple[int, int, int],
+        batch_size: int,
+        rng: np.random.Generator,
+        foreground_fraction: float = 0.5,
+    ) -> None:
+        self.bank, self.patch_size, self.batch_size, self.rng = bank, patch_size, batch_size, rng
+        self.foreground_fraction = foreground_fraction
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray | None]:
+        images, labels = [], []
+        for _ in range(self.batch_size):
+            i = int(self.rng.integers(0, len(self.bank.entries)))
+            image, label = self.bank.volume(i)
+            centre = None
+            if label is not None and self.rng.random() < self.foreground_fraction:
+                centre = self._foreground_voxel(label)
+            start = tuple(
+                _window_start(e, s, self.rng, None if centre is None else c)
+                for e, s, c in zip(image.shape, self.patch_size, centre or (0, 0, 0), strict=True)
+            )
+            images.append(fit(image, self.patch_size, start, float(image.min()))[None])
+            if label is not None:
+                labels.append(fit(label, self.patch_size, start, 0))
+        batch_labels = np.stack(labels).astype(np.int64) if labels else None
+        return np.stack(images).astype(np.float32), batch_labels
+
+    def _foreground_voxel(self, label: np.ndarray) -> tuple[int, int, int] | None:
+        # a random labelled slice, then a random labelled voxel in it: cheap on large volumes
+        slices = np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1))
+        if len(slices) == 0:
+            return None
+        k = int(slices[self.rng.integers(0, len(slices))])
+        rows, cols = np.nonzero(label[k])
+        j = int(self.rng.integers(0, len(rows)))
+        return (k, int(rows[j]), int(cols[j]))

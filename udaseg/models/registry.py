@@ -1,0 +1,85 @@
+"""The model registry: every network udaseg trains is built by name.
+
+Names are versioned (``unet2d.v1``): a change that alters a model's weights layout or behaviour gets
+a new version, so a checkpoint always rebuilds the network it was trained with. A checkpoint stores
+the name and the constructor arguments, never relying on the code's defaults.
+
+Forward contract shared by all segmenters (so training, adaptation and inference treat them alike)::
+
+    model(x) -> dict
+        "logits":   (N, C, H, W) or (N, C, D, H, W) float, at the input's spatial size
+        "aux":      list of extra logits of the same shape (deep-supervision heads, e.g. SIFA's C2,
+                    DeepLab's conv4 classifier, DAR-UNet's per-level heads); [] if none
+        "features": the feature map the adaptation methods align (e.g. the encoder output)
+
+    x: (N, in_channels, H, W) for 2D models, (N, in_channels, D, H, W) for 3D, float32 in the
+    store's normalised intensity range; C = num_classes including background.
+
+Constructor signature: ``builder(in_channels: int, num_classes: int, **architecture_kwargs)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from udaseg.errors import look_up_option
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model.
+
+    dims: 2 (slice-wise) or 3 (volumetric). recipe: the training defaults its paper used (optimiser,
+    learning rate, schedule, loss, batch size, patch size), overridable from the command line.
+    tiny: constructor kwargs of a small variant for tests.
+    """
+
+    name: str
+    builder: Callable[..., Any]
+    dims: int
+    recipe: dict[str, Any]
+    tiny: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str, *, dims: int, recipe: dict[str, Any], tiny: dict[str, Any] | None = None,
+    description: str = "",
+) -> Callable:
+    """Decorator registering a model builder (a class or a function) under ``name``."""
+
+    def wrap(builder: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name} registered twice")
+        _REGISTRY[name] = ModelSpec(name, builder, dims, dict(recipe), dict(tiny or {}),
+                                    description or (builder.__doc__ or "").strip().split("\n")[0])
+        return builder
+
+    return wrap
+
+
+def _load_builtin() -> None:
+    # importing the modules runs their @register_model decorators
+    from udaseg.models import darunet, deeplab, sifa, unet  # noqa: F401
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The spec of a registered model; unknown names raise with 'did you mean'."""
+    _load_builtin()
+    look_up_option(name, _REGISTRY, what="model")
+    return _REGISTRY[name]
+
+
+def list_models() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs: Any):
+    """Build a registered model: ``create_model("unet2d.v1", in_channels=1, num_classes=5)``."""
+    return model_spec(name).builder(in_channels=in_channels, num_classes=num_classes, **kwargs)

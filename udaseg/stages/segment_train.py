@@ -1,0 +1,385 @@
+"""``udaseg segment-train``: train a registered segmenter on source, target or translated data.
+
+Trains on the ``train`` split of one or more stores (preprocessed, or translated: every style copy
+of a translated store is a case), validates on the ``val`` split of the first store (or of
+``--val``) with Dice per class, and writes a model directory ``W/segment/<run>/``:
+``checkpoint_{latest,best,final}.pt``, ``model.json``, ``metrics.jsonl``, ``manifest.json``.
+
+Validation never uses target labels unless you train on the target (the supervised bound):
+``checkpoint_best.pt`` is chosen on the training domain's own validation cases. ``--monitor``
+adds Dice on another store's cases to the log for information only; it never selects a model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from udaseg import artifacts
+from udaseg.data.sampling import (
+    PatchSampler,
+    SliceSampler,
+    Source,
+    VolumeBank,
+    split_cases,
+    store_path,
+)
+from udaseg.data.store import Store
+from udaseg.errors import UdasegError, look_up_option
+from udaseg.progress import NullProgress, Progress
+from udaseg.training import loop
+from udaseg.training.checkpoint import load_checkpoint, write_model_json
+
+STAGE = "segment-train"
+TRAIN_ON = ("source", "target", "translated")
+# stages whose artifacts hold stores, and the command that rebuilds them
+STORE_STAGES = {"preprocess": "preprocess", "translate-apply": "translate apply"}
+# recipe keys a user may override from the command line
+RECIPE_KEYS = (
+    "optimizer",
+    "lr",
+    "betas",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "poly_power",
+    "loss",
+    "aux_weight",
+    "batch_size",
+    "patch_size",
+    "steps",
+    "warmup_steps",
+)
+
+
+@dataclass
+class SegmentTrainConfig:
+    """One training run. ``recipe`` holds overrides of the model's recipe (None = the paper's).
+
+    train: store artifacts to train on; val: store artifact to validate on (default the first of
+    ``train``); monitor: store artifacts whose ``monitor_split`` Dice is logged, never used to pick
+    a model; runtime-only: device, amp, channels_last, compile, resume, log_every.
+    """
+
+    model: str
+    train_on: str
+    train: list[Path]
+    val: Path | None = None
+    monitor: list[Path] = field(default_factory=list)
+    train_split: str = "train"
+    val_split: str = "val"
+    monitor_split: str = "all"
+    name: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    augment: bool = True
+    foreground_fraction: float = 0.5
+    seed: int = 0
+    checkpoint_every: int = 200
+    val_every: int = 500
+    log_every: int = 10
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    resume: bool = False
+
+
+def resolved_recipe(config: SegmentTrainConfig) -> dict[str, Any]:
+    """The model's recipe with the run's overrides applied (unknown keys refused)."""
+    from udaseg.models.registry import model_spec
+
+    recipe = dict(model_spec(config.model).recipe)
+    for key, value in config.recipe.items():
+        look_up_option(key, RECIPE_KEYS, what="recipe option")
+        if value is not None:
+            recipe[key] = value
+    return recipe
+
+
+def run_name(config: SegmentTrainConfig, store: Store) -> str:
+    return config.name or f"{config.model}__{config.train_on}__{store.dataset}__{store.domain}"
+
+
+def run(
+    config: SegmentTrainConfig, work: Path, *, force: bool = False, progress: Progress | None = None
+) -> artifacts.Manifest:
+    """Train and publish the model directory; skip when it is complete and current."""
+    progress = progress or NullProgress()
+    look_up_option(config.train_on, TRAIN_ON, what="--train-on")
+    if not config.train:
+        raise UdasegError("segment-train needs at least one training store", exit_code=2)
+    inputs, stores = _inputs(config, force)
+    recipe = resolved_recipe(config)
+    out = Path(work) / "segment" / run_name(config, stores[0])
+    stage_config = {**_result_config(config), "recipe": recipe}
+    if not force and artifacts.is_current(out, stage_config, inputs):
+        progress.log(f"{out} is up to date; skipped (use --force to retrain)")
+        done = artifacts.load_manifest(out)
+        done.summary = {**done.summary, "skipped": True}
+        return done
+    runtime = loop.setup_runtime(config.device, config.amp, config.channels_last, config.compile)
+    with artifacts.building(out, keep_partial=True) as tmp:
+        _check_resume(tmp, stage_config, config.resume, progress)
+        summary = _train(
+            config, recipe, stores, tmp, runtime, progress, artifacts.config_hash(stage_config)
+        )
+        if not runtime.is_main:
+            return artifacts.Manifest(stage=STAGE, config={}, config_hash="")
+        summary["output"] = str(out)
+        return artifacts.publish(
+            tmp, out, stage=STAGE, config=stage_config, inputs=inputs, summary=summary
+        )
+
+
+def _result_config(config: SegmentTrainConfig) -> dict[str, Any]:
+    data = asdict(config)
+    for key in (
+        "device",
+        "amp",
+        "channels_last",
+        "compile",
+        "resume",
+        "log_every",
+        "monitor",
+        "monitor_split",
+        "name",
+    ):
+        data.pop(key)
+    data["train"] = [str(Path(p).resolve()) for p in config.train]
+    data["val"] = str(Path(config.val).resolve()) if config.val else None
+    return data
+
+
+def _inputs(config: SegmentTrainConfig, force: bool) -> tuple[dict, list[Store]]:
+    """Check the store artifacts are current; return their manifest records and the stores."""
+    inputs, stores = {}, []
+    paths = [*config.train, *([config.val] if config.val else [])]
+    for i, path in enumerate(paths):
+        path = Path(path)
+        if path.is_dir():
+            stage = artifacts.load_manifest(path).stage
+            if stage not in STORE_STAGES:
+                raise UdasegError(
+                    f"{path} was made by '{stage}', not a stage that writes stores",
+                    hint="pass a preprocessed or translated store",
+                    path=path,
+                    exit_code=2,
+                )
+            manifest = artifacts.require_input(
+                path, stage=stage, force=force, rerun=f"udaseg {STORE_STAGES[stage]}"
+            )
+            inputs[f"store{i}"] = artifacts.input_record(path, manifest)
+        stores.append(Store(store_path(path)))
+    return inputs, stores
+
+
+def _check_resume(tmp: Path, stage_config: dict, resume: bool, progress: Progress) -> None:
+    latest = tmp / "checkpoint_latest.pt"
+    if not latest.is_file():
+        return
+    saved = load_checkpoint(latest)
+    if not resume:
+        progress.log(
+            f"discarding the interrupted run in {tmp} (step {saved['step']}); "
+            "pass --resume to continue it"
+        )
+        for item in tmp.iterdir():
+            item.unlink() if item.is_file() else shutil.rmtree(item)
+        return
+    if saved["extra"].get("config_hash") != artifacts.config_hash(stage_config):
+        raise UdasegError(
+            f"cannot resume {tmp}: it was started with other options",
+            hint="rerun with the same options, or without --resume to start over",
+            path=tmp,
+        )
+
+
+def _train(config, recipe, stores, tmp, runtime, progress, config_hash) -> dict[str, Any]:
+    from udaseg.losses import create_loss
+    from udaseg.models.registry import create_model, model_spec
+
+    spec = model_spec(config.model)
+    classes = stores[0].classes
+    for store in stores[1:]:
+        if store.classes != classes or store.view != stores[0].view:
+            raise UdasegError(
+                f"store {store.path} has classes {store.classes} ({store.view}), "
+                f"but {stores[0].path} has {classes} ({stores[0].view})"
+            )
+    loop.seed_everything(config.seed, runtime.rank)
+    kwargs = {"in_channels": 1, "num_classes": len(classes) + 1, **config.model_kwargs}
+    model = loop.prepare_model(create_model(config.model, **kwargs), runtime, spec.dims)
+    state = _state(config, recipe, model, kwargs, runtime)
+    state.extra["config_hash"] = config_hash
+    if config.resume and loop.resume_from(state, tmp):
+        progress.log(f"resumed from step {state.step}")
+    sampler = _sampler(config, recipe, spec.dims, stores, state.numpy_rng)
+    criterion = create_loss(
+        recipe["loss"], len(classes) + 1, aux_weight=float(recipe.get("aux_weight", 0.0))
+    )
+    step_fn = _step_fn(sampler, criterion, config, spec.dims, runtime)
+    validate = _validator(config, recipe, spec.dims, stores, model, runtime)
+    info = _model_info(config, recipe, spec, kwargs, stores[0])
+    if runtime.is_main:
+        write_model_json(tmp, info)
+    schedule = loop.LoopSchedule(
+        int(recipe["steps"]), config.checkpoint_every, config.val_every, config.log_every
+    )
+    last = loop.run_loop(
+        state,
+        tmp,
+        schedule,
+        step_fn,
+        validate_fn=validate,
+        runtime=runtime,
+        progress=progress,
+        description=f"segment-train {config.model}",
+    )
+    return {
+        "steps": state.step,
+        "best": state.best,
+        "last_validation": last,
+        "model": config.model,
+        "train_on": config.train_on,
+        "skipped": False,
+    }
+
+
+def _state(config, recipe, model, kwargs, runtime) -> loop.TrainState:
+    from udaseg.training.optim import build_optimizer, build_scheduler
+
+    optimizer = build_optimizer(model.parameters(), recipe)
+    scheduler = build_scheduler(optimizer, recipe, int(recipe["steps"]))
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    numpy_rng = np.random.default_rng([config.seed, runtime.rank])
+    return loop.TrainState(
+        {"model": model},
+        {"model": optimizer},
+        {"model": scheduler},
+        numpy_rng,
+        generator,
+        {"name": config.model, "kwargs": kwargs},
+    )
+
+
+def _sources(paths: list[Path], stores: list[Store], split: str) -> list[Source]:
+    return [
+        Source(store, tuple(split_cases(path, split, store)))
+        for path, store in zip(paths, stores, strict=True)
+    ]
+
+
+def _sampler(config, recipe, dims, stores, rng):
+    sources = _sources(config.train, stores[: len(config.train)], config.train_split)
+    bank = VolumeBank(sources, need_labels=True)
+    patch = tuple(int(s) for s in recipe["patch_size"])
+    if len(patch) != dims:
+        raise UdasegError(
+            f"patch size {list(patch)} does not fit a {dims}D model",
+            hint=f"give {dims} numbers to --patch-size",
+            exit_code=2,
+        )
+    cls = SliceSampler if dims == 2 else PatchSampler
+    return cls(bank, patch, int(recipe["batch_size"]), rng, config.foreground_fraction)
+
+
+def _step_fn(sampler, criterion, config, dims, runtime):
+    from udaseg.data.augment import AugmentConfig, augment
+
+    augment_config = AugmentConfig() if config.augment else None
+    fmt = loop.memory_format(runtime, dims)
+
+    def step(state: loop.TrainState) -> dict[str, float]:
+        images, labels = sampler()
+        images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+        if augment_config is not None:
+            images, labels = augment(images, labels, augment_config, state.torch_gen)
+        images = images.to(runtime.device, memory_format=fmt, non_blocking=True)
+        labels = labels.to(runtime.device, non_blocking=True)
+        model, optimizer = state.modules["model"], state.optimizers["model"]
+        model.train()
+        with loop.autocast(runtime):
+            outputs = model(images)
+        total, parts = criterion(outputs, labels)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        return parts
+
+    return step
+
+
+def _validator(config, recipe, dims, stores, model, runtime):
+    val_path = config.val or config.train[0]
+    val_store = stores[-1] if config.val else stores[0]
+    cases = split_cases(val_path, config.val_split, val_store)
+    if not cases:
+        warnings.warn(
+            f"no '{config.val_split}' cases in {val_path}: no validation, "
+            "checkpoint_best.pt is not written",
+            stacklevel=2,
+        )
+        return None
+    monitors = [(Path(p), Store(store_path(p))) for p in config.monitor]
+
+    def validate() -> dict[str, Any]:
+        result = dice_on(model, val_store, cases, dims, recipe, runtime)
+        for path, store in monitors:
+            chosen = split_cases(path, config.monitor_split, store)
+            result[f"monitor:{store.dataset}/{store.domain}"] = dice_on(
+                model, store, chosen, dims, recipe, runtime
+            )
+        return result
+
+    return validate
+
+
+def dice_on(
+    model, store: Store, cases: list[str], dims: int, recipe: dict, runtime: loop.Runtime
+) -> dict[str, Any]:
+    """Mean Dice per class over ``cases`` of ``store`` (whole volumes, as predict does); the
+    mean over classes is the ``score``."""
+    from udaseg.inference import segment_volume
+    from udaseg.metrics import compute_dice
+
+    model.eval()
+    per_class = {name: [] for name in store.classes}
+    for case in cases:
+        prediction = segment_volume(
+            loop.unwrap(model),
+            store.image(case),
+            dims=dims,
+            patch_size=tuple(recipe["patch_size"]),
+            device=runtime.device,
+            amp=runtime.amp,
+        )
+        label = store.label(case)
+        for class_id, name in enumerate(store.classes, start=1):
+            per_class[name].append(compute_dice(prediction == class_id, label == class_id))
+    model.train()
+    dice = {name: float(np.mean(values)) for name, values in per_class.items()}
+    return {"score": float(np.mean(list(dice.values()))), "dice": dice, "cases": len(cases)}
+
+
+def _model_info(config, recipe, spec, kwargs, store: Store) -> dict[str, Any]:
+    return {
+        "name": config.model,
+        "kwargs": kwargs,
+        "dims": spec.dims,
+        "classes": list(store.classes),
+        "num_classes": len(store.classes) + 1,
+        "in_channels": kwargs["in_channels"],
+        "dataset": store.dataset,
+        "domain": store.domain,
+        "view": store.view,
+        "patch_size": list(recipe["patch_size"]),
+        "train_on": config.train_on,
+        "recipe": recipe,
+    }

@@ -1,0 +1,289 @@
+"""One training loop for every stage that trains (segment-train now, translate and adapt later).
+
+A stage supplies a :class:`TrainState` (its networks, optimisers, schedulers and random
+generators) and a ``step_fn(state) -> dict[str, float]`` doing one optimisation step; the loop
+does the rest the same way for all: step counting, schedules, ``metrics.jsonl``, validation and
+``checkpoint_best.pt``, ``checkpoint_latest.pt`` every N steps, ``checkpoint_final.pt``, progress,
+resume, and rank-aware behaviour under ``torchrun``.
+
+Resume restores the step count, every state dict and every random generator, and cuts
+``metrics.jsonl`` back to the checkpoint's step, so a run killed and resumed produces the same
+weights and log as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from udaseg.progress import NullProgress, Progress
+from udaseg.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+
+METRICS = "metrics.jsonl"
+
+
+# --- runtime: device, precision, distributed ------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    """How (not what) to train: none of this changes the configuration hash.
+
+    device: "auto" (CUDA if available), "cpu" or "cuda[:i]"; amp: bf16 autocast on CUDA;
+    channels_last: NHWC / NDHWC memory format on CUDA; compile: try ``torch.compile`` and fall back
+    to eager execution if it fails; rank/world_size/local_rank: set from torchrun's environment.
+    """
+
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def cuda(self) -> bool:
+        return torch.device(self.device).type == "cuda"
+
+
+def setup_runtime(
+    device: str = "auto", amp: bool = True, channels_last: bool = True, compile: bool = False
+) -> Runtime:
+    """Resolve the device and, when launched by torchrun, join the process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if world_size > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    return Runtime(device, amp, channels_last, compile, rank, world_size, local_rank)
+
+
+def autocast(runtime: Runtime):
+    """bf16 autocast on CUDA when enabled; a no-op on the CPU (where bf16 is slower)."""
+    if runtime.amp and runtime.cuda:
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def memory_format(runtime: Runtime, dims: int):
+    if runtime.channels_last and runtime.cuda:
+        return torch.channels_last if dims == 2 else torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def prepare_model(model: torch.nn.Module, runtime: Runtime, dims: int) -> torch.nn.Module:
+    """Move to the device (channels-last on CUDA), wrap in DDP under torchrun, maybe compile."""
+    model = model.to(runtime.device, memory_format=memory_format(runtime, dims))
+    if runtime.world_size > 1:
+        ids = [torch.device(runtime.device).index] if runtime.cuda else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if runtime.compile:
+        try:
+            model = torch.compile(model)
+        except Exception as exc:  # compilation support varies by platform and version
+            import warnings
+
+            warnings.warn(f"torch.compile failed ({exc}); training without it", stacklevel=2)
+    return model
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DDP / torch.compile wrappers (what checkpoints store)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed torch and make CPU runs bit-for-bit repeatable."""
+    torch.manual_seed(seed + rank)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# --- state and checkpoints --------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Everything a training run mutates and a checkpoint must hold.
+
+    modules/optimizers/schedulers: by name (the main segmenter is ``"model"``);
+    numpy_rng: draws batches; torch_gen: drives augmentation; best: {"score", "step"} of the
+    best validation so far; model_spec: {"name", "kwargs"} to rebuild the main model.
+    """
+
+    modules: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any]
+    numpy_rng: np.random.Generator
+    torch_gen: torch.Generator
+    model_spec: dict[str, Any]
+    step: int = 0
+    best: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        modules = {name: unwrap(m).state_dict() for name, m in self.modules.items()}
+        return {
+            "model": self.model_spec,
+            "state_dict": modules.get("model"),
+            "training": {
+                "modules": {k: v for k, v in modules.items() if k != "model"},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                "torch_gen": self.torch_gen.get_state(),
+            },
+            "step": self.step,
+            "best": self.best,
+            "rng": rng_state(self.numpy_rng),
+            "extra": self.extra,
+        }
+
+    def load(self, payload: dict[str, Any]) -> None:
+        training = payload["training"]
+        if "model" in self.modules:
+            unwrap(self.modules["model"]).load_state_dict(payload["state_dict"])
+        for name, state in training["modules"].items():
+            unwrap(self.modules[name]).load_state_dict(state)
+        for name, state in training["optimizers"].items():
+            self.optimizers[name].load_state_dict(state)
+        for name, state in training["schedulers"].items():
+            self.schedulers[name].load_state_dict(state)
+        self.torch_gen.set_state(training["torch_gen"])
+        restore_rng(payload["rng"], self.numpy_rng)
+        self.step, self.best, self.extra = payload["step"], payload["best"], payload["extra"]
+
+
+def resume_from(state: TrainState, work: Path) -> bool:
+    """Load ``work/checkpoint_latest.pt`` into ``state`` if present; cut the log back to it."""
+    path = Path(work) / "checkpoint_latest.pt"
+    if not path.is_file():
+        return False
+    state.load(load_checkpoint(path))
+    truncate_metrics(Path(work) / METRICS, state.step)
+    return True
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after ``step`` (by the run that was killed after its checkpoint)."""
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopSchedule:
+    """steps: total optimiser steps; checkpoint_every / val_every / log_every: cadence in steps
+    (0 disables validation during training; it still runs once at the end when a validator
+    is given)."""
+
+    steps: int
+    checkpoint_every: int = 200
+    val_every: int = 500
+    log_every: int = 10
+
+
+def run_loop(
+    state: TrainState,
+    work: Path,
+    schedule: LoopSchedule,
+    step_fn: Callable[[TrainState], dict[str, float]],
+    *,
+    validate_fn: Callable[[], dict[str, Any]] | None = None,
+    runtime: Runtime | None = None,
+    progress: Progress | None = None,
+    description: str = "train",
+) -> dict[str, Any]:
+    """Train ``state`` up to ``schedule.steps``; returns the last validation result (or {}).
+
+    ``validate_fn`` returns ``{"score": float, ...}``: a higher score makes a new
+    ``checkpoint_best.pt``. Only rank 0 writes files and reports progress.
+    """
+    runtime = runtime or Runtime()
+    progress = progress if runtime.is_main else NullProgress()
+    progress = progress or NullProgress()
+    log = MetricsLog(Path(work) / METRICS, enabled=runtime.is_main)
+    task = progress.task(description, schedule.steps)
+    progress.advance(task, state.step)
+    last_val: dict[str, Any] = {}
+    started = time.perf_counter()
+    while state.step < schedule.steps:
+        parts = step_fn(state)
+        state.step += 1
+        for scheduler in state.schedulers.values():
+            scheduler.step()
+        step = state.step
+        if step % schedule.log_every == 0 or step == schedule.steps:
+            lr = next(iter(state.optimizers.values())).param_groups[0]["lr"]
+            log.write(
+                {
+                    "step": step,
+                    "lr": lr,
+                    **parts,
+                    "seconds": round(time.perf_counter() - started, 2),
+                }
+            )
+        if validate_fn and (
+            step == schedule.steps or (schedule.val_every and step % schedule.val_every == 0)
+        ):
+            last_val = _validate(state, work, validate_fn, log, runtime)
+        if step % schedule.checkpoint_every == 0 or step == schedule.steps:
+            _save(state, Path(work) / "checkpoint_latest.pt", runtime)
+        progress.advance(task, 1, **{k: round(v, 4) for k, v in parts.items() if k == "total"})
+    _save(state, Path(work) / "checkpoint_final.pt", runtime)
+    return last_val
+
+
+def _validate(state, work, validate_fn, log, runtime) -> dict[str, Any]:
+    result = validate_fn() if runtime.is_main else {}
+    if runtime.world_size > 1:
+        torch.distributed.barrier()
+    if not result:
+        return result
+    log.write({"step": state.step, "val": result})
+    if state.best is None or result["score"] > state.best["score"]:
+        state.best = {"score": result["score"], "step": state.step}
+        _save(state, Path(work) / "checkpoint_best.pt", runtime)
+    return result
+
+
+def _save(state: TrainState, path: Path, runtime: Runtime) -> None:
+    if runtime.is_main:
+        save_checkpoint(path, state.payload())
+
+
+class MetricsLog:
+    """Append-only JSON lines, flushed per line so a killed run keeps what it logged."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = Path(path), enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record, default=float) + "\n")
