@@ -59,7 +59,7 @@ def log_without_times(path):
 def test_same_seed_gives_identical_weights_and_writes_a_model_dir(stores, tmp_path):
     source, _ = stores
     first = segment_train.run(config(source, name="a"), tmp_path / "w")
-    second = segment_train.run(config(source, name="b"), tmp_path / "w")
+    segment_train.run(config(source, name="b"), tmp_path / "w")
     a, b = (tmp_path / "w" / "segment" / n for n in ("a", "b"))
     assert same_weights(weights(a), weights(b))
     assert log_without_times(a / "metrics.jsonl") == log_without_times(b / "metrics.jsonl")

@@ -1,12 +1,14 @@
 """Checkpoints and model directories.
 
-A checkpoint (``checkpoint_{latest,best,final}.pt``) is a dict that ``torch.load(weights_only=True)``
-reads, holding everything needed to rebuild and resume without the code's defaults::
+A checkpoint (``checkpoint_{latest,best,final}.pt``) is a dict that
+``torch.load(weights_only=True)`` reads, holding everything needed to rebuild and resume without
+the code's defaults::
 
     {"format": "udaseg-checkpoint", "version": 1,
      "model": {"name": "unet2d.v1", "kwargs": {"in_channels": 1, "num_classes": 5, ...}},
-     "state_dict": {...},                  # model weights (no DDP "module." prefix)
-     "optimizer": {...} | None, "scheduler": {...} | None,
+     "state_dict": {...},                  # main model weights (no DDP "module." prefix)
+     "training": {"modules": {...},        # other networks (discriminators, generators, ...)
+                  "optimizers": {...}, "schedulers": {...}, "torch_gen": uint8 tensor},
      "step": 1200,                         # optimiser steps done
      "best": {"score": 0.81, "step": 1000} | None,
      "rng": {"torch": uint8 tensor, "numpy": dict, "python": tuple} | None,
