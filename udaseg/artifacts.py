@@ -48,8 +48,20 @@ PARTIAL_SUFFIX = ".partial"
 # Options that change how a stage runs but never what it produces; they are kept out of the config
 # hash so that rerunning with more workers or on another device does not invalidate an artifact.
 RUNTIME_KEYS = frozenset(
-    {"workers", "device", "json", "progress", "force", "resume", "verbose", "compile", "shard",
-     "amp", "channels_last", "log_every"}
+    {
+        "workers",
+        "device",
+        "json",
+        "progress",
+        "force",
+        "resume",
+        "verbose",
+        "compile",
+        "shard",
+        "amp",
+        "channels_last",
+        "log_every",
+    }
 )
 
 _LIBRARIES = ("numpy", "SimpleITK", "h5py", "torch", "scikit-learn", "scipy", "PyYAML")

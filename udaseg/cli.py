@@ -227,6 +227,159 @@ def preprocess(
 
 
 @app.command(rich_help_panel="Stages")
+def predict(
+    model_dir: Annotated[
+        Path,
+        typer.Option(
+            "--model-dir",
+            "-m",
+            help="Model directory (output of `udaseg segment-train` or `udaseg adapt`).",
+            rich_help_panel=RESULTS,
+        ),
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="A `udaseg preprocess` output folder (or its store.h5), or a RAW dataset folder "
+            "(then give --dataset and --domain; images are preprocessed in memory).",
+            rich_help_panel=RESULTS,
+        ),
+    ],
+    work: WorkOpt,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Manifest of raw --data (built-in name or YAML).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option("--domain", "-d", help="Domain of raw --data.", rich_help_panel=RESULTS),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Run name: results go to WORK/predict/NAME (default: MODELDIR__DATA, e.g. "
+            "unet__phantom-abdomen__mr).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="best, final or latest (falls back to final, then latest, when absent).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = "best",
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Flip test-time augmentation: average over flips of the in-plane axes (2D "
+            "models, 4 passes) or of all three axes (3D, 8 passes).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = False,
+    gaussian: Annotated[
+        bool,
+        typer.Option(
+            "--gaussian/--no-gaussian",
+            help="Weight overlapping sliding windows by a Gaussian (sigma 1/8 of the window) "
+            "instead of uniformly.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = True,
+    stride: Annotated[
+        str | None,
+        typer.Option(
+            help="Sliding-window step: a fraction of the window (default 0.5) or voxels per "
+            "window axis, e.g. 16,128,128 (3D) or 128,128 (2D).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    amp: Annotated[
+        bool,
+        typer.Option(
+            "--amp",
+            help="bfloat16 autocast on CUDA (faster; ignored on CPU).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = False,
+    cases: Annotated[
+        str | None,
+        typer.Option(
+            "--cases", help="Comma list of case ids (default: all).", rich_help_panel=RESULTS
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size", min=1, help="Windows per forward pass.", rich_help_panel=RUNTIME
+        ),
+    ] = 8,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUNTIME)
+    ] = "auto",
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Predict only shard i of n (0-based) into NAME__shard-i-of-n; join with "
+            "--merge-shards.",
+            rich_help_panel=RUNTIME,
+        ),
+    ] = None,
+    merge_shards: Annotated[
+        bool,
+        typer.Option(
+            "--merge-shards",
+            help="Copy the finished shards' files into WORK/predict/NAME.",
+            rich_help_panel=RUNTIME,
+        ),
+    ] = False,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Segment scans with a trained model -> <case>.nii.gz label maps on the ORIGINAL scan grid.
+
+    Example: udaseg predict --model-dir W/segment-train/unet --data W/preprocessed/mmwhs__ct
+    --work W  (then: udaseg evaluate --pred W/predict/unet__mmwhs__ct --ref RAW --dataset mmwhs)
+    """
+    from udaseg.progress import rich_progress
+    from udaseg.stages import predict as stage
+
+    config = stage.PredictConfig(
+        model_dir=model_dir,
+        data=data,
+        dataset=dataset,
+        domain=domain,
+        name=name,
+        checkpoint=checkpoint,
+        tta=tta,
+        gaussian=gaussian,
+        stride=stage.parse_stride(stride),
+        amp=amp,
+        cases=[c.strip() for c in cases.split(",") if c.strip()] if cases else None,
+        shard=_parse_shard(shard),
+        merge_shards=merge_shards,
+        batch_size=batch_size,
+        device=device,
+    )
+    with rich_progress(enabled=sys.stderr.isatty() or not as_json) as progress:
+        manifest = stage.run(config, work, force=force, progress=progress)
+    s = manifest.summary
+    state = (
+        "up to date, skipped (--force recomputes)"
+        if s.get("skipped")
+        else f"{s['cases']} cases in {s.get('seconds', 0)} s"
+    )
+    _emit(s, as_json, f"predict {s['run']}: {state} -> {s['output']}")
+
+
+@app.command(rich_help_panel="Stages")
 def evaluate(
     pred: Annotated[
         Path,
@@ -386,6 +539,201 @@ def evaluate(
     console.print(f"{state} -> {out} (per_case.csv, summary.json, table.md)")
 
 
+def _parse_kv(items: list[str] | None, option: str) -> dict:
+    import yaml
+
+    parsed = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UdasegError(f'{option} "{item}" must look like key=value', exit_code=2)
+        parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
+def _ints(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",")]
+    except ValueError as exc:
+        raise UdasegError(f'{option} "{text}" must be numbers like 256,256', exit_code=2) from exc
+
+
+@app.command("segment-train", rich_help_panel="Stages")
+def segment_train(
+    work: WorkOpt,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Registered model, e.g. unet2d.v1, sifa-encoder.v1, "
+            "deeplabv2.v1, dual-attention-unet.v1, dar-unet.v1.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = "unet2d.v1",
+    train_on: Annotated[
+        str,
+        typer.Option(
+            help="source (no-adaptation bound), target (supervised bound) or translated.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = "source",
+    source: Annotated[
+        Path | None,
+        typer.Option(help="Preprocessed source store artifact.", rich_help_panel=RESULTS),
+    ] = None,
+    target: Annotated[
+        Path | None,
+        typer.Option(help="Preprocessed target store artifact.", rich_help_panel=RESULTS),
+    ] = None,
+    translated: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Translated store artifact(s) (all styles are used).", rich_help_panel=RESULTS
+        ),
+    ] = None,
+    val: Annotated[
+        Path | None,
+        typer.Option(
+            help="Store whose 'val' split picks checkpoint_best (default: the training store).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Optimiser steps (default: the paper's).", rich_help_panel=RESULTS),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(rich_help_panel=RESULTS)] = None,
+    patch_size: Annotated[
+        str | None,
+        typer.Option(help="e.g. 128,128 (2D) or 32,256,256 (3D).", rich_help_panel=RESULTS),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate.", rich_help_panel=RESULTS)
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="adam, adamw or sgd.", rich_help_panel=RESULTS)
+    ] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="constant, cosine or poly.", rich_help_panel=RESULTS)
+    ] = None,
+    loss: Annotated[
+        str | None,
+        typer.Option(help="ce, ce_dice, dice_focal or gdice_ce.", rich_help_panel=RESULTS),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Model constructor argument key=value, e.g. base_channels=16.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    augment: Annotated[
+        bool,
+        typer.Option(
+            help="Random rotation, scaling, shear, elastic (3D).", rich_help_panel=RESULTS
+        ),
+    ] = True,
+    foreground_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Share of each batch drawn from slices/voxels with labels.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = 0.5,
+    seed: Annotated[
+        int, typer.Option(help="Random seed (CPU runs repeat exactly).", rich_help_panel=RESULTS)
+    ] = 0,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Steps between checkpoint_latest.pt.", rich_help_panel=RESULTS)
+    ] = 200,
+    val_every: Annotated[
+        int,
+        typer.Option(
+            help="Steps between validations (0: only at the end).", rich_help_panel=RESULTS
+        ),
+    ] = 500,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Run name (default model__train-on__data).", rich_help_panel=RESULTS),
+    ] = None,
+    monitor: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Also log Dice on these stores (information only, never selects).",
+            rich_help_panel=RUNTIME,
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto, cpu or cuda[:i].", rich_help_panel=RUNTIME)
+    ] = "auto",
+    amp: Annotated[
+        bool, typer.Option(help="bf16 autocast on CUDA.", rich_help_panel=RUNTIME)
+    ] = True,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="Try torch.compile.", rich_help_panel=RUNTIME)
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an interrupted run from its last checkpoint.", rich_help_panel=RUNTIME
+        ),
+    ] = False,
+    log_every: Annotated[int, typer.Option(rich_help_panel=RUNTIME)] = 10,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a 2D/3D segmenter on source, target or translated data (torchrun-aware)."""
+    from udaseg.progress import rich_progress
+    from udaseg.stages import segment_train as stage
+
+    stores = {"source": [source], "target": [target], "translated": translated or []}
+    chosen = [p for p in stores.get(train_on, []) if p is not None]
+    if train_on in stores and not chosen:
+        raise UdasegError(f"--train-on {train_on} needs --{train_on}", exit_code=2)
+    recipe = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "patch_size": _ints(patch_size, "--patch-size"),
+        "lr": lr,
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "loss": loss,
+    }
+    config = stage.SegmentTrainConfig(
+        model=model,
+        train_on=train_on,
+        train=chosen,
+        val=val,
+        monitor=monitor or [],
+        name=name,
+        model_kwargs=_parse_kv(model_arg, "--model-arg"),
+        recipe={k: v for k, v in recipe.items() if v is not None},
+        augment=augment,
+        foreground_fraction=foreground_fraction,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        val_every=val_every,
+        log_every=log_every,
+        device=device,
+        amp=amp,
+        compile=compile_,
+        resume=resume,
+    )
+    with rich_progress(enabled=not as_json) as progress:
+        manifest = stage.run(config, work, force=force, progress=progress)
+    summary = manifest.summary
+    best = summary.get("best") or {}
+    _emit(
+        summary,
+        as_json,
+        f"{summary.get('model')}: {summary.get('steps')} steps"
+        + (f", best validation Dice {best['score']:.3f} at step {best['step']}" if best else "")
+        + (" (up to date, skipped)" if summary.get("skipped") else "")
+        + f" -> {summary.get('output', '')}",
+    )
+
+
 def _not_built(stage: str, issue: int, what: str) -> NoReturn:
     raise UdasegError(
         f"`udaseg {stage}` is not built yet in udaseg {__version__} ({what}; tracked as issue "
@@ -397,9 +745,7 @@ def _not_built(stage: str, issue: int, what: str) -> NoReturn:
 
 _PLANNED = {
     "cluster-styles": (5, "KMeans over target style codes -> k representative styles"),
-    "segment-train": (4, "train a 2D/3D segmenter on translated, source or target data"),
     "adapt": (6, "SIFA / AdaptSegNet / ADVENT / AttENT / GLUA / BiGL adversarial adaptation"),
-    "predict": (4, "sliding-window inference -> NIfTI in the original geometry"),
     "run": (7, "run a recipe's stages in order, skipping completed ones"),
     "report": (7, "HTML/Markdown report with pictures and tables"),
 }

@@ -48,7 +48,11 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, *, dims: int, recipe: dict[str, Any], tiny: dict[str, Any] | None = None,
+    name: str,
+    *,
+    dims: int,
+    recipe: dict[str, Any],
+    tiny: dict[str, Any] | None = None,
     description: str = "",
 ) -> Callable:
     """Decorator registering a model builder (a class or a function) under ``name``."""
@@ -56,8 +60,14 @@ def register_model(
     def wrap(builder: Callable) -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"model {name} registered twice")
-        _REGISTRY[name] = ModelSpec(name, builder, dims, dict(recipe), dict(tiny or {}),
-                                    description or (builder.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = ModelSpec(
+            name,
+            builder,
+            dims,
+            dict(recipe),
+            dict(tiny or {}),
+            description or (builder.__doc__ or "").strip().split("\n")[0],
+        )
         return builder
 
     return wrap

@@ -1,0 +1,697 @@
+"""Inference (sliding window, padding, Gaussian weighting, flip TTA) and the predict stage.
+
+Models are tiny test-only networks registered here (the real ones may not exist yet), or
+hand-written modules with known outputs: "pointwise" (logits a function of each voxel's value, so
+any window layout gives the same answer), "one-hot" (logits = the one-hot of the input's class ids,
+so feeding a label map returns it), and "ramp" (logits a function of the position in the window).
+Volumes are (S, H, W) arrays as a store holds them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from tests.conftest import TINY_MANIFEST, tiny_volume, write_nifti
+from udaseg import artifacts
+from udaseg.cli import _PLANNED, app, main
+from udaseg.data.store import Store
+from udaseg.errors import UdasegError
+from udaseg.inference import (
+    flip_sets,
+    gaussian_importance,
+    predict_volume,
+    segment_volume,
+    window_starts,
+)
+from udaseg.models import registry
+from udaseg.stages import predict as stage
+from udaseg.stages import preprocess
+from udaseg.training.checkpoint import save_checkpoint, write_model_json
+
+CLASSES = ["organ_a", "organ_b"]
+
+
+# --- test models ---------------------------------------------------------------------------------
+
+
+class TinyConv(nn.Module):
+    """A real (if tiny) segmenter following the registry's forward contract."""
+
+    def __init__(self, in_channels: int, num_classes: int, dims: int = 2, width: int = 4):
+        super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        self.body = nn.Sequential(
+            conv(in_channels, width, 3, padding=1), nn.ReLU(), conv(width, num_classes, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> dict:
+        logits = self.body(x)
+        return {"logits": logits, "aux": [], "features": logits}
+
+
+for _dims in (2, 3):
+    if f"test-conv{_dims}d.v0" not in registry._REGISTRY:
+        registry.register_model(f"test-conv{_dims}d.v0", dims=_dims, recipe={})(
+            functools.partial(TinyConv, dims=_dims)
+        )
+
+
+@pytest.fixture(autouse=True)
+def _tolerate_missing_builtin_models(monkeypatch):
+    """The built-in model modules are being written elsewhere; the test models do not need them."""
+    real = registry._load_builtin
+
+    def load() -> None:
+        try:
+            real()
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("udaseg.models"):
+                raise
+
+    monkeypatch.setattr(registry, "_load_builtin", load)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions run fastest on one thread (and suffer most from a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Pointwise(nn.Module):
+    """Logits (v, -v, 0.5 v^2) of each voxel value v: no spatial context at all."""
+
+    def forward(self, x: torch.Tensor) -> dict:
+        v = x[:, :1]
+        return {"logits": torch.cat([v, -v, 0.5 * v * v], 1)}
+
+
+def pointwise_probabilities(volume: np.ndarray) -> np.ndarray:
+    v = torch.from_numpy(volume)
+    return torch.stack([v, -v, 0.5 * v * v]).softmax(0).numpy()
+
+
+class OneHot(nn.Module):
+    """Logits 10 x one-hot of the input's (rounded) class ids: feeding a label map returns it."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> dict:
+        ids = x[:, 0].round().long().clamp(0, self.num_classes - 1)
+        return {"logits": 10.0 * nn.functional.one_hot(ids, self.num_classes).movedim(-1, 1)}
+
+
+class Ramp(nn.Module):
+    """2D: class-1 logit = the column's position within the window (input ignored)."""
+
+    def forward(self, x: torch.Tensor) -> dict:
+        n, _, h, w = x.shape
+        ramp = torch.arange(w, dtype=torch.float32).expand(n, 1, h, w)
+        return {"logits": torch.cat([torch.zeros_like(ramp), ramp], 1)}
+
+
+def symmetric_conv(dims: int) -> nn.Module:
+    """A convolution whose kernel is unchanged by flipping any axis: flip-equivariant."""
+    conv = (nn.Conv2d if dims == 2 else nn.Conv3d)(1, 3, 3, padding=1, bias=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        weight = torch.randn_like(conv.weight)
+        for axis in range(2, 2 + dims):
+            weight = weight + weight.flip(axis)
+        conv.weight.copy_(weight)
+    return nn.Sequential(conv).eval()
+
+
+def asymmetric_conv(dims: int) -> nn.Module:
+    torch.manual_seed(1)
+    return (nn.Conv2d if dims == 2 else nn.Conv3d)(1, 3, 3, padding=1).eval()
+
+
+# --- window placement and weights ----------------------------------------------------------------
+
+
+def test_window_starts_cover_the_axis_evenly():
+    assert window_starts(16, 8, 4) == [0, 4, 8]
+    assert window_starts(17, 8, 4) == [0, 3, 6, 9]  # last window ends at the axis' end
+    assert window_starts(8, 8, 4) == [0]
+    assert window_starts(5, 8, 4) == [0]  # shorter axes are padded first
+    assert window_starts(20, 8, 8) == [0, 6, 12]
+
+
+def test_gaussian_importance_is_symmetric_positive_and_peaks_at_one():
+    g = gaussian_importance((1, 9, 16))
+    assert g.shape == (1, 9, 16) and g.dtype == np.float32
+    assert g.max() == pytest.approx(1.0) and g.min() > 0
+    np.testing.assert_allclose(g, g[:, ::-1, ::-1], rtol=1e-6)
+    # sigma = window / 8 per axis: one sigma (9/8 voxels) from the centre the weight is e^-1/2
+    column = gaussian_importance((1, 9, 1))[0, :, 0]
+    assert column[4] == pytest.approx(1.0)
+    assert column[3] == pytest.approx(np.exp(-0.5 * (1 / (9 / 8)) ** 2), rel=1e-5)
+
+
+def test_flip_sets_are_every_subset():
+    assert flip_sets((2, 1)) == [(), (1,), (2,), (1, 2)]
+    assert len(flip_sets((0, 1, 2))) == 8
+    with pytest.raises(ValueError):
+        flip_sets((3,))
+
+
+# --- predict_volume ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dims", "patch", "stride", "gaussian"),
+    [
+        (3, (4, 8, 8), None, True),
+        (3, (4, 8, 8), 0.25, False),
+        (3, (4, 8, 8), (1, 3, 5), True),
+        (3, (4, 8, 8), 1.0, True),
+        (3, (16, 64, 64), None, True),  # volume smaller than the window in every axis
+        (2, (8, 8), None, True),
+        (2, (8, 8), (3, 5), False),
+        (2, None, None, True),  # whole slices padded to a multiple of 32
+        (2, (64, 64), None, True),
+    ],
+)
+def test_a_pointwise_model_gives_the_same_answer_for_any_window_layout(
+    dims, patch, stride, gaussian
+):
+    volume = np.random.default_rng(0).normal(size=(7, 13, 19)).astype(np.float32)
+    probabilities = predict_volume(
+        Pointwise(), volume, dims=dims, patch_size=patch, stride=stride, gaussian=gaussian
+    )
+    assert probabilities.shape == (3, 7, 13, 19) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, pointwise_probabilities(volume), atol=1e-6)
+    np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("gaussian", [False, True])
+def test_overlapping_windows_are_averaged_with_their_weights(gaussian):
+    """Columns 0..15 are covered by windows starting at 0, 4 and 8 (width 8, stride 4); the Ramp
+    model's probability depends on the position in the window, so each column gets the weighted
+    mean over the windows covering it."""
+    volume = np.zeros((2, 4, 16), np.float32)
+    got = predict_volume(Ramp(), volume, dims=2, patch_size=(4, 8), stride=0.5, gaussian=gaussian)
+    p = torch.arange(8, dtype=torch.float64).sigmoid().numpy()  # softmax of (0, position)
+    g = gaussian_importance((1, 1, 8))[0, 0].astype(np.float64) if gaussian else np.ones(8)
+    expected = []
+    for column in range(16):
+        offsets = [column - s for s in (0, 4, 8) if s <= column < s + 8]
+        expected.append(sum(g[o] * p[o] for o in offsets) / sum(g[o] for o in offsets))
+    np.testing.assert_allclose(got[1, 0, 0], expected, rtol=1e-5)
+    np.testing.assert_allclose(got[1], np.broadcast_to(got[1, 0, 0], (2, 4, 16)))
+
+
+def test_gaussian_weighting_changes_overlaps_only():
+    volume = np.zeros((1, 4, 16), np.float32)
+    uniform = predict_volume(Ramp(), volume, dims=2, patch_size=(4, 8), gaussian=False)
+    weighted = predict_volume(Ramp(), volume, dims=2, patch_size=(4, 8), gaussian=True)
+    assert not np.allclose(uniform, weighted)
+    # columns 0..3 lie in the first window only: nothing to weigh there
+    np.testing.assert_allclose(uniform[..., :4], weighted[..., :4], rtol=1e-6)
+
+
+def test_2d_models_see_batches_of_single_slices():
+    seen = []
+    model = asymmetric_conv(2)
+
+    def recording(x):
+        seen.append(tuple(x.shape))
+        return {"logits": model(x)}
+
+    volume = np.random.default_rng(1).normal(size=(5, 12, 10)).astype(np.float32)
+    volume[2, 0, 0] = volume.min() - 1  # padding uses the volume's minimum: slice 2 holds it
+    results = [
+        predict_volume(recording, volume, dims=2, patch_size=(16, 16), batch_size=b)
+        for b in (1, 3, 64)
+    ]
+    assert {s[1:] for s in seen} == {(1, 16, 16)}  # (N, in_channels, H, W), padded to the patch
+    assert max(s[0] for s in seen) == 5 and seen[0][0] == 1
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], atol=1e-6)
+    # each slice on its own: slice 2 alone gives slice 2 of the volume's result
+    alone = predict_volume(recording, volume[2:3], dims=2, patch_size=(16, 16))
+    np.testing.assert_allclose(alone[:, 0], results[0][:, 2], atol=1e-6)
+
+
+def test_2_5d_models_get_neighbouring_slices_as_channels():
+    seen = []
+
+    def centre(x):
+        seen.append(x)
+        return {"logits": torch.cat([x[:, 1:2], -x[:, 1:2]], 1)}
+
+    volume = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 8, 8), np.float32)
+    predict_volume(centre, volume, dims=2, patch_size=(8, 8), in_channels=3, batch_size=4)
+    channels = seen[0][:, :, 0, 0]  # (slice, channel) values = slice numbers
+    assert channels.tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]]
+
+
+@pytest.mark.parametrize(("dims", "patch", "shape"), [(2, (12, 16), (3, 12, 16)),
+                                                        (3, (4, 8, 8), (8, 16, 16))])  # fmt: skip
+def test_flip_tta_of_a_flip_equivariant_model_equals_no_tta(dims, patch, shape):
+    volume = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    model = symmetric_conv(dims)
+    plain = predict_volume(model, volume, dims=dims, patch_size=patch)
+    tta = predict_volume(model, volume, dims=dims, patch_size=patch, tta_flips=(0, 1, 2))
+    np.testing.assert_allclose(tta, plain, atol=1e-5)
+
+
+def test_flip_tta_averages_the_predictions_of_the_flipped_volumes_flipped_back():
+    volume = np.random.default_rng(3).normal(size=(6, 10, 12)).astype(np.float32)
+    model = asymmetric_conv(3)
+    options = {"dims": 3, "patch_size": (4, 8, 8)}
+    tta = predict_volume(model, volume, tta_flips=(1, 2), **options)
+    expected = np.mean(
+        [
+            np.flip(
+                predict_volume(model, np.flip(volume, axes).copy(), **options),
+                [1 + a for a in axes],
+            )
+            for axes in [(), (1,), (2,), (1, 2)]
+        ],
+        axis=0,
+    )  # fmt: skip
+    np.testing.assert_allclose(tta, expected, atol=1e-6)
+    assert not np.allclose(tta, predict_volume(model, volume, **options), atol=1e-3)
+
+
+def test_segment_volume_is_the_argmax_and_bad_logits_are_named():
+    volume = np.random.default_rng(4).normal(size=(3, 9, 9)).astype(np.float32)
+    labels = segment_volume(Pointwise(), volume, dims=2, patch_size=(16, 16))
+    assert labels.dtype == np.uint8 and labels.shape == volume.shape
+    np.testing.assert_array_equal(labels, pointwise_probabilities(volume).argmax(0))
+    with pytest.raises(ValueError, match="logits of shape"):
+        predict_volume(lambda x: {"logits": x[..., :-1]}, volume, dims=2, patch_size=(16, 16))
+
+
+# --- the round trip: label on the processed grid -> original file's grid -------------------------
+
+ROUND_TRIP_MANIFEST = """
+name: rt
+view: axial
+classes: [organ_a, organ_b]
+domains:
+  src:
+    modality: CT
+    reader: nifti
+    images: src/{case}_image.nii.gz
+    labels: src/{case}_label.nii.gz
+    label_map: {5: organ_a, 7: organ_b, 9: background}
+    intensity: {method: minmax, percentiles: [0.5, 99.5], over: body}
+geometry:
+  inplane_mm: null
+  through_plane_mm: null
+  crop: {method: label, margin_mm: 3}
+  inplane_size: [16, 40]
+splits: {val_fraction: 0.0, seed: 0}
+"""
+
+
+@pytest.mark.parametrize(("orientation", "assume"), [("RAI", None), ("ASL", None), ("RAI", "PIR")])
+@pytest.mark.parametrize(("dims", "patch"), [(2, (16, 16)), (3, (4, 8, 16))])
+def test_round_trip_writes_the_original_label_exactly_on_the_original_grid(
+    tmp_path, orientation, assume, dims, patch
+):
+    """Scans stored with flipped (RAI) or permuted and flipped (ASL) axes, anisotropic spacing and
+    an off-centre origin are reoriented, cropped to the label (rows cropped, columns padded past
+    the scan) and predicted by the 'identity on labels'; the written file must be the original
+    label with its codes mapped, voxel for voxel, on the original grid. With the manifest's
+    assume_orientation (a header known to be wrong) the result is computed on the assumed grid
+    and still overlays the file voxel by voxel, under the file's own header."""
+    raw = tmp_path / "raw"
+    geometry = {
+        "spacing": (0.8, 1.1, 3.0),
+        "origin": (-12.5, 30.25, 7.0),
+        "direction": sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(orientation),
+    }
+    for i, case in enumerate(("a", "b")):
+        image, label = tiny_volume(i, shape=(10, 28, 32))
+        write_nifti(image, raw / "src" / f"{case}_image.nii.gz", **geometry)
+        write_nifti(label, raw / "src" / f"{case}_label.nii.gz", **geometry)
+    text = ROUND_TRIP_MANIFEST
+    if assume:
+        text = text.replace(
+            "    modality: CT\n", f"    modality: CT\n    assume_orientation: {assume}\n"
+        )
+    (tmp_path / "rt.yaml").write_text(text)
+    config = preprocess.PreprocessConfig(dataset=str(tmp_path / "rt.yaml"), raw=raw)
+    preprocess.run(config, tmp_path / "w")
+    store = Store(tmp_path / "w" / "preprocessed" / "rt__src" / "store.h5")
+    # the model sees the stored label instead of the image
+    cases = [
+        stage.CaseInput(c, store.label(c).astype(np.float32), store.meta(c)) for c in store.case_ids
+    ]
+    assert cases[0].image.shape[1:] == (16, 40)  # rows cropped to 16, columns padded to 40
+    assert (cases[0].meta["assumed_direction"] is None) == (assume is None)
+    segment = functools.partial(segment_volume, OneHot(3), dims=dims, patch_size=patch)
+    out = tmp_path / "pred"
+    out.mkdir()
+    seconds = stage.predict_cases(cases, segment, out)
+    assert set(seconds) == {"a", "b"}
+    for case in ("a", "b"):
+        original = sitk.ReadImage(str(raw / "src" / f"{case}_label.nii.gz"))
+        written = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+        codes = sitk.GetArrayFromImage(original)
+        expected = np.select([codes == 5, codes == 7], [1, 2], 0)
+        assert written.GetPixelID() == sitk.sitkUInt8
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(written), expected)
+        assert written.GetSize() == original.GetSize()
+        assert written.GetSpacing() == original.GetSpacing()
+        assert written.GetOrigin() == original.GetOrigin()
+        np.testing.assert_allclose(written.GetDirection(), original.GetDirection(), atol=1e-6)
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def write_model_dir(
+    path: Path,
+    *,
+    dims: int = 2,
+    classes: list[str] = CLASSES,
+    view: str = "axial",
+    patch_size: list[int] | None = None,
+    artifact: bool = True,
+    seed: int = 0,
+) -> Path:
+    """A model directory as segment-train writes: model.json, checkpoint_best.pt (+ manifest)."""
+    name = f"test-conv{dims}d.v0"
+    kwargs = {"in_channels": 1, "num_classes": len(classes) + 1, "width": 4}
+    torch.manual_seed(seed)
+    model = registry.create_model(name, **kwargs)
+    info = {
+        "name": name, "kwargs": kwargs, "dims": dims, "classes": list(classes),
+        "num_classes": len(classes) + 1, "in_channels": 1, "dataset": "tiny", "view": view,
+        "patch_size": patch_size or ([16, 16] if dims == 2 else [4, 16, 16]),
+    }  # fmt: skip
+
+    def fill(folder: Path) -> None:
+        write_model_json(folder, info)
+        payload = {"model": {"name": name, "kwargs": kwargs}, "state_dict": model.state_dict(),
+                   "optimizer": None, "scheduler": None, "step": 0, "best": None, "rng": None,
+                   "extra": {}}  # fmt: skip
+        save_checkpoint(folder / "checkpoint_best.pt", payload)
+
+    if not artifact:
+        path.mkdir(parents=True)
+        fill(path)
+        return path
+    with artifacts.building(path) as tmp:
+        fill(tmp)
+        artifacts.publish(tmp, path, stage="segment-train", config={"model": name})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> dict:
+    """Raw tiny dataset (4 labelled src cases, 3 tgt) preprocessed into W/preprocessed/tiny__*."""
+    root = tmp_path_factory.mktemp("predict")
+    raw = root / "raw"
+    for i in range(4):
+        image, label = tiny_volume(i)
+        write_nifti(image, raw / "src" / f"c{i}_image.nii.gz", origin=(3.0, -7.5, 11.0))
+        write_nifti(label, raw / "src" / f"c{i}_label.nii.gz", origin=(3.0, -7.5, 11.0))
+    for i in range(3):
+        image, _ = tiny_volume(10 + i, flip_y=True)
+        write_nifti(image, raw / "tgt" / f"m{i}_image.nii.gz", spacing=(2.0, 2.0, 4.0),
+                    origin=(0.0, 54.0, 0.0), direction=(1, 0, 0, 0, -1, 0, 0, 0, 1))  # fmt: skip
+    manifest = root / "tiny.yaml"
+    manifest.write_text(TINY_MANIFEST)
+    config = preprocess.PreprocessConfig(dataset=str(manifest), raw=raw)
+    preprocess.run(config, root / "w")
+    return {"raw": raw, "manifest": manifest, "store": root / "w" / "preprocessed" / "tiny__src",
+            "target": root / "w" / "preprocessed" / "tiny__tgt"}  # fmt: skip
+
+
+@pytest.fixture
+def store_copy(tiny_store, tmp_path) -> Path:
+    """A private copy of the src store artifact (for tests that damage it)."""
+    copy = tmp_path / "preprocessed" / "tiny__src"
+    shutil.copytree(tiny_store["store"], copy)
+    return copy
+
+
+def run_stage(model_dir: Path, data: Path, work: Path, **options) -> artifacts.Manifest:
+    force = options.pop("force", False)
+    config = stage.PredictConfig(model_dir=model_dir, data=data, device="cpu", **options)
+    return stage.run(config, work, force=force)
+
+
+def assert_on_original_grid(prediction: Path, original: Path) -> np.ndarray:
+    a, b = sitk.ReadImage(str(prediction)), sitk.ReadImage(str(original))
+    assert a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing()
+    assert a.GetOrigin() == b.GetOrigin()
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+    array = sitk.GetArrayFromImage(a)
+    assert array.dtype == np.uint8 and array.max() <= len(CLASSES)
+    return array
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_stage_predicts_every_case_onto_the_original_grid(tiny_store, tmp_path, dims):
+    model_dir = write_model_dir(tmp_path / "models" / "unet", dims=dims)
+    work = tmp_path / "w"
+    manifest = run_stage(model_dir, tiny_store["store"], work, tta=dims == 2)
+    out = work / "predict" / "unet__tiny__src"
+    assert manifest.summary["output"] == str(out) and manifest.summary["cases"] == 4
+    assert sorted(p.name for p in out.iterdir()) == [
+        "c0.nii.gz", "c1.nii.gz", "c2.nii.gz", "c3.nii.gz", "manifest.json",
+    ]  # fmt: skip
+    assert set(manifest.summary["seconds_per_case"]) == {"c0", "c1", "c2", "c3"}
+    for case in ("c0", "c3"):
+        original = tiny_store["raw"] / "src" / f"{case}_image.nii.gz"
+        assert_on_original_grid(out / f"{case}.nii.gz", original)
+    recorded = artifacts.load_manifest(out)
+    assert recorded.stage == "predict"
+    assert recorded.inputs["model"]["path"] == str(model_dir.resolve())
+    assert recorded.inputs["data"]["path"] == str(tiny_store["store"].resolve())
+    assert recorded.inputs["data"]["stage"] == "preprocess"
+    assert recorded.config["tta"] == (dims == 2) and recorded.config["dims"] == dims
+
+
+def test_stage_output_is_the_model_applied_to_the_stored_image(tiny_store, tmp_path):
+    model_dir = write_model_dir(tmp_path / "m")
+    run_stage(model_dir, tiny_store["store"], tmp_path / "w", cases=["c1"], name="one")
+    from udaseg.data.geometry import restore_label
+    from udaseg.training.checkpoint import load_model
+
+    model, _ = load_model(model_dir)
+    store = Store(tiny_store["store"] / "store.h5")
+    label = segment_volume(model, store.image("c1"), dims=2, patch_size=(16, 16))
+    meta = store.meta("c1")
+    expected = restore_label(label, meta["processed"], meta["original"], meta["assumed_direction"])
+    written = sitk.ReadImage(str(tmp_path / "w" / "predict" / "one" / "c1.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(expected))
+    assert sorted(p.name for p in (tmp_path / "w" / "predict" / "one").iterdir()) == [
+        "c1.nii.gz", "manifest.json"]  # fmt: skip
+
+
+def test_raw_data_is_preprocessed_in_memory_exactly_as_the_store(tiny_store, tmp_path):
+    """The target domain's raw files (flipped y axis, direction diag(1, -1, 1)) give the same
+    predictions as its preprocessed store, on the raw files' grid."""
+    model_dir = write_model_dir(tmp_path / "m")
+    work = tmp_path / "w"
+    run_stage(model_dir, tiny_store["target"], work, name="store")
+    manifest = str(tiny_store["manifest"])
+    from_raw = run_stage(model_dir, tiny_store["raw"], work, dataset=manifest, domain="tgt")
+    out = work / "predict" / "m__tiny__tgt"
+    assert from_raw.summary["output"] == str(out) and from_raw.summary["cases"] == 3
+    assert "data" not in from_raw.inputs  # raw files are no artifact: fingerprinted instead
+    assert from_raw.config["data"]["kind"] == "raw" and from_raw.config["data"]["fingerprint"]
+    for case in ("m0", "m1", "m2"):
+        raw_file = tiny_store["raw"] / "tgt" / f"{case}_image.nii.gz"
+        array = assert_on_original_grid(out / f"{case}.nii.gz", raw_file)
+        stored = sitk.ReadImage(str(work / "predict" / "store" / f"{case}.nii.gz"))
+        np.testing.assert_array_equal(array, sitk.GetArrayFromImage(stored))
+
+
+def test_raw_data_needs_dataset_and_domain(tiny_store, tmp_path):
+    model_dir = write_model_dir(tmp_path / "m")
+    with pytest.raises(UdasegError, match="needs --dataset and --domain") as exc:
+        run_stage(model_dir, tiny_store["raw"], tmp_path / "w")
+    assert exc.value.exit_code == 2
+
+
+def test_rerun_skips_unless_forced_and_options_rebuild(tiny_store, tmp_path):
+    model_dir = write_model_dir(tmp_path / "m")
+    work = tmp_path / "w"
+    first = run_stage(model_dir, tiny_store["store"], work)
+    assert first.summary["skipped"] is False
+    again = run_stage(model_dir, tiny_store["store"], work, batch_size=2)  # runtime only
+    assert again.summary["skipped"] is True
+    assert run_stage(model_dir, tiny_store["store"], work, force=True).summary["skipped"] is False
+    changed = run_stage(model_dir, tiny_store["store"], work, gaussian=False)
+    assert changed.summary["skipped"] is False
+
+
+def test_stale_model_directory_is_refused(tiny_store, tmp_path):
+    model_dir = write_model_dir(tmp_path / "m")
+    with open(
+        model_dir / "checkpoint_best.pt", "ab"
+    ) as handle:  # the file no longer matches its manifest record
+        handle.write(b"0")
+    with pytest.raises(artifacts.StaleInputError, match="out of date: checkpoint_best.pt changed"):
+        run_stage(model_dir, tiny_store["store"], tmp_path / "w")
+
+
+def test_model_directory_without_manifest_is_fingerprinted(tiny_store, tmp_path):
+    model_dir = write_model_dir(tmp_path / "m", artifact=False)
+    work = tmp_path / "w"
+    done = run_stage(model_dir, tiny_store["store"], work)
+    assert "model" not in done.inputs and done.config["model"]["fingerprint"]
+    assert run_stage(model_dir, tiny_store["store"], work).summary["skipped"] is True
+    write_model_dir(tmp_path / "m2", artifact=False, seed=1)  # new weights in the same place
+    shutil.copy(tmp_path / "m2" / "checkpoint_best.pt", model_dir / "checkpoint_best.pt")
+    assert run_stage(model_dir, tiny_store["store"], work).summary["skipped"] is False
+
+
+def test_stale_store_is_refused_unless_forced(store_copy, tmp_path):
+    model_dir = write_model_dir(tmp_path / "m")
+    store_file = store_copy / "store.h5"
+    store_file.write_bytes(store_file.read_bytes())  # same bytes, new mtime: still fine
+    run_stage(model_dir, store_copy, tmp_path / "w")
+    manifest = json.loads((store_copy / "manifest.json").read_text())
+    manifest["outputs"]["store.h5"]["sha256"] = "0" * 64  # as if the store had been rewritten
+    manifest["outputs"]["store.h5"]["mtime_ns"] = 0
+    (store_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(artifacts.StaleInputError, match="store.h5 changed content"):
+        run_stage(model_dir, store_copy, tmp_path / "w")
+    with pytest.warns(UserWarning, match="used anyway"):
+        done = run_stage(model_dir, store_copy, tmp_path / "w", force=True)
+    assert done.summary["cases"] == 4
+
+
+def test_unfinished_store_folder_is_refused(store_copy, tmp_path):
+    model_dir = write_model_dir(tmp_path / "m")
+    (store_copy / "manifest.json").unlink()
+    with pytest.raises(artifacts.StaleInputError, match="was never finished|does not exist"):
+        run_stage(model_dir, store_copy, tmp_path / "w")
+    # a bare store file outside an artifact is accepted (tracked by its size and mtime)
+    done = run_stage(model_dir, store_copy / "store.h5", tmp_path / "w")
+    assert "data" not in done.inputs and done.config["data"]["fingerprint"]
+
+
+def test_model_and_data_must_agree_on_classes_and_view(tiny_store, tmp_path):
+    other = write_model_dir(tmp_path / "liver", classes=["liver", "spleen"])
+    with pytest.raises(UdasegError, match=r"predicts classes \['liver', 'spleen'\] but data"):
+        run_stage(other, tiny_store["store"], tmp_path / "w")
+    coronal = write_model_dir(tmp_path / "coronal", view="coronal")
+    with pytest.raises(UdasegError, match="trained on coronal slices .* stored axial"):
+        run_stage(coronal, tiny_store["store"], tmp_path / "w")
+
+
+def test_bad_options_are_named(tiny_store, tmp_path):
+    model_dir = write_model_dir(tmp_path / "m")
+    store = tiny_store["store"]
+    with pytest.raises(UdasegError, match='unknown checkpoint "bset" \\(did you mean "best"'):
+        run_stage(model_dir, store, tmp_path / "w", checkpoint="bset")
+    with pytest.raises(UdasegError, match="--cases: c9 not in the data"):
+        run_stage(model_dir, store, tmp_path / "w", cases=["c1", "c9"])
+    with pytest.raises(UdasegError, match="needs 2 positive voxel counts"):
+        run_stage(model_dir, store, tmp_path / "w", stride=(4, 4, 4))
+    with pytest.raises(UdasegError, match="holds no model.json"):
+        run_stage(tmp_path, store, tmp_path / "w")
+    with pytest.raises(UdasegError, match="not a plain folder name"):
+        run_stage(model_dir, store, tmp_path / "w", name="a/b")
+    assert stage.parse_stride("0.25") == 0.25 and stage.parse_stride("8,16") == (8, 16)
+    with pytest.raises(UdasegError, match='--device "gpu"'):
+        stage.resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UdasegError, match="sees no CUDA GPU"):
+            stage.resolve_device("cuda")
+        assert stage.resolve_device("auto") == "cpu"
+    with pytest.raises(UdasegError, match="fraction of the window"):
+        stage.parse_stride("16")
+
+
+def test_checkpoint_falls_back_like_load_model(tiny_store, tmp_path):
+    model_dir = write_model_dir(tmp_path / "m", artifact=False)
+    (model_dir / "checkpoint_best.pt").rename(model_dir / "checkpoint_latest.pt")
+    done = run_stage(model_dir, tiny_store["store"], tmp_path / "w", checkpoint="final")
+    assert done.summary["checkpoint"] == "checkpoint_latest.pt"
+
+
+def test_shards_partition_the_cases_and_merge_into_the_full_run(tiny_store, tmp_path):
+    model_dir = write_model_dir(tmp_path / "m")
+    work = tmp_path / "w"
+    full = run_stage(model_dir, tiny_store["store"], work, name="full")
+    for i in range(2):
+        part = run_stage(model_dir, tiny_store["store"], work, name="sharded", shard=(i, 2))
+        assert part.summary["case_ids"] == ["c0", "c1", "c2", "c3"][i::2]
+        assert (work / "predict" / f"sharded__shard-{i}-of-2" / "manifest.json").is_file()
+    merged = run_stage(model_dir, tiny_store["store"], work, name="sharded", merge_shards=True)
+    assert merged.summary["cases"] == 4 and len(merged.inputs) == 2
+    for case in full.summary["case_ids"]:
+        a = (work / "predict" / "full" / f"{case}.nii.gz").read_bytes()
+        assert (work / "predict" / "sharded" / f"{case}.nii.gz").read_bytes() == a
+    shutil.rmtree(work / "predict" / "sharded__shard-1-of-2")
+    with pytest.raises(UdasegError, match="shards missing: sharded__shard-1-of-2"):
+        run_stage(model_dir, tiny_store["store"], work, name="sharded", merge_shards=True)
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def test_cli_json_summary(tiny_store, tmp_path):
+    model_dir = write_model_dir(tmp_path / "unet")
+    args = [
+        "predict", "--model-dir", str(model_dir), "--data", str(tiny_store["store"]),
+        "--work", str(tmp_path / "w"), "--device", "cpu", "--stride", "0.25", "--json",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["cases"] == 4 and summary["run"] == "unet__tiny__src"
+    assert summary["skipped"] is False and summary["device"] == "cpu"
+    again = json.loads(CliRunner().invoke(app, args).stdout)
+    assert again["skipped"] is True
+    assert "predict" not in _PLANNED
+
+
+def test_cli_unknown_checkpoint_is_a_usage_error(tiny_store, tmp_path, monkeypatch, capsys):
+    model_dir = write_model_dir(tmp_path / "m")
+    monkeypatch.setattr(sys, "argv", ["udaseg", "predict", "--model-dir", str(model_dir),
+                                      "--data", str(tiny_store["store"]), "--work",
+                                      str(tmp_path / "w"), "--checkpoint", "bset"])  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2
+    assert 'unknown checkpoint "bset"' in capsys.readouterr().err
+
+
+def test_real_unet_when_it_exists(tiny_store, tmp_path):
+    """The built-in 2D U-Net (once it lands) runs through the stage with its tiny settings."""
+    try:
+        spec = registry.model_spec("unet2d.v1")
+    except UdasegError:
+        pytest.skip("unet2d.v1 is not registered yet")
+    kwargs = {"in_channels": 1, "num_classes": 3, **spec.tiny}
+    model = registry.create_model("unet2d.v1", **kwargs)
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    info = {
+        "name": "unet2d.v1", "kwargs": kwargs, "dims": 2, "classes": CLASSES, "num_classes": 3,
+        "in_channels": 1, "dataset": "tiny", "view": "axial", "patch_size": [32, 32],
+    }  # fmt: skip
+    write_model_json(folder, info)
+    save_checkpoint(folder / "checkpoint_best.pt",
+                    {"model": {"name": "unet2d.v1", "kwargs": kwargs},
+                     "state_dict": model.state_dict()})  # fmt: skip
+    done = run_stage(folder, tiny_store["store"], tmp_path / "w")
+    assert done.summary["cases"] == 4

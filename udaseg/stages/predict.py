@@ -1,0 +1,707 @@
+"""``udaseg predict``: segment scans with a trained model, writing label maps on the original grid.
+
+Inputs:
+
+* ``model_dir``: a model directory (``segment-train`` / ``adapt`` output: ``model.json`` and
+  ``checkpoint_{best,final,latest}.pt``, see :mod:`udaseg.training.checkpoint`);
+* ``data``, either
+  1. a preprocessed store: a ``preprocess`` artifact folder holding ``store.h5``, or a ``store.h5``
+     file (an artifact when its folder has a manifest). Every case is predicted on the stored,
+     processed grid; the geometry records in each case's meta take the result back; or
+  2. a raw dataset folder, with ``dataset`` (manifest name or YAML) and ``domain``: the domain's
+     ``images`` pattern finds the cases and each image is preprocessed in memory exactly as
+     ``udaseg preprocess`` would (:func:`~udaseg.data.pipeline.preprocess_case`, labels not read).
+
+The model's classes and view must be the data's (store attributes, or the manifest's).
+
+Output: ``W/predict/<run>/`` with ``<case_id>.nii.gz`` for every case: uint8 class ids 0..C (ids in
+the order of the model's ``classes``) on the ORIGINAL image's grid (its size, spacing, origin and
+direction, so it overlays the source file voxel by voxel; voxels preprocessing cropped away are
+background), and ``manifest.json`` (inputs: the model directory when it is an artifact and the data
+when it is one; summary: cases, seconds, seconds per case). ``<run>`` defaults to
+``<model folder>__<data name>``, the data name being the store's folder (``<dataset>__<domain>``
+for a ``preprocess`` artifact) or ``<dataset>__<domain>`` for raw data. With ``shard=(i, n)`` only
+every n-th case from i on is predicted, into ``<run>__shard-i-of-n/``; ``merge_shards`` copies the
+n finished shards' files into ``<run>/``. (``udaseg evaluate`` reads any folder of case files, so a
+shard can also be evaluated alone with ``--cases``.)
+
+Inference itself (windows, padding, Gaussian weighting, flips) is :mod:`udaseg.inference`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from udaseg import artifacts
+from udaseg.errors import UdasegError, look_up_option
+from udaseg.progress import NullProgress, Progress
+
+STAGE = "predict"
+# bump when the same model, data and options would give different label maps
+PREDICT_VERSION = 1
+CHECKPOINTS = ("best", "final", "latest")
+STORE_NAME = "store.h5"
+SUFFIX = ".nii.gz"
+
+Segmenter = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class PredictConfig:
+    """Options of one predict run.
+
+    model_dir: the model directory. data: store artifact / store file / raw dataset folder.
+    dataset, domain: the manifest and domain of raw ``data`` (unused for a store).
+    name: run name (default ``<model folder>__<data name>``). checkpoint: best, final or latest
+    (``load_model`` falls back to final, then latest, when it is absent).
+    tta: flip test-time augmentation (2D: H and W axes, 4 passes; 3D: all three axes, 8 passes).
+    gaussian: Gaussian window weighting (else uniform). stride: None (half the window), a fraction
+    of the window, or voxels per window axis. amp: bfloat16 autocast on CUDA.
+    cases: predict only these ids (None = all). shard: (i, n) or None; merge_shards: join the
+    shards instead. batch_size (windows per forward pass) and device are runtime-only.
+    """
+
+    model_dir: Path
+    data: Path
+    dataset: str | None = None
+    domain: str | None = None
+    name: str | None = None
+    checkpoint: str = "best"
+    tta: bool = False
+    gaussian: bool = True
+    stride: float | tuple[int, ...] | None = None
+    amp: bool = False
+    cases: list[str] | None = None
+    shard: tuple[int, int] | None = None
+    merge_shards: bool = False
+    batch_size: int = 8
+    device: str = "auto"
+
+
+@dataclass
+class CaseInput:
+    """One case to segment: ``image`` (S, H, W) float32 on the processed grid, and its store meta
+    record (``original``, ``processed`` geometry and ``assumed_direction``)."""
+
+    case_id: str
+    image: np.ndarray
+    meta: dict[str, Any]
+
+
+@dataclass
+class ModelSource:
+    """A model directory: its model.json, the checkpoint file ``load_model`` will read, and
+    whether the directory is an artifact (has a manifest)."""
+
+    directory: Path
+    info: dict[str, Any]
+    checkpoint: Path
+    artifact: bool
+
+    def record(self) -> dict[str, Any]:
+        files = None if self.artifact else [self.directory / "model.json", self.checkpoint]
+        return {
+            "path": str(self.directory.resolve()),
+            "name": self.info.get("name"),
+            "checkpoint": self.checkpoint.name,
+            "fingerprint": _fingerprint(files) if files else None,
+        }
+
+
+@dataclass
+class DataSource:
+    """What ``data`` is: a store (``path`` = the .h5 file) or raw folder (``files`` per case)."""
+
+    kind: str  # "store" or "raw"
+    path: Path
+    artifact: Path | None  # the preprocess artifact folder, when it is one
+    name: str
+    dataset: str
+    domain: str
+    classes: list[str]
+    view: str
+    case_ids: list[str]
+    manifest: Any = None  # DatasetManifest of raw data
+    domain_spec: Any = None  # its Domain, with labels switched off
+    files: dict[str, Any] = field(default_factory=dict)  # raw: case id -> CaseFiles
+
+    def record(self, ids: list[str]) -> dict[str, Any]:
+        """What identifies the data in the run's config (artifacts are tracked by their manifest
+        hash in ``inputs`` instead of a file fingerprint)."""
+        record: dict[str, Any] = {
+            "kind": self.kind,
+            "path": str(self.path.resolve()),
+            "dataset": self.dataset,
+            "domain": self.domain,
+        }
+        if self.kind == "raw":
+            from udaseg.data.pipeline import source_fingerprint
+            from udaseg.stages.preprocess import PIPELINE_VERSION
+
+            rows = source_fingerprint([self.files[i] for i in ids])
+            record.update(
+                manifest=self.manifest.raw,
+                pipeline_version=PIPELINE_VERSION,
+                fingerprint=artifacts.config_hash({"files": rows}),
+            )
+        elif self.artifact is None:
+            record["fingerprint"] = _fingerprint([self.path])
+        return record
+
+    def cases(self, ids: list[str]) -> Iterator[CaseInput]:
+        if self.kind == "store":
+            return store_cases(self.path, ids)
+        return raw_cases(self.manifest, self.domain_spec, [self.files[i] for i in ids])
+
+
+# --- reading cases -------------------------------------------------------------------------------
+
+
+def store_cases(path: Path, ids: Iterable[str]) -> Iterator[CaseInput]:
+    """The cases ``ids`` of the store at ``path``, read one at a time."""
+    from udaseg.data.store import Store
+
+    store = Store(path)
+    try:
+        for case_id in ids:
+            yield CaseInput(case_id, store.image(case_id), store.meta(case_id))
+    finally:
+        store.close()
+
+
+def raw_cases(manifest, domain, files: Iterable) -> Iterator[CaseInput]:
+    """Raw images preprocessed in memory exactly as ``udaseg preprocess`` does (labels unread)."""
+    from udaseg.data.pipeline import preprocess_case
+    from udaseg.data.readers import CaseFiles
+
+    for case in files:
+        processed = preprocess_case(manifest, domain, CaseFiles(case.case_id, case.image, None))
+        yield CaseInput(case.case_id, processed.image, processed.meta)
+
+
+# --- writing results -----------------------------------------------------------------------------
+
+
+def write_label(path: Path, label: np.ndarray, meta: dict[str, Any]) -> None:
+    """Write an (S, H, W) label map on the processed grid as NIfTI on the original image's grid."""
+    import SimpleITK as sitk
+
+    from udaseg.data.geometry import restore_label
+
+    image = restore_label(label, meta["processed"], meta["original"], meta.get("assumed_direction"))
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def predict_cases(
+    cases: Iterable[CaseInput],
+    segment: Segmenter,
+    folder: Path,
+    progress: Progress | None = None,
+    total: int | None = None,
+) -> dict[str, float]:
+    """Segment each case with ``segment`` ((S, H, W) float32 -> (S, H, W) class ids) and write
+    ``folder/<case_id>.nii.gz`` on its original grid; returns the seconds per case (reading or
+    preprocessing, inference and writing).
+
+    The stage calls it with a model's :func:`udaseg.inference.segment_volume`; any function of the
+    volume will do (tests feed the stored label through a one-hot "model" to check geometry).
+    """
+    progress = progress or NullProgress()
+    task = progress.task("predict", total)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    for case in cases:
+        label = np.asarray(segment(case.image))
+        if label.shape != case.image.shape:
+            raise UdasegError(
+                f"case {case.case_id}: the segmenter returned shape {label.shape} for an image "
+                f"of shape {case.image.shape}"
+            )
+        write_label(Path(folder) / f"{case.case_id}{SUFFIX}", label, case.meta)
+        now = time.perf_counter()
+        seconds[case.case_id] = round(now - started, 3)
+        started = now
+        progress.advance(task, case=case.case_id)
+    return seconds
+
+
+def model_segmenter(model, info: dict[str, Any], config: PredictConfig, device: str) -> Segmenter:
+    """:func:`udaseg.inference.segment_volume` with the model's layout and the run's options."""
+    from udaseg.inference import segment_volume
+
+    dims = model_dims(info)
+    return functools.partial(
+        segment_volume,
+        model,
+        dims=dims,
+        patch_size=info.get("patch_size"),
+        batch_size=config.batch_size,
+        stride=config.stride,
+        gaussian=config.gaussian,
+        tta_flips=tta_axes(dims) if config.tta else (),
+        device=device,
+        amp=config.amp,
+        in_channels=int(info.get("in_channels", 1)),
+    )
+
+
+def tta_axes(dims: int) -> tuple[int, ...]:
+    """Volume axes flipped by ``--tta``: in-plane (H, W) for 2D models, all three for 3D."""
+    return (1, 2) if dims == 2 else (0, 1, 2)
+
+
+def model_dims(info: dict[str, Any]) -> int:
+    if "dims" in info:
+        return int(info["dims"])
+    from udaseg.models.registry import model_spec
+
+    return model_spec(info["name"]).dims
+
+
+# --- resolving the inputs ------------------------------------------------------------------------
+
+
+def resolve_model(directory: Path, which: str) -> ModelSource:
+    """The model directory's model.json and the checkpoint ``load_model(directory, which)`` reads.
+
+    Raises:
+        UdasegError: unknown checkpoint name (exit code 2), no model.json, or no checkpoint.
+    """
+    from udaseg.training.checkpoint import read_model_json
+
+    look_up_option(which, CHECKPOINTS, what="checkpoint")
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UdasegError(
+            f"model directory {directory} does not exist",
+            hint="pass the output directory of `udaseg segment-train` or `udaseg adapt`",
+            path=directory,
+        )
+    info = read_model_json(directory)
+    # the same fallback as load_model: the requested checkpoint, then final, then latest
+    for name in dict.fromkeys((which, "final", "latest")):
+        path = directory / f"checkpoint_{name}.pt"
+        if path.is_file():
+            break
+    else:
+        raise UdasegError(
+            f"model directory {directory} holds no checkpoint_{{best,final,latest}}.pt",
+            hint="train the model first (or wait for its first checkpoint)",
+            path=directory,
+        )
+    artifact = (directory / artifacts.MANIFEST_NAME).is_file()
+    return ModelSource(directory, info, path, artifact)
+
+
+def resolve_data(config: PredictConfig, force: bool) -> DataSource:
+    """Recognise ``config.data`` as a store (artifact folder or .h5 file) or a raw folder.
+
+    An artifact is checked (complete, unmodified, current) before it is opened.
+    """
+    data = Path(config.data)
+    if data.is_file() or (data / STORE_NAME).is_file():
+        return _store_source(data, force)
+    if not data.is_dir():
+        raise UdasegError(
+            f"--data {data} does not exist",
+            hint="pass a `udaseg preprocess` output folder, its store.h5, or a raw dataset folder",
+            path=data,
+        )
+    return _raw_source(data, config)
+
+
+def _store_source(data: Path, force: bool) -> DataSource:
+    from udaseg.data.store import Store
+
+    if data.is_dir():  # an artifact folder: it must be a complete, current preprocess artifact
+        path, artifact = data / STORE_NAME, data
+    else:
+        path = data
+        artifact = data.parent if (data.parent / artifacts.MANIFEST_NAME).is_file() else None
+    if artifact is not None:
+        artifacts.require_input(
+            artifact, stage="preprocess", rerun="udaseg preprocess", force=force
+        )
+    store = Store(path)
+    try:
+        name = path.parent.name if path.name == STORE_NAME else path.stem
+        return DataSource(
+            "store",
+            path,
+            artifact,
+            _safe(name),
+            store.dataset,
+            store.domain,
+            list(store.classes),
+            store.view,
+            list(store.case_ids),
+        )
+    finally:
+        store.close()
+
+
+def _raw_source(data: Path, config: PredictConfig) -> DataSource:
+    from udaseg.data.manifest import load_manifest
+    from udaseg.data.readers import find_cases
+
+    if config.dataset is None or config.domain is None:
+        raise UdasegError(
+            f"--data {data} is not a preprocessed store (no {STORE_NAME}), so it is read as a "
+            "raw dataset folder, which needs --dataset and --domain",
+            hint="pass e.g. --dataset mmwhs --domain ct, or a `udaseg preprocess` output folder",
+            exit_code=2,
+        )
+    manifest = load_manifest(config.dataset)
+    # images only: prediction neither needs nor reads labels, so their absence is no error
+    domain = dataclasses.replace(manifest.domain(config.domain), labels=None)
+    found = find_cases(domain, data)
+    return DataSource(
+        "raw",
+        data,
+        None,
+        _safe(f"{manifest.name}__{domain.name}"),
+        manifest.name,
+        domain.name,
+        list(manifest.classes),
+        manifest.view,
+        [c.case_id for c in found],
+        manifest,
+        domain,
+        {c.case_id: c for c in found},
+    )
+
+
+def check_compatible(model: ModelSource, data: DataSource) -> None:
+    """The model must have been trained for the data's classes (same names, same order) and view.
+
+    Raises:
+        UdasegError: naming both sides.
+    """
+    where = f"{data.path} ({data.dataset}/{data.domain})"
+    classes = list(model.info.get("classes") or [])
+    if classes != data.classes:
+        raise UdasegError(
+            f"model {model.directory} predicts classes {classes} but data {where} has classes "
+            f"{data.classes}",
+            hint="use a model trained on this dataset's classes, or preprocess the data with the "
+            "manifest the model was trained with",
+        )
+    view = model.info.get("view")
+    if view is not None and view != data.view:
+        raise UdasegError(
+            f"model {model.directory} was trained on {view} slices but data {where} is stored "
+            f"{data.view}",
+            hint=f"preprocess the data with view: {view} (the manifest's view key)",
+        )
+
+
+def select_cases(
+    available: list[str], wanted: list[str] | None, shard: tuple[int, int] | None
+) -> list[str]:
+    """The requested case ids (in the data's order), then every n-th from i for ``shard=(i, n)``."""
+    ids = list(available)
+    if wanted is not None:
+        missing = [c for c in wanted if c not in ids]
+        if missing:
+            raise UdasegError(
+                f"--cases: {', '.join(missing)} not in the data",
+                hint=f"the data holds {len(ids)} cases: {', '.join(ids[:10])}"
+                + (" ..." if len(ids) > 10 else ""),
+                exit_code=2,
+            )
+        ids = [c for c in ids if c in set(wanted)]
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise UdasegError(f"--shard {index}/{count}: need 0 <= i < n", exit_code=2)
+        ids = ids[index::count]
+    return ids
+
+
+def run_name(config: PredictConfig, model: ModelSource, data: DataSource) -> str:
+    """``config.name``, or ``<model folder>__<data name>``."""
+    if config.name is None:
+        return _safe(f"{model.directory.resolve().name}__{data.name}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", config.name):
+        raise UdasegError(
+            f'--name "{config.name}" is not a plain folder name',
+            hint="use letters, digits and . _ + - (no slashes)",
+            exit_code=2,
+        )
+    return config.name
+
+
+def output_dir(work: Path, name: str, shard: tuple[int, int] | None = None) -> Path:
+    if shard is not None:
+        name += f"__shard-{shard[0]}-of-{shard[1]}"
+    return Path(work) / STAGE / name
+
+
+def resolve_device(name: str) -> str:
+    """``auto``: ``cuda`` if a GPU is visible, else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise UdasegError(f'--device "{name}": use cpu, cuda, cuda:N or auto', exit_code=2)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UdasegError(
+            f"--device {name}, but torch sees no CUDA GPU",
+            hint="use --device cpu, or install the CUDA build of torch on a GPU machine",
+            exit_code=2,
+        )
+    return name
+
+
+def parse_stride(text: str | None) -> float | tuple[int, ...] | None:
+    """``--stride``: a fraction of the window (``0.5``) or voxels per axis (``16,128,128``)."""
+    if text is None:
+        return None
+    try:
+        if "," in text:
+            return tuple(int(v) for v in text.split(","))
+        value = float(text)
+    except ValueError as exc:
+        raise UdasegError(
+            f'--stride "{text}" must be a fraction like 0.5 or voxels like 16,128,128',
+            exit_code=2,
+        ) from exc
+    if not 0 < value <= 1:
+        raise UdasegError(
+            f"--stride {text}: a single value is a fraction of the window, in (0, 1]",
+            hint="give voxels per window axis as a list, e.g. --stride 16,128,128",
+            exit_code=2,
+        )
+    return value
+
+
+def _check_stride(stride: Any, dims: int) -> None:
+    if stride is None:
+        return
+    if isinstance(stride, int | float):
+        if not 0 < stride <= 1:
+            raise UdasegError(f"--stride {stride}: a fraction must be in (0, 1]", exit_code=2)
+        return
+    stride = tuple(stride)
+    if isinstance(stride, tuple) and (len(stride) != dims or min(stride) < 1):
+        raise UdasegError(
+            f"--stride {','.join(map(str, stride))}: this {dims}D model needs {dims} positive "
+            f"voxel counts ({'H,W' if dims == 2 else 'D,H,W'})",
+            exit_code=2,
+        )
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    """Hash of (file, size, mtime) of inputs that are not artifacts."""
+    rows = []
+    for path in paths:
+        stat = Path(path).stat()
+        rows.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    return artifacts.config_hash({"files": rows})
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip("._-") or "run"
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def _inputs(model: ModelSource, data: DataSource) -> dict[str, dict[str, str]]:
+    """Manifest records of the inputs that are artifacts (already checked by the caller)."""
+    inputs = {}
+    if model.artifact:
+        inputs["model"] = artifacts.input_record(
+            model.directory, artifacts.load_manifest(model.directory)
+        )
+    if data.artifact is not None:
+        inputs["data"] = artifacts.input_record(
+            data.artifact, artifacts.load_manifest(data.artifact)
+        )
+    return inputs
+
+
+def _require_model(model: ModelSource, force: bool) -> None:
+    """Refuse a model directory artifact that changed or whose inputs were rebuilt since."""
+    if not model.artifact:
+        return
+    stage = artifacts.load_manifest(model.directory).stage
+    artifacts.require_input(model.directory, stage=stage, rerun=f"udaseg {stage}", force=force)
+
+
+def _stage_config(
+    config: PredictConfig, model: ModelSource, data: DataSource, ids: list[str], device: str
+) -> dict[str, Any]:
+    stride = list(config.stride) if isinstance(config.stride, tuple | list) else config.stride
+    return {
+        "model": model.record(),
+        "data": data.record(ids),
+        "cases": ids,
+        "dims": model_dims(model.info),
+        "patch_size": model.info.get("patch_size"),
+        "in_channels": int(model.info.get("in_channels", 1)),
+        "tta": config.tta,
+        "gaussian": config.gaussian,
+        "stride": stride,
+        # bfloat16 changes the numbers, but only where it is used
+        "amp": bool(config.amp and device.startswith("cuda")),
+        "predict_version": PREDICT_VERSION,
+        "device": device,
+        "shard": list(config.shard) if config.shard else None,
+    }
+
+
+def run(
+    config: PredictConfig,
+    work: Path,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> artifacts.Manifest:
+    """Predict the data's cases with the model; returns the artifact's manifest.
+
+    The summary holds ``run``, ``output``, ``cases`` (count), ``case_ids``, ``seconds``,
+    ``seconds_per_case`` ({case: s}), ``device``, ``checkpoint`` and ``skipped``. An artifact built
+    from the same model, data and options is left as it is (``skipped: true``) unless ``force``.
+
+    Raises:
+        UdasegError: bad options, unknown checkpoint name, missing model or checkpoint, stale
+            input artifacts (unless ``force``), classes or view that differ between model and data,
+            unknown case ids, unreadable scans.
+    """
+    progress = progress or NullProgress()
+    model = resolve_model(config.model_dir, config.checkpoint)
+    _check_stride(config.stride, model_dims(model.info))
+    if config.batch_size < 1:
+        raise UdasegError(f"--batch-size {config.batch_size}: need >= 1", exit_code=2)
+    _require_model(model, force)
+    data = resolve_data(config, force)
+    check_compatible(model, data)
+    name = run_name(config, model, data)
+    if config.merge_shards:
+        return merge_shards(work, name, force=force, progress=progress)
+    ids = select_cases(data.case_ids, config.cases, config.shard)
+    device = resolve_device(config.device)
+    out = output_dir(work, name, config.shard)
+    stage_config = _stage_config(config, model, data, ids, device)
+    inputs = _inputs(model, data)
+    if not force and artifacts.is_current(out, stage_config, inputs):
+        progress.log(f"{out} is up to date (same model, data and options); skipped")
+        done = artifacts.load_manifest(out)
+        done.summary = {**done.summary, "skipped": True}
+        return done
+    return _predict(config, model, data, ids, device, out, stage_config, inputs, progress)
+
+
+def _predict(config, model, data, ids, device, out, stage_config, inputs, progress):
+    from udaseg.training.checkpoint import load_model
+
+    started = time.perf_counter()
+    network, info = load_model(model.directory, config.checkpoint, device)
+    segment = model_segmenter(network, info, config, device)
+    with artifacts.building(out) as tmp:
+        try:
+            seconds = predict_cases(data.cases(ids), segment, tmp, progress, total=len(ids))
+        except BaseException:
+            # nothing to resume: leave no half-filled folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        summary = {
+            "run": out.name,
+            "output": str(out),
+            "model": str(model.directory),
+            "checkpoint": model.checkpoint.name,
+            "data": str(data.path),
+            "dataset": data.dataset,
+            "domain": data.domain,
+            "cases": len(ids),
+            "case_ids": ids,
+            "seconds": round(time.perf_counter() - started, 2),
+            "seconds_per_case": seconds,
+            "device": device,
+            "batch_size": config.batch_size,
+            "skipped": False,
+        }
+        return artifacts.publish(
+            tmp, out, stage=STAGE, config=stage_config, inputs=inputs, summary=summary
+        )
+
+
+def merge_shards(
+    work: Path, name: str, *, force: bool = False, progress: Progress | None = None
+) -> artifacts.Manifest:
+    """Copy the case files of the n finished shards ``<name>__shard-i-of-n`` into ``<name>/``.
+
+    Raises:
+        UdasegError: no shards, missing shards, stale shards (unless ``force``), or a case in two.
+    """
+    progress = progress or NullProgress()
+    parent = Path(work) / STAGE
+    prefix = f"{name}__shard-"
+    found = [p for p in parent.glob(prefix + "*-of-*") if not p.name.endswith(".partial")]
+    if not found:
+        raise UdasegError(
+            f"no shards {prefix}*-of-* under {parent}",
+            hint="run `udaseg predict ... --shard i/n` for every i first",
+        )
+    count = int(found[0].name.rsplit("-of-", 1)[1])
+    expected = [f"{prefix}{i}-of-{count}" for i in range(count)]
+    missing = [e for e in expected if not (parent / e).is_dir()]
+    if missing:
+        raise UdasegError(
+            f"cannot merge {name}: shards missing: {', '.join(missing)}",
+            hint="rerun those shards, then merge again",
+        )
+    shards = [parent / e for e in expected]
+    manifests = [
+        artifacts.require_input(
+            s, stage=STAGE, rerun=f"udaseg predict ... --shard i/{count}", force=force
+        )
+        for s in shards
+    ]
+    ids = [c for m in manifests for c in m.config["cases"]]
+    if len(set(ids)) != len(ids):
+        raise UdasegError(f"cannot merge {name}: a case appears in two shards")
+    config = {**manifests[0].config, "cases": ids, "shard": None, "merged_from": count}
+    inputs = {s.name: artifacts.input_record(s, m) for s, m in zip(shards, manifests, strict=True)}
+    out = output_dir(work, name)
+    if not force and artifacts.is_current(out, config, inputs):
+        progress.log(f"{out} is up to date (same shards); skipped")
+        done = artifacts.load_manifest(out)
+        done.summary = {**done.summary, "skipped": True}
+        return done
+    with artifacts.building(out) as tmp:
+        seconds: dict[str, float] = {}
+        for shard, manifest in zip(shards, manifests, strict=True):
+            for case_id in manifest.config["cases"]:
+                shutil.copy2(shard / f"{case_id}{SUFFIX}", tmp / f"{case_id}{SUFFIX}")
+            seconds.update(manifest.summary.get("seconds_per_case", {}))
+        summary = {
+            **{
+                k: manifests[0].summary.get(k)
+                for k in ("model", "checkpoint", "data", "dataset", "domain", "device")
+            },
+            "run": name,
+            "output": str(out),
+            "cases": len(ids),
+            "case_ids": ids,
+            "merged_shards": count,
+            "seconds": round(sum(m.summary.get("seconds", 0) for m in manifests), 2),
+            "seconds_per_case": seconds,
+            "skipped": False,
+        }
+        progress.log(f"merged {count} shards into {out}")
+        return artifacts.publish(
+            tmp, out, stage=STAGE, config=config, inputs=inputs, summary=summary
+        )
