@@ -65,3 +65,96 @@ def test_phantom_preprocess_evaluate_with_reruns(tmp_path):
     out = work / "evaluate" / "self"
     assert require_input(out, stage="evaluate", rerun="udaseg evaluate").inputs
     assert {p.name for p in out.iterdir()} >= {"per_case.csv", "summary.json", "table.md"}
+
+
+def test_train_predict_evaluate_and_resume_after_a_kill(tmp_path):
+    """phantom -> preprocess -> segment-train (killed, resumed) -> predict -> evaluate."""
+    import os
+    import signal
+    import time
+
+    raw, work = tmp_path / "raw", tmp_path / "work"
+    udaseg("phantom", "--out", str(raw), "--size", "tiny")
+    udaseg("preprocess", str(raw / "dataset.yaml"), "--raw", str(raw), "--work", str(work))
+    ct = work / "preprocessed" / "phantom-abdomen__ct"
+    train = [
+        "segment-train",
+        "--work",
+        str(work),
+        "--model",
+        "unet2d.v1",
+        "--source",
+        str(ct),
+        "--model-arg",
+        "base_channels=4",
+        "--model-arg",
+        "depth=3",
+        "--steps",
+        "60",
+        "--batch-size",
+        "4",
+        "--patch-size",
+        "32,32",
+        "--checkpoint-every",
+        "5",
+        "--val-every",
+        "30",
+        "--log-every",
+        "5",
+        "--device",
+        "cpu",
+        "--name",
+        "unet",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "udaseg.cli", *train],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = work / "segment" / "unet.partial" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / "segment" / "unet").exists()
+    summary = udaseg(*train, "--resume")
+    assert summary["steps"] == 60
+    steps = [
+        json.loads(line)["step"]
+        for line in (work / "segment" / "unet" / "metrics.jsonl").read_text().splitlines()
+        if "val" not in line
+    ]
+    assert steps == list(range(5, 61, 5))  # no step logged twice, none missing
+    model = work / "segment" / "unet"
+    mr = work / "preprocessed" / "phantom-abdomen__mr"
+    predicted = udaseg(
+        "predict",
+        "--model-dir",
+        str(model),
+        "--data",
+        str(mr),
+        "--work",
+        str(work),
+        "--name",
+        "unet_on_mr",
+    )
+    assert predicted["cases"] == 3
+    scores = udaseg(
+        "evaluate",
+        "--pred",
+        str(work / "predict" / "unet_on_mr"),
+        "--ref",
+        str(raw),
+        "--dataset",
+        str(raw / "dataset.yaml"),
+        "--domain",
+        "mr",
+        "--work",
+        str(work),
+    )
+    assert 0.0 <= scores["mean_over_classes"]["dice"]["mean"] <= 1.0
+    for stage, out in (("segment-train", model), ("predict", work / "predict" / "unet_on_mr")):
+        assert require_input(out, stage=stage, rerun=f"udaseg {stage}").inputs

@@ -72,6 +72,7 @@ def rich_progress(*, enabled: bool = True, stderr: bool = True) -> Iterator[Prog
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        FieldsColumn(),
     )
     with RichProgress(*columns, console=console, transient=False) as progress:
         yield _RichProgress(progress, console)

@@ -254,7 +254,8 @@ def run_loop(
             last_val = _validate(state, work, validate_fn, log, runtime)
         if step % schedule.checkpoint_every == 0 or step == schedule.steps:
             _save(state, Path(work) / "checkpoint_latest.pt", runtime)
-        progress.advance(task, 1, **{k: round(v, 4) for k, v in parts.items() if k == "total"})
+        # a custom field, not "total": rich would take that as the bar's length
+        progress.advance(task, 1, loss=round(float(parts.get("total", 0.0)), 4))
     _save(state, Path(work) / "checkpoint_final.pt", runtime)
     return last_val
 
