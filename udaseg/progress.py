@@ -47,6 +47,19 @@ class _RichProgress:
         self._progress.console.print(message)
 
 
+def _fields_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class FieldsColumn(ProgressColumn):
+        """What a stage reports beside the bar: the current loss, case, and so on."""
+
+        def render(self, task) -> Text:
+            return Text(" ".join(f"{k} {v}" for k, v in task.fields.items()), style="dim")
+
+    return FieldsColumn()
+
+
 @contextlib.contextmanager
 def rich_progress(*, enabled: bool = True, stderr: bool = True) -> Iterator[Progress]:
     """A rich progress display (on stderr, so ``--json`` output on stdout stays clean)."""
@@ -61,9 +74,7 @@ def rich_progress(*, enabled: bool = True, stderr: bool = True) -> Iterator[Prog
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
-    from rich.progress import (
-        Progress as RichProgress,
-    )
+    from rich.progress import Progress as RichProgress
 
     console = Console(stderr=stderr)
     columns = (
@@ -72,7 +83,7 @@ def rich_progress(*, enabled: bool = True, stderr: bool = True) -> Iterator[Prog
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        FieldsColumn(),
+        _fields_column(),
     )
     with RichProgress(*columns, console=console, transient=False) as progress:
         yield _RichProgress(progress, console)
