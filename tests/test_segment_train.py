@@ -159,3 +159,25 @@ def test_schedules():
     assert lr_factor(100, 100, {"schedule": "cosine"}) == pytest.approx(0.0)
     assert lr_factor(50, 100, {"schedule": "poly", "poly_power": 0.9}) == pytest.approx(0.5**0.9)
     assert lr_factor(1, 100, {"schedule": "poly", "warmup_steps": 4}) == pytest.approx(0.5)
+
+
+def test_3d_model_trains_on_sub_volumes_and_validates_by_sliding_window(stores, tmp_path):
+    source, _ = stores
+    run = config(
+        source,
+        model="dar-unet.v1",
+        name="dar",
+        model_kwargs=dict(model_spec("dar-unet.v1").tiny),
+        recipe={"steps": 2, "batch_size": 1, "patch_size": [4, 16, 16]},
+        checkpoint_every=1,
+        val_every=0,
+    )
+    summary = segment_train.run(run, tmp_path / "w").summary
+    assert summary["steps"] == 2 and set(summary["last_validation"]["dice"]) == {
+        "organ_a",
+        "organ_b",
+    }
+    info = json.loads((tmp_path / "w" / "segment" / "dar" / "model.json").read_text())
+    assert info["dims"] == 3 and info["patch_size"] == [4, 16, 16]
+    rows = log_without_times(tmp_path / "w" / "segment" / "dar" / "metrics.jsonl")
+    assert {"dice", "focal"} <= set(rows[0])  # DAR-UNet's Dice + focal loss on every head

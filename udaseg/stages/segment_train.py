@@ -293,7 +293,10 @@ def _sampler(config, recipe, dims, stores, rng):
 def _step_fn(sampler, criterion, config, dims, runtime):
     from udaseg.data.augment import AugmentConfig, augment
 
-    augment_config = AugmentConfig() if config.augment else None
+    # elastic deformation for volumes, as DAR-UNet trains its 3D network; 2D keeps the affine set
+    augment_config = None
+    if config.augment:
+        augment_config = AugmentConfig(elastic_alpha=2.0) if dims == 3 else AugmentConfig()
     fmt = loop.memory_format(runtime, dims)
 
     def step(state: loop.TrainState) -> dict[str, float]:
