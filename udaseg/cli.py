@@ -723,6 +723,8 @@ def segment_train(
     with rich_progress(enabled=not as_json) as progress:
         manifest = stage.run(config, work, force=force, progress=progress)
     summary = manifest.summary
+    if not summary:  # a non-zero rank under torchrun: rank 0 reports
+        return
     best = summary.get("best") or {}
     _emit(
         summary,
