@@ -1,0 +1,103 @@
+"""Image-to-image translators, registered by versioned name (``cyclegan.v1``, ...).
+
+A translator is one ``torch.nn.Module`` holding all of its networks (generators, encoders,
+discriminators, EMA copies, image pools as buffers), so a checkpoint's ``state_dict`` is the whole
+method and the shared training loop (``udaseg.training.loop``) trains it like any model. It follows
+this contract (images are (N, 1, H, W) float32 in the stores' normalised range [-1, 1]):
+
+    method = create_translator(name, **kwargs)
+    method.optimizers(recipe) -> dict[str, Optimizer]          # e.g. {"generator": .., "discriminator": ..}
+    method.train_step(source, target, optimizers, autocast) -> dict[str, float]
+        one iteration on an unpaired batch, all updates in the method's order; returns the
+        losses for metrics.jsonl (each generator term, each discriminator loss, and "total")
+    method.translate(source, style=None) -> (N, 1, H, W)         # source -> target appearance
+    method.translate_back(target, style=None) -> (N, 1, H, W)    # target -> source appearance
+    method.encode_style(target) -> (N, style_dim)                # methods with style codes only
+    method.samples(source, target) -> dict[str, Tensor]          # panels for the PNG grids:
+        at least "source", "translated", "reconstructed" (source -> target -> source), "target"
+
+``translate`` uses inference weights (EMA where the method keeps one) and no gradients when called
+under ``torch.no_grad()``; ``style`` is (N, style_dim) or None for the method's default style
+(the mean/learned target-domain style, or the only one for methods without codes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from udaseg.errors import UdasegError, look_up_option
+
+
+@dataclass(frozen=True)
+class TranslatorSpec:
+    """A registered translator: ``has_style_codes`` says whether cluster-styles applies;
+    ``recipe`` holds the paper's training settings (lr_g, lr_d, betas, batch_size, patch_size,
+    steps, loss weights); ``tiny`` constructor kwargs give a small variant for tests."""
+
+    name: str
+    builder: Callable[..., Any]
+    has_style_codes: bool
+    recipe: dict[str, Any]
+    tiny: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+_REGISTRY: dict[str, TranslatorSpec] = {}
+
+
+def register_translator(
+    name: str,
+    *,
+    has_style_codes: bool,
+    recipe: dict[str, Any],
+    tiny: dict[str, Any] | None = None,
+    description: str = "",
+) -> Callable:
+    def wrap(builder: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"translator {name} registered twice")
+        _REGISTRY[name] = TranslatorSpec(
+            name,
+            builder,
+            has_style_codes,
+            dict(recipe),
+            dict(tiny or {}),
+            description or (builder.__doc__ or "").split("\n")[0],
+        )
+        return builder
+
+    return wrap
+
+
+def _load_builtin() -> None:
+    from udaseg.translation import cyclegan, disentangled  # noqa: F401
+
+
+def translator_spec(name: str) -> TranslatorSpec:
+    _load_builtin()
+    look_up_option(name, _REGISTRY, what="translation method")
+    return _REGISTRY[name]
+
+
+def list_translators() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_translator(name: str, **kwargs: Any):
+    """Build a registered translator: ``create_translator("cyclegan.v1", width=64)``."""
+    return translator_spec(name).builder(**kwargs)
+
+
+def require_style_codes(name: str) -> None:
+    """Refuse style clustering for methods that have no style codes."""
+    if not translator_spec(name).has_style_codes:
+        styled = [n for n in list_translators() if _REGISTRY[n].has_style_codes]
+        raise UdasegError(
+            f"translation method {name} has no style codes, so there is nothing to cluster",
+            hint=f"it renders one fixed style (K = 1); methods with style codes: "
+            f"{', '.join(styled)}",
+            exit_code=2,
+        )
