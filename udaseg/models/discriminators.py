@@ -2,7 +2,8 @@
 
 - :class:`PatchDiscriminator` — the 70x70 PatchGAN of CycleGAN/SIFA: 4x4 convolutions with
   widths 64-128-256-512-1, stride 2 except the last two layers, instance norm and leaky ReLU 0.2
-  after every layer but the first and the last. Input (N, C, H, W) -> patch map (N, 1, H/8-2, W/8-2).
+  after every layer but the first and the last. Input (N, C, H, W) -> patch map
+  (N, 1, H/8 - 2, W/8 - 2).
 - :class:`MultiScaleDiscriminator` — several patch discriminators on the image downsampled by
   2, 4, ... (MUNIT / DAR-UNet); returns a list of maps.
 - :class:`FCDiscriminator` — the fully-convolutional output-space discriminator of

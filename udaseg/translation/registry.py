@@ -6,7 +6,7 @@ method and the shared training loop (``udaseg.training.loop``) trains it like an
 this contract (images are (N, 1, H, W) float32 in the stores' normalised range [-1, 1]):
 
     method = create_translator(name, **kwargs)
-    method.optimizers(recipe) -> dict[str, Optimizer]          # e.g. {"generator": .., "discriminator": ..}
+    method.optimizers(recipe) -> dict[str, Optimizer]    # {"generator": .., "discriminator": ..}
     method.train_step(source, target, optimizers, autocast) -> dict[str, float]
         one iteration on an unpaired batch, all updates in the method's order; returns the
         losses for metrics.jsonl (each generator term, each discriminator loss, and "total")
