@@ -310,6 +310,19 @@ def is_current(artifact_dir: Path, config: dict[str, Any], inputs: dict[str, dic
     return recorded == wanted and _stale_reason(Path(artifact_dir), manifest) is None
 
 
+def check_run_name(name: str) -> str:
+    """Refuse a run name that is not a plain folder name (it becomes ``W/<stage>/<name>/``)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        raise UdasegError(
+            f'--name "{name}" is not a plain folder name',
+            hint="use letters, digits and . _ + - (no slashes)",
+            exit_code=2,
+        )
+    return name
+
+
 def partial_dir(artifact_dir: Path) -> Path:
     artifact_dir = Path(artifact_dir)
     return artifact_dir.with_name(artifact_dir.name + PARTIAL_SUFFIX)

@@ -560,13 +560,7 @@ def output_dir(work: Path, name: str) -> Path:
 def run_name(config: EvaluateConfig) -> str:
     """``config.name``, or the prediction folder's name (the store's folder for a store file)."""
     if config.name is not None:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", config.name):
-            raise UdasegError(
-                f'--name "{config.name}" is not a plain folder name',
-                hint="use letters, digits and . _ + - (no slashes)",
-                exit_code=2,
-            )
-        return config.name
+        return artifacts.check_run_name(config.name)
     pred = Path(config.pred).resolve()
     base = pred.parent.name if pred.is_file() else pred.name
     return re.sub(r"[^A-Za-z0-9._+-]", "_", base).lstrip("._-") or "run"

@@ -432,13 +432,7 @@ def run_name(config: PredictConfig, model: ModelSource, data: DataSource) -> str
     """``config.name``, or ``<model folder>__<data name>``."""
     if config.name is None:
         return _safe(f"{model.directory.resolve().name}__{data.name}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", config.name):
-        raise UdasegError(
-            f'--name "{config.name}" is not a plain folder name',
-            hint="use letters, digits and . _ + - (no slashes)",
-            exit_code=2,
-        )
-    return config.name
+    return artifacts.check_run_name(config.name)
 
 
 def output_dir(work: Path, name: str, shard: tuple[int, int] | None = None) -> Path:

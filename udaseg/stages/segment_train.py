@@ -104,7 +104,9 @@ def resolved_recipe(config: SegmentTrainConfig) -> dict[str, Any]:
 
 
 def run_name(config: SegmentTrainConfig, store: Store) -> str:
-    return config.name or f"{config.model}__{config.train_on}__{store.dataset}__{store.domain}"
+    if config.name:
+        return artifacts.check_run_name(config.name)
+    return f"{config.model}__{config.train_on}__{store.dataset}__{store.domain}"
 
 
 def run(
