@@ -55,3 +55,19 @@ def test_example_custom_manifest_is_valid():
 
     manifest = load_manifest(REPO / "examples" / "custom_dataset.yaml")
     assert manifest.name == "my-study" and manifest.domain("target").labels is None
+
+
+def test_every_subpackage_is_installed_by_pyproject():
+    """A package missing from pyproject's explicit list works in an editable install but is
+    absent from a wheel; catch it here."""
+    import tomllib
+
+    from tests.conftest import REPO
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "udaseg").rglob("__init__.py")
+    }
+    assert on_disk <= listed, f"add to pyproject.toml packages: {sorted(on_disk - listed)}"
