@@ -181,3 +181,26 @@ def test_3d_model_trains_on_sub_volumes_and_validates_by_sliding_window(stores, 
     assert info["dims"] == 3 and info["patch_size"] == [4, 16, 16]
     rows = log_without_times(tmp_path / "w" / "segment" / "dar" / "metrics.jsonl")
     assert {"dice", "focal"} <= set(rows[0])  # DAR-UNet's Dice + focal loss on every head
+
+
+def test_translation_sampling_skips_empty_slices(tmp_path):
+    """Constant slices (all background) would drive instance-norm gradients to inf."""
+    from udaseg.data.store import StoreWriter
+
+    image = np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32)
+    image[1] = -1.0  # an empty slice outside the body
+    with StoreWriter(
+        tmp_path / "s.h5",
+        dataset="d",
+        domain="mr",
+        modality="MR",
+        view="axial",
+        classes=["a"],
+        labelled=False,
+    ) as writer:
+        writer.add_case("c", image, None, {})
+    store = Store(tmp_path / "s.h5")
+    bank = VolumeBank([Source(store, ("c",))], need_labels=False)
+    sampler = SliceSampler(bank, (8, 8), 4, np.random.default_rng(0), 0.0, skip_empty=True)
+    assert sampler.index == [(0, 0), (0, 2)]
+    assert len(SliceSampler(bank, (8, 8), 4, np.random.default_rng(0), 0.0).index) == 3

@@ -153,9 +153,12 @@ class SliceSampler:
         batch_size: int,
         rng: np.random.Generator,
         foreground_fraction: float = 0.5,
+        skip_empty: bool = False,
     ) -> None:
         self.bank, self.patch_size, self.batch_size, self.rng = bank, patch_size, batch_size, rng
         self.index = [(i, k) for i, fg in enumerate(bank.foreground) for k in range(len(fg))]
+        if skip_empty:
+            self.index = [(i, k) for i, k in self.index if not _is_empty(bank, i, k)]
         self.labelled = [
             (i, k) for i, fg in enumerate(bank.foreground) for k in np.flatnonzero(fg > 0).tolist()
         ]
@@ -183,6 +186,17 @@ class SliceSampler:
                 labels.append(fit(label, self.patch_size, start, 0)[0])
         batch_labels = np.stack(labels).astype(np.int64) if labels else None
         return np.stack(images).astype(np.float32), batch_labels
+
+
+def _is_empty(bank: VolumeBank, i: int, k: int, tolerance: float = 1e-3) -> bool:
+    """True for a slice with (almost) no contrast, e.g. all background outside the body.
+
+    Such slices teach a translator nothing, and they are harmful to instance-normalised networks:
+    with a constant input every InstanceNorm sees zero variance and multiplies the gradient by
+    1/sqrt(eps) ~ 316, which overflows to inf through a deep generator (seen on real CHAOS MR).
+    """
+    image, _ = bank.slices(i, k, k + 1)
+    return float(image.max() - image.min()) <= tolerance
 
 
 class PatchSampler:

@@ -1,0 +1,145 @@
+"""Does a translator keep the anatomy and move the appearance? Measured, not eyeballed.
+
+Not a test: for a translate-train run and the stores it was trained on, over the source's
+validation cases (or --cases), prints
+- anatomy kept (cycle): mean Dice of a source-trained segmenter on the original source volumes and
+  on their cycle reconstructions (source -> target -> source); the issue asks for a difference of
+  at most 0.02;
+- anatomy where the label says (translated): mean Dice of a target-trained segmenter (the
+  supervised bound, used here only as a measuring instrument) on the translated volumes against
+  the source labels, next to the same segmenter on the untranslated source;
+- appearance moved: per organ, the 1-Wasserstein distance between the intensities inside the organ
+  in the source (untranslated / translated) and in the target (target labels are used only to
+  measure), on the normalised [-1, 1] scale;
+- multi-style (with --styles RUN): mean absolute difference between renderings of the same
+  slices in each pair of the K chosen styles.
+
+    python benchmarks/translation_quality.py --translate W/translate/RUN \\
+        --source-segmenter W/segment/unet_ct --target-segmenter W/segment/unet_mr [--styles W/styles/RUN]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import wasserstein_distance
+
+from udaseg.data.sampling import split_cases, store_path
+from udaseg.data.store import Store
+from udaseg.inference import segment_volume
+from udaseg.metrics import compute_dice
+from udaseg.stages.translate_apply import render_volume
+from udaseg.training.checkpoint import load_model
+from udaseg.translation.io import load_translator, open_run
+
+
+def mean_dice(model, info, volume, label, classes) -> float:
+    prediction = segment_volume(model, volume, dims=info["dims"], patch_size=info["patch_size"])
+    return float(np.mean([compute_dice(prediction == c, label == c) for c in classes]))
+
+
+def organ_intensities(volumes, labels, class_id, limit=200_000, seed=0) -> np.ndarray:
+    values = np.concatenate([v[lab == class_id] for v, lab in zip(volumes, labels, strict=True)])
+    if len(values) > limit:  # a fixed random subset keeps it fast and repeatable
+        values = np.random.default_rng(seed).choice(values, limit, replace=False)
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--translate", type=Path, required=True)
+    parser.add_argument("--source-segmenter", type=Path, required=True)
+    parser.add_argument("--target-segmenter", type=Path)
+    parser.add_argument("--styles", type=Path, help="a cluster-styles run (multi-style check)")
+    parser.add_argument("--cases", help="source cases (default: the val split)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args()
+
+    run = open_run(args.translate)
+    translator, _ = load_translator(args.translate)
+    source, target = Store(store_path(run.source)), Store(store_path(run.target))
+    cases = args.cases.split(",") if args.cases else split_cases(run.source, args.split, source)
+    classes = range(1, len(source.classes) + 1)
+    src_model, src_info = load_model(args.source_segmenter, "final")
+    tgt = load_model(args.target_segmenter, "final") if args.target_segmenter else None
+
+    rows, originals, translated, labels = [], [], [], []
+    for case in cases:
+        image, label = source.image(case), source.label(case)
+        moved = render_volume(translator, image, None, 8, "cpu")
+        cycled = render_volume(translator, moved, None, 8, "cpu", back=True)
+        row = {"case": case,
+               "dice_original": mean_dice(src_model, src_info, image, label, classes),
+               "dice_cycle": mean_dice(src_model, src_info, cycled, label, classes)}
+        if tgt:
+            row["target_model_on_source"] = mean_dice(tgt[0], tgt[1], image, label, classes)
+            row["target_model_on_translated"] = mean_dice(tgt[0], tgt[1], moved, label, classes)
+        rows.append(row)
+        originals.append(image)
+        translated.append(moved)
+        labels.append(label)
+
+    report = {"translate": str(args.translate), "cases": cases, "per_case": rows}
+    for key in rows[0]:
+        if key != "case":
+            report[key] = float(np.mean([r[key] for r in rows]))
+    report["wasserstein"] = wasserstein_report(source, target, originals, translated, labels,
+                                               classes)
+    if args.styles:
+        report["style_distances"] = style_distances(translator, args.styles, originals)
+    print_report(report, source.classes)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def wasserstein_report(source, target, originals, translated, labels, classes) -> dict:
+    """Per organ: W1(source organ, target organ) before and after translation."""
+    target_cases = [c for c in target.case_ids if target.label(c) is not None]
+    target_volumes = [target.image(c) for c in target_cases]
+    target_labels = [target.label(c) for c in target_cases]
+    report = {}
+    for class_id in classes:
+        reference = organ_intensities(target_volumes, target_labels, class_id)
+        before = organ_intensities(originals, labels, class_id)
+        after = organ_intensities(translated, labels, class_id)
+        report[source.classes[class_id - 1]] = {
+            "before": float(wasserstein_distance(before, reference)),
+            "after": float(wasserstein_distance(after, reference)),
+        }
+    return report
+
+
+def style_distances(translator, styles_dir: Path, originals) -> dict:
+    """Mean |difference| between renderings of the same slices in each pair of chosen styles."""
+    codes = np.load(Path(styles_dir) / "centroids.npy")
+    middle = [volume[len(volume) // 3: 2 * len(volume) // 3] for volume in originals]
+    slices = np.concatenate(middle)[:32]
+    renders = [render_volume(translator, slices, code, 8, "cpu") for code in codes]
+    pairs = {f"{i}-{j}": float(np.abs(renders[i] - renders[j]).mean())
+             for i in range(len(codes)) for j in range(i + 1, len(codes))}
+    return {"pairs": pairs, "mean": float(np.mean(list(pairs.values()))) if pairs else 0.0}
+
+
+def print_report(report: dict, class_names) -> None:
+    print(f"{report['translate']}: {len(report['cases'])} source cases")
+    print(f"  anatomy kept: source segmenter Dice original {report['dice_original']:.3f}, "
+          f"cycle {report['dice_cycle']:.3f} "
+          f"(difference {report['dice_original'] - report['dice_cycle']:+.3f})")
+    if "target_model_on_translated" in report:
+        print(f"  target segmenter Dice: on untranslated source "
+              f"{report['target_model_on_source']:.3f}, on translated "
+              f"{report['target_model_on_translated']:.3f}")
+    for name in class_names:
+        w = report["wasserstein"][name]
+        print(f"  {name:<14} W1 to target intensities: before {w['before']:.3f}, after "
+              f"{w['after']:.3f}")
+    if "style_distances" in report:
+        print(f"  styles: mean pairwise |difference| {report['style_distances']['mean']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
