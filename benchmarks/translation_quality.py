@@ -15,7 +15,8 @@ validation cases (or --cases), prints
   slices in each pair of the K chosen styles.
 
     python benchmarks/translation_quality.py --translate W/translate/RUN \\
-        --source-segmenter W/segment/unet_ct --target-segmenter W/segment/unet_mr [--styles W/styles/RUN]
+        --source-segmenter W/segment/unet_ct --target-segmenter W/segment/unet_mr \\
+        [--styles W/styles/RUN]
 """
 
 from __future__ import annotations
@@ -72,9 +73,11 @@ def main() -> None:
         image, label = source.image(case), source.label(case)
         moved = render_volume(translator, image, None, 8, "cpu")
         cycled = render_volume(translator, moved, None, 8, "cpu", back=True)
-        row = {"case": case,
-               "dice_original": mean_dice(src_model, src_info, image, label, classes),
-               "dice_cycle": mean_dice(src_model, src_info, cycled, label, classes)}
+        row = {
+            "case": case,
+            "dice_original": mean_dice(src_model, src_info, image, label, classes),
+            "dice_cycle": mean_dice(src_model, src_info, cycled, label, classes),
+        }
         if tgt:
             row["target_model_on_source"] = mean_dice(tgt[0], tgt[1], image, label, classes)
             row["target_model_on_translated"] = mean_dice(tgt[0], tgt[1], moved, label, classes)
@@ -87,8 +90,9 @@ def main() -> None:
     for key in rows[0]:
         if key != "case":
             report[key] = float(np.mean([r[key] for r in rows]))
-    report["wasserstein"] = wasserstein_report(source, target, originals, translated, labels,
-                                               classes)
+    report["wasserstein"] = wasserstein_report(
+        source, target, originals, translated, labels, classes
+    )
     if args.styles:
         report["style_distances"] = style_distances(translator, args.styles, originals)
     print_report(report, source.classes)
@@ -116,27 +120,36 @@ def wasserstein_report(source, target, originals, translated, labels, classes) -
 def style_distances(translator, styles_dir: Path, originals) -> dict:
     """Mean |difference| between renderings of the same slices in each pair of chosen styles."""
     codes = np.load(Path(styles_dir) / "centroids.npy")
-    middle = [volume[len(volume) // 3: 2 * len(volume) // 3] for volume in originals]
+    middle = [volume[len(volume) // 3 : 2 * len(volume) // 3] for volume in originals]
     slices = np.concatenate(middle)[:32]
     renders = [render_volume(translator, slices, code, 8, "cpu") for code in codes]
-    pairs = {f"{i}-{j}": float(np.abs(renders[i] - renders[j]).mean())
-             for i in range(len(codes)) for j in range(i + 1, len(codes))}
+    pairs = {
+        f"{i}-{j}": float(np.abs(renders[i] - renders[j]).mean())
+        for i in range(len(codes))
+        for j in range(i + 1, len(codes))
+    }
     return {"pairs": pairs, "mean": float(np.mean(list(pairs.values()))) if pairs else 0.0}
 
 
 def print_report(report: dict, class_names) -> None:
     print(f"{report['translate']}: {len(report['cases'])} source cases")
-    print(f"  anatomy kept: source segmenter Dice original {report['dice_original']:.3f}, "
-          f"cycle {report['dice_cycle']:.3f} "
-          f"(difference {report['dice_original'] - report['dice_cycle']:+.3f})")
+    print(
+        f"  anatomy kept: source segmenter Dice original {report['dice_original']:.3f}, "
+        f"cycle {report['dice_cycle']:.3f} "
+        f"(difference {report['dice_original'] - report['dice_cycle']:+.3f})"
+    )
     if "target_model_on_translated" in report:
-        print(f"  target segmenter Dice: on untranslated source "
-              f"{report['target_model_on_source']:.3f}, on translated "
-              f"{report['target_model_on_translated']:.3f}")
+        print(
+            f"  target segmenter Dice: on untranslated source "
+            f"{report['target_model_on_source']:.3f}, on translated "
+            f"{report['target_model_on_translated']:.3f}"
+        )
     for name in class_names:
         w = report["wasserstein"][name]
-        print(f"  {name:<14} W1 to target intensities: before {w['before']:.3f}, after "
-              f"{w['after']:.3f}")
+        print(
+            f"  {name:<14} W1 to target intensities: before {w['before']:.3f}, after "
+            f"{w['after']:.3f}"
+        )
     if "style_distances" in report:
         print(f"  styles: mean pairwise |difference| {report['style_distances']['mean']:.3f}")
 

@@ -746,7 +746,6 @@ def _not_built(stage: str, issue: int, what: str) -> NoReturn:
 
 
 _PLANNED = {
-    "cluster-styles": (5, "KMeans over target style codes -> k representative styles"),
     "adapt": (6, "SIFA / AdaptSegNet / ADVENT / AttENT / GLUA / BiGL adversarial adaptation"),
     "run": (7, "run a recipe's stages in order, skipping completed ones"),
     "report": (7, "HTML/Markdown report with pictures and tables"),
@@ -767,32 +766,446 @@ def _planned_command(name: str, issue: int, what: str) -> None:
     )(command)
 
 
-translate_app = typer.Typer(
-    help="Image-to-image translation: train a translator, render "
-    "source scans in target styles. [dim](not built yet)[/dim]",
-    no_args_is_help=False,
-    invoke_without_command=True,
-)
+# --- translation ---------------------------------------------------------------------------------
+
+TranslatorOpt = Annotated[
+    Path,
+    typer.Option(
+        "--translator",
+        "-t",
+        help="Translate run folder (output of `udaseg translate train`, WORK/translate/RUN).",
+        rich_help_panel=RESULTS,
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUNTIME)]
+AmpOpt = Annotated[
+    bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA.", rich_help_panel=RUNTIME)
+]
+SlicesPerBatchOpt = Annotated[
+    int,
+    typer.Option("--batch-size", min=1, help="Slices per forward pass.", rich_help_panel=RUNTIME),
+]
+PickOpt = Annotated[
+    str,
+    typer.Option(
+        help="Member kept per cluster: nearest (to the cluster centre) or random (seeded; "
+        "DAR-UNet's choice).",
+        rich_help_panel=RESULTS,
+    ),
+]
+EmbeddingOpt = Annotated[
+    str,
+    typer.Option(help="2D embedding in styles.png: tsne or pca.", rich_help_panel=RESULTS),
+]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.", rich_help_panel=RESULTS)]
+
+translate_app = typer.Typer(no_args_is_help=False, rich_markup_mode="rich")
 
 
-@translate_app.callback(
-    invoke_without_command=True,
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-)
-def _translate(ctx: typer.Context) -> None:
-    """CycleGAN / attention-CycleGAN / disentangled / domain-style translators."""
-    _not_built(
-        f"translate {ctx.invoked_subcommand or ''}".strip(),
-        5,
-        "CycleGAN, attention-CycleGAN, disentangled and domain-style translators",
+def _progress(as_json: bool):
+    from udaseg.progress import rich_progress
+
+    return rich_progress(enabled=sys.stderr.isatty() or not as_json)
+
+
+@translate_app.callback(invoke_without_command=True)
+def _translate(
+    ctx: typer.Context,
+    translator: Annotated[
+        Path | None,
+        typer.Option(
+            "--translator",
+            "-t",
+            help="Translate run folder: cluster its target styles (methods with style codes) "
+            "and render the source in them.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    work: Annotated[
+        Path | None,
+        typer.Option("--work", "-w", help="Workspace root.", rich_help_panel=RESULTS),
+    ] = None,
+    styles: Annotated[
+        int | None,
+        typer.Option(
+            "--styles",
+            "-k",
+            min=1,
+            help="K styles (default 5 for methods with style codes, 1 otherwise).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    pick: PickOpt = "nearest",
+    embedding: EmbeddingOpt = "tsne",
+    seed: SeedOpt = 0,
+    batch_size: SlicesPerBatchOpt = 16,
+    device: DeviceOpt = "auto",
+    amp: AmpOpt = True,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Image-to-image translation: train a translator, render source scans in K target styles.
+
+    `translate train` trains a translator on unpaired source and target slices; `translate
+    apply` renders every source volume in K target styles (labels kept). Without a subcommand,
+    udaseg translate --translator W/translate/RUN --styles 5 --work W runs `udaseg
+    cluster-styles` then `udaseg translate apply` in one job (for job arrays: cluster-styles
+    once, then `translate apply --shard i/n`).
+    """
+    if ctx.invoked_subcommand is not None:
+        if translator is not None or work is not None or styles is not None:
+            raise UdasegError(
+                f"--translator/--work/--styles before `{ctx.invoked_subcommand}` belong to "
+                "`udaseg translate` without a subcommand",
+                hint=f"put the options after the subcommand: udaseg translate "
+                f"{ctx.invoked_subcommand} --work W ...",
+                exit_code=2,
+            )
+        return
+    if translator is None or work is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0 if translator is None and work is None else 2)
+    from udaseg.stages import cluster_styles, translate_apply
+    from udaseg.translation.io import open_run
+
+    styled = open_run(translator, force=force).has_style_codes
+    result: dict[str, object] = {}
+    style_run = None
+    with _progress(as_json) as progress:
+        if styled:
+            config = cluster_styles.ClusterStylesConfig(
+                translator=translator,
+                styles=styles or 5,
+                pick=pick,
+                embedding=embedding,
+                seed=seed,
+                batch_size=batch_size,
+                device=device,
+                amp=amp,
+            )
+            clustered = cluster_styles.run(config, work, force=force, progress=progress)
+            result["cluster-styles"] = clustered.summary
+            style_run = Path(clustered.summary["output"])
+        applied = translate_apply.run(
+            translate_apply.TranslateApplyConfig(
+                translator=translator,
+                styles=styles,
+                style_run=style_run,
+                batch_size=batch_size,
+                device=device,
+                amp=amp,
+            ),
+            work,
+            force=force,
+            progress=progress,
+        )
+    result["translate-apply"] = applied.summary
+    lines = [_styles_line(result["cluster-styles"])] if styled else []
+    _emit(result, as_json, "\n".join([*lines, _apply_line(applied.summary)]))
+
+
+def _styles_line(s: dict) -> str:
+    state = " (up to date, skipped)" if s.get("skipped") else ""
+    return (
+        f"cluster-styles: {s['codes']} target style codes -> {s['styles']} styles, cluster "
+        f"sizes {s['cluster_sizes']}{state} -> {s['output']}"
     )
 
 
-for _sub in ("train", "apply"):
-    translate_app.command(
-        _sub, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-    )(lambda: None)
+def _apply_line(s: dict) -> str:
+    state = (
+        "up to date, skipped"
+        if s.get("skipped")
+        else f"{s['slices']} slices in {s['seconds']} s ({s['slices_per_second']} slices/s)"
+    )
+    return (
+        f"translate apply: {s['cases']} source cases x {s['styles']} styles = {s['copies']} "
+        f"copies, {state} -> {s['output']}"
+    )
+
+
+@translate_app.command("train")
+def translate_train(
+    method: Annotated[
+        str,
+        typer.Option(
+            help="Registered translator: cyclegan.v1, attention-cyclegan.v1, disentangled.v1, "
+            "domain-style.v1.",
+            rich_help_panel=RESULTS,
+        ),
+    ],
+    source: Annotated[
+        Path,
+        typer.Option(help="Preprocessed source store artifact.", rich_help_panel=RESULTS),
+    ],
+    target: Annotated[
+        Path,
+        typer.Option(
+            help="Preprocessed target store artifact (labels never read).",
+            rich_help_panel=RESULTS,
+        ),
+    ],
+    work: WorkOpt,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Training iterations (default: the paper's).", rich_help_panel=RESULTS),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Slices per domain per step.", rich_help_panel=RESULTS),
+    ] = None,
+    patch_size: Annotated[
+        str | None, typer.Option(help="Slice crop, e.g. 256,256.", rich_help_panel=RESULTS)
+    ] = None,
+    lr_g: Annotated[
+        float | None,
+        typer.Option("--lr-g", help="Generator learning rate.", rich_help_panel=RESULTS),
+    ] = None,
+    lr_d: Annotated[
+        float | None,
+        typer.Option("--lr-d", help="Discriminator learning rate.", rich_help_panel=RESULTS),
+    ] = None,
+    method_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Constructor argument key=value (repeatable), e.g. width=32 or a loss weight; "
+            "wins over the recipe.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    source_split: Annotated[
+        str, typer.Option(help="Source cases to train on.", rich_help_panel=RESULTS)
+    ] = "train",
+    target_split: Annotated[
+        str, typer.Option(help="Target cases to train on.", rich_help_panel=RESULTS)
+    ] = "train",
+    seed: Annotated[
+        int, typer.Option(help="Random seed (CPU runs repeat exactly).", rich_help_panel=RESULTS)
+    ] = 0,
+    sample_every: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Steps between sample grids samples/step_N.png (0: only at the end).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = 500,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Steps between checkpoint_latest.pt.", rich_help_panel=RESULTS)
+    ] = 200,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Run name (default METHOD__DATASET_SOURCEDOMAIN__to__TARGETDOMAIN).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+    amp: AmpOpt = True,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an interrupted run from its last checkpoint (step count, optimiser "
+            "state and random generators).",
+            rich_help_panel=RUNTIME,
+        ),
+    ] = False,
+    log_every: Annotated[int, typer.Option(min=1, rich_help_panel=RUNTIME)] = 10,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train an image-to-image translator on random unpaired 2D slices of two stores.
+
+    Example: udaseg translate train --method cyclegan.v1 --source W/preprocessed/mmwhs__mr
+    --target W/preprocessed/mmwhs__ct --work W
+    """
+    from udaseg.stages import translate_train as stage
+
+    recipe = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "patch_size": _ints(patch_size, "--patch-size"),
+        "lr_g": lr_g,
+        "lr_d": lr_d,
+    }
+    config = stage.TranslateTrainConfig(
+        method=method,
+        source=source,
+        target=target,
+        name=name,
+        method_kwargs=_parse_kv(method_arg, "--method-arg"),
+        recipe={k: v for k, v in recipe.items() if v is not None},
+        source_split=source_split,
+        target_split=target_split,
+        seed=seed,
+        sample_every=sample_every,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        device=device,
+        amp=amp,
+        resume=resume,
+    )
+    with _progress(as_json) as progress:
+        manifest = stage.run(config, work, force=force, progress=progress)
+    s = manifest.summary
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in s.get("last_losses", {}).items())
+    state = " (up to date, skipped)" if s.get("skipped") else f" in {s.get('seconds', 0)} s"
+    _emit(
+        s,
+        as_json,
+        f"{s['method']}: {s['steps']} steps{state}"
+        + (f"; last losses {losses}" if losses else "")
+        + f" -> {s['output']}",
+    )
+
+
+@translate_app.command("apply")
+def translate_apply(
+    translator: TranslatorOpt,
+    work: WorkOpt,
+    styles: Annotated[
+        int | None,
+        typer.Option(
+            "--styles",
+            "-k",
+            min=1,
+            help="K styles: the style run's count (checked when given); 1 (the default style) "
+            "without --style-run.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    style_run: Annotated[
+        Path | None,
+        typer.Option(
+            help="A `udaseg cluster-styles` output folder of this translator (WORK/styles/RUN).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            help="Source store artifact to translate (default: the one the translator was "
+            "trained on).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        str, typer.Option(help="final or latest.", rich_help_panel=RESULTS)
+    ] = "final",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Run name (default: the style run's name, or TRANSLATOR__k1).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Translate only every n-th source case from i (0-based), e.g. "
+            "${SLURM_ARRAY_TASK_ID}/8, into NAME__shard-i-of-n: a complete store each (pass "
+            "them all to segment-train --translated).",
+            rich_help_panel=RUNTIME,
+        ),
+    ] = None,
+    batch_size: SlicesPerBatchOpt = 16,
+    device: DeviceOpt = "auto",
+    amp: AmpOpt = True,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Render every source volume, slice by slice, in each of K target styles (labels copied).
+
+    Example: udaseg translate apply --translator W/translate/RUN --style-run W/styles/RUN__k5
+    --work W  (then: udaseg segment-train --train-on translated --translated W/translated/...)
+    """
+    from udaseg.stages import translate_apply as stage
+
+    config = stage.TranslateApplyConfig(
+        translator=translator,
+        styles=styles,
+        style_run=style_run,
+        source=source,
+        name=name,
+        checkpoint=checkpoint,
+        shard=_parse_shard(shard),
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+    )
+    with _progress(as_json) as progress:
+        manifest = stage.run(config, work, force=force, progress=progress)
+    _emit(manifest.summary, as_json, _apply_line(manifest.summary))
+
+
 app.add_typer(translate_app, name="translate", rich_help_panel="Stages")
+
+
+@app.command("cluster-styles", rich_help_panel="Stages")
+def cluster_styles(
+    translator: TranslatorOpt,
+    work: WorkOpt,
+    styles: Annotated[
+        int,
+        typer.Option(
+            "--styles", "-k", min=1, help="K clusters = styles kept.", rich_help_panel=RESULTS
+        ),
+    ] = 5,
+    target: Annotated[
+        Path | None,
+        typer.Option(
+            help="Target store artifact (default: the one the translator was trained on).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="Target cases to encode: train, val, test or all.", rich_help_panel=RESULTS
+        ),
+    ] = "train",
+    pick: PickOpt = "nearest",
+    embedding: EmbeddingOpt = "tsne",
+    seed: SeedOpt = 0,
+    checkpoint: Annotated[
+        str, typer.Option(help="final or latest.", rich_help_panel=RESULTS)
+    ] = "final",
+    name: Annotated[
+        str | None,
+        typer.Option(help="Run name (default TRANSLATOR__kK).", rich_help_panel=RESULTS),
+    ] = None,
+    batch_size: SlicesPerBatchOpt = 32,
+    device: DeviceOpt = "auto",
+    amp: AmpOpt = True,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """KMeans over target style codes -> K representative styles (methods with style codes).
+
+    Encodes the middle two thirds of every target volume, clusters the codes (seeded KMeans) and
+    keeps one code per cluster -> centroids.npy, codes.npy, members.json, styles.png.
+    """
+    from udaseg.stages import cluster_styles as stage
+
+    config = stage.ClusterStylesConfig(
+        translator=translator,
+        styles=styles,
+        target=target,
+        split=split,
+        pick=pick,
+        embedding=embedding,
+        seed=seed,
+        checkpoint=checkpoint,
+        name=name,
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+    )
+    with _progress(as_json) as progress:
+        manifest = stage.run(config, work, force=force, progress=progress)
+    _emit(manifest.summary, as_json, _styles_line(manifest.summary))
+
+
 for _name, (_issue, _what) in _PLANNED.items():
     _planned_command(_name, _issue, _what)
 

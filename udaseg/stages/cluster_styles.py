@@ -1,0 +1,345 @@
+"""``udaseg cluster-styles``: K representative target styles of a translator with style codes.
+
+As DAR-UNet does: the style code of every slice in the middle two thirds of each target volume
+(the ends are mostly air and scanner table) is encoded with the trained translator's
+``encode_style``; scikit-learn's KMeans (fixed seed) clusters the codes into K groups and one member
+per cluster is kept, the one nearest the cluster centre (``pick="nearest"``) or a random one
+(``pick="random"``, the paper's choice). ``udaseg translate apply`` renders the source in those K
+styles. Methods without style codes (one fixed style) are refused.
+
+Output ``W/styles/<run>/`` (``<run>`` defaults to ``<translate run>__k<K>``, plus ``__random``
+for random picks)::
+
+    centroids.npy   (K, style_dim) float32: the chosen member codes, row k = style k
+    codes.npy       (N, style_dim) float32: every encoded target slice code, in members.json order
+    members.json    {"slices": [{"case", "slice", "cluster", "distance"} per code row],
+                     "chosen": [{"style", "cluster", "index", "case", "slice", "distance"}],
+                     "cluster_sizes", "cluster_centres" (KMeans means), "method", "pick", ...};
+                     distance: Euclidean, code to its cluster's centre
+    styles.png      left: a 2D embedding (t-SNE or PCA) of all codes coloured by cluster, the chosen
+                    ones marked with numbered triangles and the mean code with a star; right: one
+                    source slice and its rendering in each chosen style
+    manifest.json   stage "cluster-styles"; inputs: the translate run and the target store
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from udaseg import artifacts
+from udaseg.data.sampling import split_cases, store_path
+from udaseg.data.store import Store
+from udaseg.errors import UdasegError, look_up_option
+from udaseg.progress import NullProgress, Progress
+from udaseg.translation.io import CHECKPOINTS
+
+STAGE = "cluster-styles"
+PICKS = ("nearest", "random")
+EMBEDDINGS = ("tsne", "pca")
+
+
+@dataclass
+class ClusterStylesConfig:
+    """Options of one clustering run.
+
+    translator: a translate-train artifact; styles: K clusters; target: target store artifact
+    (default: the one the translator was trained on); split: its cases to encode (train, val,
+    test, all); pick: nearest (member nearest each centre) or random (a seeded random member);
+    embedding: tsne or pca for the picture; seed: KMeans, random picks and t-SNE; checkpoint:
+    final or latest. Runtime-only: batch_size (slices per forward pass), device, amp.
+    """
+
+    translator: Path
+    styles: int = 5
+    target: Path | None = None
+    split: str = "train"
+    pick: str = "nearest"
+    embedding: str = "tsne"
+    seed: int = 0
+    checkpoint: str = "final"
+    name: str | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    amp: bool = True
+
+
+def middle_slices(n_slices: int) -> range:
+    """Slice numbers of the middle two thirds of a volume of ``n_slices`` (a sixth of the slices,
+    rounded, dropped at each end; never empty)."""
+    cut = int(round(n_slices / 6))
+    return range(cut, n_slices - cut) if n_slices - 2 * cut > 0 else range(n_slices)
+
+
+def run_name(config: ClusterStylesConfig, translate_run: str) -> str:
+    if config.name:
+        return artifacts.check_run_name(config.name)
+    suffix = "__random" if config.pick == "random" else ""
+    return f"{translate_run}__k{config.styles}{suffix}"
+
+
+def run(
+    config: ClusterStylesConfig,
+    work: Path,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> artifacts.Manifest:
+    """Encode, cluster and pick K styles; publish ``W/styles/<run>/`` and return its manifest.
+
+    Skipped (summary ``skipped: true``) when current, unless ``force``.
+
+    Raises:
+        UdasegError: the method has no style codes (exit code 2), bad options, a stale or
+            unfinished translate run or target store, fewer target slices than K.
+    """
+    from udaseg.stages.predict import resolve_device
+    from udaseg.translation.io import open_run
+    from udaseg.translation.registry import require_style_codes
+
+    progress = progress or NullProgress()
+    _check_options(config)
+    translate = open_run(config.translator, force=force)
+    require_style_codes(translate.method)
+    target_dir = Path(config.target or translate.target)
+    target_manifest = artifacts.require_input(
+        target_dir, stage="preprocess", rerun="udaseg preprocess", force=force
+    )
+    inputs = {
+        "translator": translate.record(),
+        "target": artifacts.input_record(target_dir, target_manifest),
+    }
+    out = Path(work) / "styles" / run_name(config, translate.name)
+    device = resolve_device(config.device)
+    stage_config = _stage_config(config, translate, target_dir, device)
+    if not force and artifacts.is_current(out, stage_config, inputs):
+        progress.log(f"{out} is up to date; skipped (use --force to recompute)")
+        done = artifacts.load_manifest(out)
+        done.summary = {**done.summary, "skipped": True}
+        return done
+    with artifacts.building(out) as tmp:
+        started = time.perf_counter()
+        summary = _cluster(config, translate, target_dir, tmp, device, progress)
+        summary.update(output=str(out), seconds=round(time.perf_counter() - started, 2))
+        return artifacts.publish(
+            tmp, out, stage=STAGE, config=stage_config, inputs=inputs, summary=summary
+        )
+
+
+def _check_options(config: ClusterStylesConfig) -> None:
+    look_up_option(config.pick, PICKS, what="--pick")
+    look_up_option(config.embedding, EMBEDDINGS, what="--embedding")
+    look_up_option(config.checkpoint, CHECKPOINTS, what="--checkpoint")
+    if config.styles < 1:
+        raise UdasegError(f"--styles {config.styles}: need at least 1", exit_code=2)
+    if config.batch_size < 1:
+        raise UdasegError(f"--batch-size {config.batch_size}: need >= 1", exit_code=2)
+
+
+def _stage_config(config, translate, target_dir: Path, device: str) -> dict[str, Any]:
+    return {
+        "translator": str(translate.directory.resolve()),
+        "method": translate.method,
+        "target": str(target_dir.resolve()),
+        "styles": config.styles,
+        "split": config.split,
+        "pick": config.pick,
+        "embedding": config.embedding,
+        "seed": config.seed,
+        "checkpoint": config.checkpoint,
+        # bf16 changes the codes where it is used ("amp" itself is a runtime key)
+        "bf16": bool(config.amp and device.startswith("cuda")),
+    }
+
+
+def _cluster(config, translate, target_dir, tmp: Path, device, progress) -> dict[str, Any]:
+    from udaseg.translation.io import load_translator
+
+    translator, _ = load_translator(translate.directory, config.checkpoint, device)
+    target = Store(store_path(target_dir))
+    _check_view(translate, target)
+    slices, codes = encode_target_styles(
+        translator, target, split_cases(target_dir, config.split, target), config, device, progress
+    )
+    if len(codes) < config.styles:
+        raise UdasegError(
+            f"only {len(codes)} target slices to cluster into {config.styles} styles",
+            hint="lower --styles, or encode more cases (--split all)",
+            exit_code=2,
+        )
+    clusters, centres, distances = kmeans(codes, config.styles, config.seed)
+    chosen = pick_members(clusters, distances, config.pick, config.seed)
+    np.save(tmp / "codes.npy", codes)
+    np.save(tmp / "centroids.npy", codes[chosen])
+    members = _members(config, translate, slices, clusters, centres, distances, chosen)
+    (tmp / "members.json").write_text(json.dumps(members, indent=1) + "\n")
+    _picture(config, translate, translator, codes, clusters, chosen, tmp / "styles.png", device)
+    return {
+        "translator": translate.name,
+        "method": translate.method,
+        "styles": config.styles,
+        "codes": len(codes),
+        "style_dim": int(codes.shape[1]),
+        "cluster_sizes": members["cluster_sizes"],
+        "chosen": members["chosen"],
+        "device": device,
+        "skipped": False,
+    }
+
+
+def _check_view(translate, target: Store) -> None:
+    trained = translate.info.get("target", {})
+    if trained.get("view") not in (None, target.view):
+        raise UdasegError(
+            f"translator {translate.directory} was trained on {trained['view']} slices, "
+            f"target store {target.path} is {target.view}",
+            hint="pass a target store preprocessed with the translator's view",
+        )
+
+
+def encode_target_styles(
+    translator, store: Store, cases: list[str], config, device: str, progress: Progress
+) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """Style codes of the middle-two-thirds slices of ``cases``, batched.
+
+    Returns:
+        [(case, slice number)] and codes (N, style_dim) float32 in the same order.
+    """
+    import torch
+
+    from udaseg.translation.io import PAD_MULTIPLE, inference_autocast, pad_to_multiple
+
+    if not cases:
+        raise UdasegError(
+            f"no '{config.split}' cases in target store {store.path}",
+            hint="choose another --split (train, val, test or all)",
+            exit_code=2,
+        )
+    task = progress.task("encode target styles", len(cases))
+    slices, codes = [], []
+    for case in cases:
+        volume = store.image(case)
+        ks = list(middle_slices(len(volume)))
+        for start in range(0, len(ks), config.batch_size):
+            chunk = ks[start : start + config.batch_size]
+            padded, _ = pad_to_multiple(volume[chunk], PAD_MULTIPLE)
+            batch = torch.from_numpy(padded)[:, None].to(device)
+            with torch.no_grad(), inference_autocast(device, config.amp):
+                codes.append(translator.encode_style(batch).float().cpu().numpy())
+            slices += [(case, k) for k in chunk]
+        progress.advance(task, case=case)
+    return slices, np.concatenate(codes).astype(np.float32)
+
+
+def kmeans(codes: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """KMeans of ``codes`` (N, D) into ``k`` clusters (10 seeded restarts).
+
+    Returns:
+        cluster of each code (N,) int, cluster centres (k, D) float32, and each code's Euclidean
+        distance to its own centre (N,) float32.
+    """
+    from sklearn.cluster import KMeans
+
+    fitted = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(codes.astype(np.float64))
+    clusters = fitted.labels_.astype(np.int64)
+    centres = fitted.cluster_centers_.astype(np.float32)
+    distances = np.linalg.norm(codes - centres[clusters], axis=1).astype(np.float32)
+    return clusters, centres, distances
+
+
+def pick_members(clusters: np.ndarray, distances: np.ndarray, pick: str, seed: int) -> list[int]:
+    """One code index per cluster 0..k-1: the nearest to its centre, or a seeded random one."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in range(int(clusters.max()) + 1):
+        members = np.flatnonzero(clusters == c)
+        if pick == "nearest":
+            chosen.append(int(members[np.argmin(distances[members])]))
+        else:
+            chosen.append(int(rng.choice(members)))
+    return chosen
+
+
+def embed(codes: np.ndarray, method: str, seed: int) -> np.ndarray:
+    """A 2D embedding (N, 2) of ``codes`` (N, D) for the picture: t-SNE or PCA (seeded)."""
+    n, dim = codes.shape
+    if n < 3 or dim == 1:  # nothing to reduce (or too few points for t-SNE): plot as is
+        return np.pad(codes[:, :2], ((0, 0), (0, max(0, 2 - dim)))).astype(np.float32)
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(codes).astype(np.float32)
+    from sklearn.manifold import TSNE
+
+    # perplexity must stay below the number of points; 30 is the usual value for many
+    perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    return tsne.fit_transform(codes).astype(np.float32)
+
+
+def _members(config, translate, slices, clusters, centres, distances, chosen) -> dict[str, Any]:
+    rows = [
+        {"case": case, "slice": k, "cluster": int(c), "distance": round(float(d), 6)}
+        for (case, k), c, d in zip(slices, clusters, distances, strict=True)
+    ]
+    return {
+        "translator": translate.name,
+        "method": translate.method,
+        "styles": config.styles,
+        "pick": config.pick,
+        "seed": config.seed,
+        "split": config.split,
+        "slices": rows,
+        "chosen": [{"style": s, "index": i, **rows[i]} for s, i in enumerate(chosen)],
+        "cluster_sizes": np.bincount(clusters, minlength=config.styles).tolist(),
+        "cluster_centres": centres.round(6).tolist(),
+    }
+
+
+def preview_slice(source_dir: Path) -> tuple[str, int, np.ndarray]:
+    """A source slice to show the styles on: the one with the most labelled voxels of the first
+    training case (the middle slice when unlabelled). Returns (case, slice number, (H, W))."""
+    store = Store(store_path(source_dir))
+    try:
+        cases = split_cases(source_dir, "train", store) or list(store.case_ids)
+        case = cases[0]
+        foreground = store.file["cases"][case]["foreground"][()]
+        k = int(np.argmax(foreground)) if foreground.max() > 0 else len(foreground) // 2
+        return case, k, store.slice(case, k)[0]
+    finally:
+        store.close()
+
+
+def _picture(config, translate, translator, codes, clusters, chosen, path, device) -> None:
+    import torch
+
+    from udaseg.translation.io import (
+        PAD_MULTIPLE,
+        inference_autocast,
+        pad_to_multiple,
+        save_styles_figure,
+    )
+
+    case, k, image = preview_slice(translate.source)
+    padded, window = pad_to_multiple(image[None], PAD_MULTIPLE)
+    batch = torch.from_numpy(padded)[:, None].to(device).expand(len(chosen), -1, -1, -1)
+    styles = torch.from_numpy(codes[chosen]).to(device)
+    with torch.no_grad(), inference_autocast(device, config.amp):
+        rendered = translator.translate(batch, styles).float().cpu().numpy()[:, 0]
+    renders = [(f"source {case}:{k}", image)]
+    renders += [(f"style {j}", rendered[j][window]) for j in range(len(chosen))]
+    save_styles_figure(
+        path,
+        embed(codes, config.embedding, config.seed),
+        clusters,
+        chosen,
+        renders,
+        method=translate.method,
+        title=f"{translate.name}: {config.styles} styles ({config.pick} member per cluster, "
+        f"{config.embedding})",
+    )

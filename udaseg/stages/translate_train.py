@@ -1,0 +1,502 @@
+"""``udaseg translate train``: train a registered image-to-image translator, source <-> target.
+
+Every step draws an unpaired batch: random 2D slices of the source store's ``source_split`` cases
+and, independently, of the target store's ``target_split`` cases (cropped or padded to the recipe's
+``patch_size``; no labels are read), and calls the method's ``train_step`` (see
+:mod:`udaseg.translation.registry`). The shared loop (:mod:`udaseg.training.loop`) does the rest:
+``metrics.jsonl`` (every loss the method reports), ``checkpoint_latest.pt`` every
+``checkpoint_every`` steps, ``checkpoint_final.pt``, and exact resume (step count, optimiser and
+scheduler states, random generators).
+
+Output ``W/translate/<run>/`` (``<run>`` defaults to
+``<method>__<source dataset>_<source domain>__to__<target domain>``)::
+
+    checkpoint_latest.pt checkpoint_final.pt   the translator in state "model"; its kwargs include
+                                               the recipe's loss weights the constructor takes
+    model.json           name, kwargs, has_style_codes, patch_size, recipe, and the identity of
+                         both stores (dataset, domain, modality, classes, view)
+    metrics.jsonl        {"step", "lr", <each loss>, "total", "seconds"} per log_every steps
+    samples/step_<N>.png every sample_every steps (N zero-padded to 6 digits): the same seeded
+                         sample slices each time; rows source, translated, reconstructed, target,
+                         any other panel the method shows, and for methods with style codes one
+                         row per style encoded from a few (seeded) random target slices
+    manifest.json        stage "translate-train"; inputs: the source and target stores
+
+There is no validation (no labels), so no ``checkpoint_best.pt``: later stages use the final one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from udaseg import artifacts
+from udaseg.data.sampling import SliceSampler, Source, VolumeBank, fit, split_cases, store_path
+from udaseg.data.store import Store
+from udaseg.errors import UdasegError
+from udaseg.progress import NullProgress, Progress
+from udaseg.training import loop
+from udaseg.training.checkpoint import write_model_json
+
+STAGE = "translate-train"
+# recipe keys every method understands; a method's own recipe keys (loss weights) are allowed too
+RECIPE_KEYS = (
+    "steps",
+    "batch_size",
+    "patch_size",
+    "lr_g",
+    "lr_d",
+    "betas",
+    "schedule",
+    "poly_power",
+    "warmup_steps",
+)
+PANELS = ("source", "translated", "reconstructed", "target")
+# seeds the fixed sample slices and the random sample styles apart from the training draws
+SAMPLE_SEED = 7919
+
+
+@dataclass
+class TranslateTrainConfig:
+    """One translator training run.
+
+    method: registered translator (``cyclegan.v1``, ...); source, target: preprocessed store
+    artifacts; recipe: overrides of the method's recipe (None values ignored); method_kwargs:
+    constructor arguments (win over the recipe's loss weights); sample_every: steps between sample
+    grids (0: only at the end); sample_count: slices per grid; sample_styles: rows of the source
+    in the styles of that many random target slices (methods with style codes).
+    Runtime-only: device, amp, channels_last, resume, log_every.
+    """
+
+    method: str
+    source: Path
+    target: Path
+    name: str | None = None
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    source_split: str = "train"
+    target_split: str = "train"
+    seed: int = 0
+    sample_every: int = 500
+    sample_count: int = 4
+    sample_styles: int = 3
+    checkpoint_every: int = 200
+    log_every: int = 10
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    resume: bool = False
+
+
+def resolved_recipe(config: TranslateTrainConfig) -> dict[str, Any]:
+    """The method's recipe with the run's overrides (unknown keys refused, "did you mean")."""
+    from udaseg.errors import look_up_option
+    from udaseg.translation.registry import translator_spec
+
+    recipe = dict(translator_spec(config.method).recipe)
+    allowed = dict.fromkeys((*RECIPE_KEYS, *recipe))
+    for key, value in config.recipe.items():
+        look_up_option(key, allowed, what=f"recipe option of {config.method}")
+        if value is not None:
+            recipe[key] = value
+    return recipe
+
+
+def constructor_kwargs(method: str, recipe: dict[str, Any], overrides: dict[str, Any]) -> dict:
+    """Keyword arguments for the method's builder: every recipe key it takes (the loss weights,
+    e.g. ``lambda_cycle``), then ``overrides`` (``--method-arg``), which win."""
+    from udaseg.translation.registry import translator_spec
+
+    accepted = accepted_kwargs(translator_spec(method).builder)
+    kwargs = {k: _plain(v) for k, v in recipe.items() if k in accepted}
+    kwargs.update(overrides)
+    return kwargs
+
+
+def accepted_kwargs(builder: Any) -> set[str]:
+    """Keyword names ``builder`` takes; for a class whose ``__init__`` passes ``**kwargs`` on,
+    its base classes' names too (``CycleGAN(width, **kwargs)`` -> ``CycleTranslator``'s loss
+    weights)."""
+    if inspect.isclass(builder):
+        functions = [c.__init__ for c in builder.__mro__ if "__init__" in vars(c)]
+    else:
+        functions = [builder]
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names: set[str] = set()
+    for function in functions:
+        parameters = list(inspect.signature(function).parameters.values())
+        names |= {p.name for p in parameters if p.kind in keyword and p.name != "self"}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
+def _plain(value: Any) -> Any:
+    # tuples come back from JSON (model.json) and checkpoints as lists; store them as lists
+    return list(value) if isinstance(value, tuple) else value
+
+
+def run_name(config: TranslateTrainConfig, source: Store, target: Store) -> str:
+    if config.name:
+        return artifacts.check_run_name(config.name)
+    return f"{config.method}__{source.dataset}_{source.domain}__to__{target.domain}"
+
+
+def store_identity(store: Store) -> dict[str, Any]:
+    """What model.json records of a store, so later stages can check what they are given."""
+    return {
+        "dataset": store.dataset,
+        "domain": store.domain,
+        "modality": store.modality,
+        "classes": list(store.classes),
+        "view": store.view,
+        "labelled": store.labelled,
+    }
+
+
+def run(
+    config: TranslateTrainConfig,
+    work: Path,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> artifacts.Manifest:
+    """Train the translator and publish ``W/translate/<run>/``; returns its manifest.
+
+    A run that is complete and was built from the same options and stores is skipped (summary
+    ``skipped: true``) unless ``force``. An interrupted run leaves ``<run>.partial/``;
+    ``resume=True`` continues it from its last checkpoint (same options required).
+
+    Raises:
+        UdasegError: unknown method or recipe option, stale or unsuitable stores, torchrun with
+            more than one process, resuming a run started with other options.
+    """
+    progress = progress or NullProgress()
+    inputs, source, target = _inputs(config, force)
+    recipe = resolved_recipe(config)
+    _patch_size(recipe)  # refuse a bad size before any folder is made
+    kwargs = constructor_kwargs(config.method, recipe, config.method_kwargs)
+    out = Path(work) / "translate" / run_name(config, source, target)
+    stage_config = {**_result_config(config), "recipe": recipe, "kwargs": kwargs}
+    if not force and artifacts.is_current(out, stage_config, inputs):
+        progress.log(f"{out} is up to date; skipped (use --force to retrain)")
+        done = artifacts.load_manifest(out)
+        done.summary = {**done.summary, "skipped": True}
+        return done
+    runtime = _runtime(config)
+    with artifacts.building(out, keep_partial=True) as tmp:
+        from udaseg.stages.segment_train import _check_resume
+
+        _check_resume(tmp, stage_config, config.resume, progress)
+        started = time.perf_counter()
+        summary = _train(
+            config, recipe, kwargs, (source, target), tmp, runtime, progress, stage_config
+        )
+        summary.update(output=str(out), seconds=round(time.perf_counter() - started, 2))
+        return artifacts.publish(
+            tmp, out, stage=STAGE, config=stage_config, inputs=inputs, summary=summary
+        )
+
+
+def _runtime(config: TranslateTrainConfig) -> loop.Runtime:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # a translator's train_step updates several networks in its own order, which
+        # DistributedDataParallel (gradient sync inside forward) does not fit
+        raise UdasegError(
+            "translate train runs in one process (one GPU); it was started by torchrun with "
+            f"{os.environ['WORLD_SIZE']} processes",
+            hint="run plain `udaseg translate train` (2D translators train fast on one GPU)",
+            exit_code=2,
+        )
+    return loop.setup_runtime(config.device, config.amp, config.channels_last, compile=False)
+
+
+def _result_config(config: TranslateTrainConfig) -> dict[str, Any]:
+    data = asdict(config)
+    for key in ("device", "amp", "channels_last", "resume", "log_every", "name"):
+        data.pop(key)
+    data["source"] = str(Path(config.source).resolve())
+    data["target"] = str(Path(config.target).resolve())
+    return data
+
+
+def _inputs(config: TranslateTrainConfig, force: bool) -> tuple[dict, Store, Store]:
+    """Check both store artifacts are current preprocess outputs; open them."""
+    inputs, stores = {}, []
+    for role, path in (("source", config.source), ("target", config.target)):
+        path = Path(path)
+        if not path.is_dir():
+            raise UdasegError(
+                f"--{role} {path} is not a store artifact folder",
+                hint="pass a `udaseg preprocess` output folder, e.g. W/preprocessed/mmwhs__mr",
+                path=path,
+                exit_code=2,
+            )
+        manifest = artifacts.require_input(
+            path, stage="preprocess", force=force, rerun="udaseg preprocess"
+        )
+        inputs[role] = artifacts.input_record(path, manifest)
+        stores.append(Store(store_path(path)))
+    source, target = stores
+    if source.view != target.view:
+        raise UdasegError(
+            f"the source store slices {source.view} but the target store {target.view}",
+            hint="preprocess both domains with the same view (the manifests' view key)",
+            exit_code=2,
+        )
+    return inputs, source, target
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def _train(config, recipe, kwargs, stores, tmp, runtime, progress, stage_config) -> dict:
+    from udaseg.translation.registry import create_translator, translator_spec
+
+    spec = translator_spec(config.method)
+    loop.seed_everything(config.seed, runtime.rank)
+    fmt = loop.memory_format(runtime, 2)
+    translator = create_translator(config.method, **kwargs).to(runtime.device, memory_format=fmt)
+    state = _state(config, recipe, translator, kwargs, runtime)
+    state.extra["config_hash"] = artifacts.config_hash(stage_config)
+    if config.resume and loop.resume_from(state, tmp):
+        progress.log(f"resumed from step {state.step}")
+    patch = _patch_size(recipe)
+    samplers = [
+        _sampler(path, split, store, patch, int(recipe["batch_size"]), state.numpy_rng)
+        for path, split, store in zip(
+            (config.source, config.target),
+            (config.source_split, config.target_split),
+            stores,
+            strict=True,
+        )
+    ]
+    write = _sample_writer(config, spec.has_style_codes, samplers, tmp / "samples", runtime)
+    step_fn = _with_samples(
+        _step_fn(samplers, runtime), write, config.sample_every, int(recipe["steps"])
+    )
+    write_model_json(tmp, _model_info(config, recipe, kwargs, spec, stores))
+    schedule = loop.LoopSchedule(
+        int(recipe["steps"]), config.checkpoint_every, val_every=0, log_every=config.log_every
+    )
+    loop.run_loop(
+        state,
+        tmp,
+        schedule,
+        step_fn,
+        runtime=runtime,
+        progress=progress,
+        description=f"translate train {config.method}",
+    )
+    return {
+        "method": config.method,
+        "steps": state.step,
+        "has_style_codes": spec.has_style_codes,
+        "last_losses": _last_losses(tmp / loop.METRICS),
+        "samples": len(list((tmp / "samples").glob("*.png"))),
+        "skipped": False,
+    }
+
+
+def _state(config, recipe, translator, kwargs, runtime) -> loop.TrainState:
+    from udaseg.training.optim import build_scheduler
+
+    optimizers = translator.optimizers(recipe)
+    steps = int(recipe["steps"])
+    schedulers = {name: build_scheduler(o, recipe, steps) for name, o in optimizers.items()}
+    return loop.TrainState(
+        {"model": translator},
+        optimizers,
+        schedulers,
+        np.random.default_rng([config.seed, runtime.rank]),
+        torch.Generator().manual_seed(config.seed + 1),
+        {"name": config.method, "kwargs": kwargs},
+    )
+
+
+def _patch_size(recipe: dict[str, Any]) -> tuple[int, int]:
+    patch = tuple(int(s) for s in recipe["patch_size"])
+    if len(patch) != 2:
+        raise UdasegError(
+            f"patch size {list(patch)}: translators work on 2D slices",
+            hint="give two numbers to --patch-size, e.g. 256,256",
+            exit_code=2,
+        )
+    return patch
+
+
+def _sampler(path, split, store, patch, batch_size, rng) -> SliceSampler:
+    """Random (B, 1, H, W) slices of the split's cases; no labels, no foreground preference."""
+    bank = VolumeBank([Source(store, tuple(split_cases(path, split, store)))], need_labels=False)
+    # empty (constant) slices would send instance-norm gradients to inf (see sampling)
+    return SliceSampler(bank, patch, batch_size, rng, foreground_fraction=0.0, skip_empty=True)
+
+
+class AutocastContext:
+    """bf16 autocast on CUDA, a no-op on the CPU, usable both as ``with autocast:`` and as
+    ``with autocast():`` (methods enter it once per network update, several times a step)."""
+
+    def __init__(self, runtime: loop.Runtime) -> None:
+        self.runtime = runtime
+        self._entered: list[Any] = []
+
+    def __call__(self):
+        return loop.autocast(self.runtime)
+
+    def __enter__(self):
+        context = loop.autocast(self.runtime)
+        self._entered.append(context)
+        return context.__enter__()
+
+    def __exit__(self, *exc: object):
+        return self._entered.pop().__exit__(*exc)
+
+
+def _step_fn(samplers: list[SliceSampler], runtime: loop.Runtime):
+    fmt = loop.memory_format(runtime, 2)
+    autocast = AutocastContext(runtime)
+
+    def batch(sampler: SliceSampler) -> torch.Tensor:
+        images, _ = sampler()
+        return torch.from_numpy(images).to(runtime.device, memory_format=fmt, non_blocking=True)
+
+    def step(state: loop.TrainState) -> dict[str, float]:
+        source, target = batch(samplers[0]), batch(samplers[1])
+        translator = state.modules["model"]
+        translator.train()
+        parts = translator.train_step(source, target, state.optimizers, autocast)
+        # methods may report tensors; detach so float() does not warn about gradients
+        parts = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in parts.items()}
+        if not all(np.isfinite(v) for v in parts.values()):
+            raise UdasegError(
+                f"translator losses became non-finite at step {state.step + 1}: {parts}",
+                hint="lower the learning rates (--lr-g/--lr-d) or resume from an earlier "
+                "checkpoint; the run so far is kept in the .partial folder",
+            )
+        return parts
+
+    return step
+
+
+# --- sample grids --------------------------------------------------------------------------------
+
+
+def _with_samples(step_fn, write, every: int, total: int):
+    """``step_fn`` that also writes a sample grid after every ``every``-th step and the last."""
+
+    def step(state: loop.TrainState) -> dict[str, float]:
+        parts = step_fn(state)
+        done = state.step + 1  # the loop counts the step after step_fn returns
+        if (every and done % every == 0) or done == total:
+            write(state.modules["model"], done)
+        return parts
+
+    return step
+
+
+def fixed_slices(bank: VolumeBank, patch: tuple[int, int], count: int, seed: int) -> np.ndarray:
+    """``count`` slices (count, 1, H, W) drawn once with a seeded generator from the middle two
+    thirds of the bank's volumes, centre-cropped/padded to ``patch``: the same every time, so
+    sample grids compare over training."""
+    from udaseg.stages.cluster_styles import middle_slices
+
+    rng = np.random.default_rng(seed)
+    pool = [(i, k) for i, fg in enumerate(bank.foreground) for k in middle_slices(len(fg))]
+    picks = rng.choice(len(pool), size=count, replace=len(pool) < count)
+    out = []
+    for j in sorted(picks.tolist()):
+        i, k = pool[j]
+        image, _ = bank.slices(i, k, k + 1)
+        start = tuple(
+            (e - s) // 2 if e > s else -((s - e) // 2)
+            for e, s in zip(image.shape[1:], patch, strict=True)
+        )
+        out.append(fit(image, patch, start, float(image.min())))
+    return np.stack(out).astype(np.float32)
+
+
+def _sample_writer(config, has_style_codes, samplers, folder: Path, runtime: loop.Runtime):
+    from udaseg.translation.io import display_window, save_grid
+
+    folder.mkdir(exist_ok=True)
+    patch, seed = samplers[0].patch_size, SAMPLE_SEED + config.seed
+    source = fixed_slices(samplers[0].bank, patch, config.sample_count, seed)
+    target = fixed_slices(samplers[1].bank, patch, config.sample_count, seed + 1)
+    n_styles = config.sample_styles if has_style_codes else 0
+    styles = fixed_slices(samplers[1].bank, patch, n_styles, seed + 2) if n_styles else None
+    window = display_window([source, target])  # fixed over training: grids compare
+    devices = [torch.device(runtime.device)] if runtime.cuda else []
+
+    def tensor(images: np.ndarray | None) -> torch.Tensor | None:
+        return None if images is None else torch.from_numpy(images).to(runtime.device)
+
+    def write(translator, step: int) -> None:
+        translator.eval()
+        # a forked, fixed-seed RNG: anything random in samples() is the same in every grid, and
+        # drawing it leaves the training draws (and so resume) untouched
+        with torch.no_grad(), torch.random.fork_rng(devices=devices), loop.autocast(runtime):
+            torch.manual_seed(seed)
+            rows = _sample_rows(translator, tensor(source), tensor(target), tensor(styles))
+        translator.train()
+        save_grid(
+            folder / f"step_{step:06d}.png",
+            rows,
+            title=f"{config.method} step {step}",
+            window=window,
+        )
+
+    return write
+
+
+def _sample_rows(translator, source, target, style_slices) -> list[tuple[str, np.ndarray]]:
+    """Rows of a grid: the method's panels (source, translated, reconstructed, target first),
+    then the source in the style encoded from each of ``style_slices`` (target slices; styles are
+    encoded rather than drawn from N(0, I) because only encoded codes are target styles for
+    every method, e.g. DAR-UNet's shared decoder)."""
+    panels = translator.samples(source, target)
+    missing = [p for p in PANELS if p not in panels]
+    if missing:
+        raise UdasegError(f"the translator's samples() lacks panels {missing} (a method bug)")
+    names = [*PANELS, *(p for p in panels if p not in PANELS)]
+    rows = [(name, _numpy(panels[name])) for name in names]
+    if style_slices is not None:
+        codes = translator.encode_style(style_slices)
+        for j in range(len(codes)):
+            style = codes[j].expand(len(source), -1)
+            rows.append((f"target style {j}", _numpy(translator.translate(source, style))))
+    return rows
+
+
+def _numpy(images: torch.Tensor) -> np.ndarray:
+    """(N, 1, H, W) tensor -> (N, H, W) float32 array."""
+    return images.detach().float().cpu().numpy()[:, 0]
+
+
+def _model_info(config, recipe, kwargs, spec, stores) -> dict[str, Any]:
+    source, target = stores
+    return {
+        "name": config.method,
+        "kwargs": kwargs,
+        "has_style_codes": spec.has_style_codes,
+        "patch_size": list(recipe["patch_size"]),
+        "recipe": {k: _plain(v) for k, v in recipe.items()},
+        "source": store_identity(source),
+        "target": store_identity(target),
+    }
+
+
+def _last_losses(path: Path) -> dict[str, float]:
+    import json
+
+    lines = path.read_text().splitlines() if path.is_file() else []
+    if not lines:
+        return {}
+    row = json.loads(lines[-1])
+    return {k: v for k, v in row.items() if k not in ("step", "lr", "seconds")}
