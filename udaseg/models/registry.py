@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from udaseg.errors import look_up_option
+from udaseg.registry import Registry, first_doc_line
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,12 @@ class ModelSpec:
     description: str = ""
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+def _load_builtin() -> None:
+    # importing the modules runs their @register_model decorators
+    from udaseg.models import darunet, deeplab, sifa, unet  # noqa: F401
+
+
+_REGISTRY: Registry[ModelSpec] = Registry("model", _load_builtin)
 
 
 def register_model(
@@ -58,36 +63,27 @@ def register_model(
     """Decorator registering a model builder (a class or a function) under ``name``."""
 
     def wrap(builder: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name} registered twice")
-        _REGISTRY[name] = ModelSpec(
+        spec = ModelSpec(
             name,
             builder,
             dims,
             dict(recipe),
             dict(tiny or {}),
-            description or (builder.__doc__ or "").strip().split("\n")[0],
+            description or first_doc_line(builder),
         )
+        _REGISTRY.add(name, spec)
         return builder
 
     return wrap
 
 
-def _load_builtin() -> None:
-    # importing the modules runs their @register_model decorators
-    from udaseg.models import darunet, deeplab, sifa, unet  # noqa: F401
-
-
 def model_spec(name: str) -> ModelSpec:
     """The spec of a registered model; unknown names raise with 'did you mean'."""
-    _load_builtin()
-    look_up_option(name, _REGISTRY, what="model")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def list_models() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def create_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs: Any):

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from udaseg.errors import UdasegError, look_up_option
+from udaseg.errors import UdasegError
+from udaseg.registry import Registry, first_doc_line
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,11 @@ class TranslatorSpec:
     description: str = ""
 
 
-_REGISTRY: dict[str, TranslatorSpec] = {}
+def _load_builtin() -> None:
+    from udaseg.translation import cyclegan, disentangled  # noqa: F401
+
+
+_REGISTRY: Registry[TranslatorSpec] = Registry("translation method", _load_builtin)
 
 
 def register_translator(
@@ -56,34 +61,26 @@ def register_translator(
     description: str = "",
 ) -> Callable:
     def wrap(builder: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise ValueError(f"translator {name} registered twice")
-        _REGISTRY[name] = TranslatorSpec(
+        spec = TranslatorSpec(
             name,
             builder,
             has_style_codes,
             dict(recipe),
             dict(tiny or {}),
-            description or (builder.__doc__ or "").split("\n")[0],
+            description or first_doc_line(builder),
         )
+        _REGISTRY.add(name, spec)
         return builder
 
     return wrap
 
 
-def _load_builtin() -> None:
-    from udaseg.translation import cyclegan, disentangled  # noqa: F401
-
-
 def translator_spec(name: str) -> TranslatorSpec:
-    _load_builtin()
-    look_up_option(name, _REGISTRY, what="translation method")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def list_translators() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def create_translator(name: str, **kwargs: Any):
