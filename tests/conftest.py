@@ -78,14 +78,13 @@ def write_nifti(
     return path
 
 
-@pytest.fixture
-def tiny_dataset(tmp_path: Path) -> tuple[Path, Path]:
-    """(raw folder, manifest path) of a 4+3 case two-domain dataset in the layout of TINY_MANIFEST.
+def write_tiny_dataset(raw: Path) -> Path:
+    """Write a 4+3 case two-domain dataset in the layout of TINY_MANIFEST under ``raw``; returns
+    the manifest, written beside ``raw``.
 
     Target (tgt) volumes are stored with a flipped y axis and direction diag(1, -1, 1), like the
     real CHAOS MR files, so they must come out of preprocessing facing the same way as src.
     """
-    raw = tmp_path / "raw"
     for i in range(4):
         image, label = tiny_volume(i)
         write_nifti(image, raw / "src" / f"c{i}_image.nii.gz")
@@ -99,9 +98,16 @@ def tiny_dataset(tmp_path: Path) -> tuple[Path, Path]:
             origin=(0.0, 54.0, 0.0),
             direction=(1, 0, 0, 0, -1, 0, 0, 0, 1),
         )
-    manifest = tmp_path / "tiny.yaml"
+    manifest = raw.parent / "tiny.yaml"
     manifest.write_text(TINY_MANIFEST)
-    return raw, manifest
+    return manifest
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """(raw folder, manifest path) of :func:`write_tiny_dataset`'s dataset in ``tmp_path``."""
+    raw = tmp_path / "raw"
+    return raw, write_tiny_dataset(raw)
 
 
 def require_shared(*parts: str) -> Path:

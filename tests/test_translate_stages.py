@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from tests.conftest import TINY_MANIFEST, tiny_volume, write_nifti
+from tests.conftest import write_tiny_dataset
 from udaseg import artifacts
 from udaseg.cli import _PLANNED, app
 from udaseg.data.store import Store
@@ -169,26 +169,6 @@ class Workspace:
     target: Path
     styled: Path
     plain: Path
-
-
-def write_tiny_dataset(raw: Path) -> Path:
-    """The dataset of conftest's ``tiny_dataset`` (module-scoped here, so it is made once)."""
-    for i in range(4):
-        image, label = tiny_volume(i)
-        write_nifti(image, raw / "src" / f"c{i}_image.nii.gz")
-        write_nifti(label, raw / "src" / f"c{i}_label.nii.gz")
-    for i in range(3):
-        image, _ = tiny_volume(10 + i, flip_y=True)
-        write_nifti(
-            image * 0.5 + 20,
-            raw / "tgt" / f"m{i}_image.nii.gz",
-            spacing=(2.0, 2.0, 4.0),
-            origin=(0.0, 54.0, 0.0),
-            direction=(1, 0, 0, 0, -1, 0, 0, 0, 1),
-        )
-    manifest = raw.parent / "tiny.yaml"
-    manifest.write_text(TINY_MANIFEST)
-    return manifest
 
 
 def train_config(ws_or_stores, method="test-styled.v0", **overrides):
