@@ -12,7 +12,6 @@ adds Dice on another store's cases to the log for information only; it never sel
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from udaseg.data.store import Store
 from udaseg.errors import UdasegError, look_up_option
 from udaseg.progress import NullProgress, Progress
 from udaseg.training import loop
-from udaseg.training.checkpoint import load_checkpoint, write_model_json
+from udaseg.training.checkpoint import write_model_json
 
 STAGE = "segment-train"
 TRAIN_ON = ("source", "target", "translated")
@@ -128,7 +127,7 @@ def run(
         return done
     runtime = loop.setup_runtime(config.device, config.amp, config.channels_last, config.compile)
     with artifacts.building(out, keep_partial=True) as tmp:
-        _check_resume(tmp, stage_config, config.resume, progress)
+        loop.prepare_resume(tmp, artifacts.config_hash(stage_config), config.resume, progress)
         summary = _train(
             config, recipe, stores, tmp, runtime, progress, artifacts.config_hash(stage_config)
         )
@@ -180,27 +179,6 @@ def _inputs(config: SegmentTrainConfig, force: bool) -> tuple[dict, list[Store]]
             inputs[f"store{i}"] = artifacts.input_record(path, manifest)
         stores.append(Store(store_path(path)))
     return inputs, stores
-
-
-def _check_resume(tmp: Path, stage_config: dict, resume: bool, progress: Progress) -> None:
-    latest = tmp / "checkpoint_latest.pt"
-    if not latest.is_file():
-        return
-    saved = load_checkpoint(latest)
-    if not resume:
-        progress.log(
-            f"discarding the interrupted run in {tmp} (step {saved['step']}); "
-            "pass --resume to continue it"
-        )
-        for item in tmp.iterdir():
-            item.unlink() if item.is_file() else shutil.rmtree(item)
-        return
-    if saved["extra"].get("config_hash") != artifacts.config_hash(stage_config):
-        raise UdasegError(
-            f"cannot resume {tmp}: it was started with other options",
-            hint="rerun with the same options, or without --resume to start over",
-            path=tmp,
-        )
 
 
 def _train(config, recipe, stores, tmp, runtime, progress, config_hash) -> dict[str, Any]:

@@ -27,6 +27,7 @@ There is no validation (no labels), so no ``checkpoint_best.pt``: later stages u
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import time
@@ -192,9 +193,7 @@ def run(
         return done
     runtime = _runtime(config)
     with artifacts.building(out, keep_partial=True) as tmp:
-        from udaseg.stages.segment_train import _check_resume
-
-        _check_resume(tmp, stage_config, config.resume, progress)
+        loop.prepare_resume(tmp, artifacts.config_hash(stage_config), config.resume, progress)
         started = time.perf_counter()
         summary = _train(
             config, recipe, kwargs, (source, target), tmp, runtime, progress, stage_config
@@ -339,29 +338,10 @@ def _sampler(path, split, store, patch, batch_size, rng) -> SliceSampler:
     return SliceSampler(bank, patch, batch_size, rng, foreground_fraction=0.0, skip_empty=True)
 
 
-class AutocastContext:
-    """bf16 autocast on CUDA, a no-op on the CPU, usable both as ``with autocast:`` and as
-    ``with autocast():`` (methods enter it once per network update, several times a step)."""
-
-    def __init__(self, runtime: loop.Runtime) -> None:
-        self.runtime = runtime
-        self._entered: list[Any] = []
-
-    def __call__(self):
-        return loop.autocast(self.runtime)
-
-    def __enter__(self):
-        context = loop.autocast(self.runtime)
-        self._entered.append(context)
-        return context.__enter__()
-
-    def __exit__(self, *exc: object):
-        return self._entered.pop().__exit__(*exc)
-
-
 def _step_fn(samplers: list[SliceSampler], runtime: loop.Runtime):
     fmt = loop.memory_format(runtime, 2)
-    autocast = AutocastContext(runtime)
+    # the translator contract: a zero-argument callable giving a fresh context per update
+    autocast = functools.partial(loop.autocast, runtime)
 
     def batch(sampler: SliceSampler) -> torch.Tensor:
         images, _ = sampler()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from udaseg.errors import UdasegError
 from udaseg.progress import NullProgress, Progress
 from udaseg.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 
@@ -179,6 +181,36 @@ def resume_from(state: TrainState, work: Path) -> bool:
     state.load(load_checkpoint(path))
     truncate_metrics(Path(work) / METRICS, state.step)
     return True
+
+
+def prepare_resume(work: Path, config_hash: str, resume: bool, progress: Progress) -> None:
+    """Decide what happens to an interrupted run left in ``work`` (the ``.partial`` folder).
+
+    Without ``resume`` it is discarded (with a message saying ``--resume`` would continue it);
+    with ``resume`` it must have been started with the same configuration, whose hash the
+    stage keeps in ``TrainState.extra["config_hash"]``.
+
+    Raises:
+        UdasegError: ``resume`` asked for a run started with other options.
+    """
+    latest = Path(work) / "checkpoint_latest.pt"
+    if not latest.is_file():
+        return
+    saved = load_checkpoint(latest)
+    if not resume:
+        progress.log(
+            f"discarding the interrupted run in {work} (step {saved['step']}); "
+            "pass --resume to continue it"
+        )
+        for item in Path(work).iterdir():
+            item.unlink() if item.is_file() else shutil.rmtree(item)
+        return
+    if saved["extra"].get("config_hash") != config_hash:
+        raise UdasegError(
+            f"cannot resume {work}: it was started with other options",
+            hint="rerun with the same options, or without --resume to start over",
+            path=work,
+        )
 
 
 def truncate_metrics(path: Path, step: int) -> None:
