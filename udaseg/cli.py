@@ -64,6 +64,20 @@ WorkersOpt = Annotated[
     ),
 ]
 
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUNTIME)]
+AmpOpt = Annotated[
+    bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA.", rich_help_panel=RUNTIME)
+]
+SeedOpt = Annotated[
+    int, typer.Option(help="Random seed (CPU runs repeat exactly).", rich_help_panel=RESULTS)
+]
+
+
+def _progress(as_json: bool):
+    from udaseg.progress import rich_progress
+
+    return rich_progress(enabled=sys.stderr.isatty() or not as_json)
+
 
 def _version(value: bool) -> None:
     if value:
@@ -202,7 +216,6 @@ def preprocess(
     as_json: JsonOpt = False,
 ) -> None:
     """Raw scans -> reoriented, resampled, cropped, normalised volumes in HDF5 (one per domain)."""
-    from udaseg.progress import rich_progress
     from udaseg.stages import preprocess as stage
 
     config = stage.PreprocessConfig(
@@ -214,7 +227,7 @@ def preprocess(
         merge_shards=merge_shards,
         workers=workers,
     )
-    with rich_progress(enabled=sys.stderr.isatty() or not as_json) as progress:
+    with _progress(as_json) as progress:
         manifests = stage.run(config, work, force=force, progress=progress)
     summaries = [m.summary for m in manifests]
     lines = [
@@ -348,7 +361,6 @@ def predict(
     Example: udaseg predict --model-dir W/segment-train/unet --data W/preprocessed/mmwhs__ct
     --work W  (then: udaseg evaluate --pred W/predict/unet__mmwhs__ct --ref RAW --dataset mmwhs)
     """
-    from udaseg.progress import rich_progress
     from udaseg.stages import predict as stage
 
     config = stage.PredictConfig(
@@ -368,7 +380,7 @@ def predict(
         batch_size=batch_size,
         device=device,
     )
-    with rich_progress(enabled=sys.stderr.isatty() or not as_json) as progress:
+    with _progress(as_json) as progress:
         manifest = stage.run(config, work, force=force, progress=progress)
     s = manifest.summary
     state = (
@@ -500,7 +512,6 @@ def evaluate(
 
     Example: udaseg evaluate --pred W/predict/sifa --ref raw/ --dataset mmwhs --domain mr --work W
     """
-    from udaseg.progress import rich_progress
     from udaseg.stages import evaluate as stage
 
     config = stage.EvaluateConfig(
@@ -518,7 +529,7 @@ def evaluate(
         name=name,
         workers=workers,
     )
-    with rich_progress(enabled=sys.stderr.isatty() or not as_json) as progress:
+    with _progress(as_json) as progress:
         manifest = stage.run(config, work, force=force, progress=progress)
     out = Path(manifest.summary["output"])
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -641,9 +652,7 @@ def segment_train(
             rich_help_panel=RESULTS,
         ),
     ] = 0.5,
-    seed: Annotated[
-        int, typer.Option(help="Random seed (CPU runs repeat exactly).", rich_help_panel=RESULTS)
-    ] = 0,
+    seed: SeedOpt = 0,
     checkpoint_every: Annotated[
         int, typer.Option(help="Steps between checkpoint_latest.pt.", rich_help_panel=RESULTS)
     ] = 200,
@@ -664,12 +673,8 @@ def segment_train(
             rich_help_panel=RUNTIME,
         ),
     ] = None,
-    device: Annotated[
-        str, typer.Option(help="auto, cpu or cuda[:i].", rich_help_panel=RUNTIME)
-    ] = "auto",
-    amp: Annotated[
-        bool, typer.Option(help="bf16 autocast on CUDA.", rich_help_panel=RUNTIME)
-    ] = True,
+    device: DeviceOpt = "auto",
+    amp: AmpOpt = True,
     compile_: Annotated[
         bool, typer.Option("--compile", help="Try torch.compile.", rich_help_panel=RUNTIME)
     ] = False,
@@ -684,7 +689,6 @@ def segment_train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a 2D/3D segmenter on source, target or translated data (torchrun-aware)."""
-    from udaseg.progress import rich_progress
     from udaseg.stages import segment_train as stage
 
     stores = {"source": [source], "target": [target], "translated": translated or []}
@@ -720,7 +724,7 @@ def segment_train(
         compile=compile_,
         resume=resume,
     )
-    with rich_progress(enabled=not as_json) as progress:
+    with _progress(as_json) as progress:
         manifest = stage.run(config, work, force=force, progress=progress)
     summary = manifest.summary
     if not summary:  # a non-zero rank under torchrun: rank 0 reports
@@ -777,10 +781,6 @@ TranslatorOpt = Annotated[
         rich_help_panel=RESULTS,
     ),
 ]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUNTIME)]
-AmpOpt = Annotated[
-    bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA.", rich_help_panel=RUNTIME)
-]
 SlicesPerBatchOpt = Annotated[
     int,
     typer.Option("--batch-size", min=1, help="Slices per forward pass.", rich_help_panel=RUNTIME),
@@ -797,15 +797,8 @@ EmbeddingOpt = Annotated[
     str,
     typer.Option(help="2D embedding in styles.png: tsne or pca.", rich_help_panel=RESULTS),
 ]
-SeedOpt = Annotated[int, typer.Option(help="Random seed.", rich_help_panel=RESULTS)]
 
 translate_app = typer.Typer(no_args_is_help=False, rich_markup_mode="rich")
-
-
-def _progress(as_json: bool):
-    from udaseg.progress import rich_progress
-
-    return rich_progress(enabled=sys.stderr.isatty() or not as_json)
 
 
 @translate_app.callback(invoke_without_command=True)
