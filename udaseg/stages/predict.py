@@ -277,7 +277,7 @@ def resolve_model(directory: Path, which: str) -> ModelSource:
     Raises:
         UdasegError: unknown checkpoint name (exit code 2), no model.json, or no checkpoint.
     """
-    from udaseg.training.checkpoint import read_model_json
+    from udaseg.training.checkpoint import find_checkpoint, read_model_json
 
     look_up_option(which, CHECKPOINTS, what="checkpoint")
     directory = Path(directory)
@@ -289,16 +289,7 @@ def resolve_model(directory: Path, which: str) -> ModelSource:
         )
     info = read_model_json(directory)
     # the same fallback as load_model: the requested checkpoint, then final, then latest
-    for name in dict.fromkeys((which, "final", "latest")):
-        path = directory / f"checkpoint_{name}.pt"
-        if path.is_file():
-            break
-    else:
-        raise UdasegError(
-            f"model directory {directory} holds no checkpoint_{{best,final,latest}}.pt",
-            hint="train the model first (or wait for its first checkpoint)",
-            path=directory,
-        )
+    path = find_checkpoint(directory, which)
     artifact = (directory / artifacts.MANIFEST_NAME).is_file()
     return ModelSource(directory, info, path, artifact)
 

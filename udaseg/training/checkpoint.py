@@ -106,6 +106,27 @@ def read_model_json(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def find_checkpoint(
+    directory: Path,
+    which: str,
+    fallbacks: tuple[str, ...] = ("final", "latest"),
+    hint: str = "train it first (or wait for its first checkpoint)",
+) -> Path:
+    """``checkpoint_<which>.pt`` in ``directory``, else the first of ``fallbacks`` present.
+
+    Raises:
+        UdasegError: none of them exists (naming the folder and the names tried).
+    """
+    names = tuple(dict.fromkeys((which, *fallbacks)))
+    for name in names:
+        path = Path(directory) / f"checkpoint_{name}.pt"
+        if path.is_file():
+            return path
+    raise UdasegError(
+        f"{directory} holds no checkpoint_{{{','.join(names)}}}.pt", hint=hint, path=directory
+    )
+
+
 def load_model(directory: Path, which: str = "best", device: str = "cpu"):
     """Rebuild the model of a model directory from ``checkpoint_<which>.pt`` (falls back to
     ``final`` then ``latest`` when the requested one is absent); returns (model, model.json)."""
@@ -113,13 +134,7 @@ def load_model(directory: Path, which: str = "best", device: str = "cpu"):
 
     directory = Path(directory)
     info = read_model_json(directory)
-    for name in dict.fromkeys((which, "final", "latest")):
-        path = directory / f"checkpoint_{name}.pt"
-        if path.is_file():
-            break
-    else:
-        raise UdasegError(f"{directory} holds no checkpoint", path=directory)
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(find_checkpoint(directory, which))
     spec = checkpoint["model"]
     kwargs = dict(spec["kwargs"])
     model = create_model(spec["name"], **kwargs)

@@ -89,14 +89,10 @@ def checkpoint_path(directory: Path, which: str = "final") -> Path:
     Raises:
         UdasegError: the folder holds neither.
     """
-    for name in dict.fromkeys((which, *CHECKPOINTS)):
-        path = Path(directory) / f"checkpoint_{name}.pt"
-        if path.is_file():
-            return path
-    raise UdasegError(
-        f"{directory} holds no translator checkpoint (checkpoint_final.pt or _latest.pt)",
-        hint="train it first with `udaseg translate train`",
-        path=directory,
+    from udaseg.training.checkpoint import find_checkpoint
+
+    return find_checkpoint(
+        directory, which, CHECKPOINTS, hint="train it first with `udaseg translate train`"
     )
 
 
