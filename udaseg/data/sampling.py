@@ -74,11 +74,10 @@ class VolumeBank:
                         path=store.path,
                     )
         self.need_labels = need_labels
-        sizes = [_volume_bytes(store, case) for store, case in self.entries]
-        self.in_memory = sum(sizes) <= memory_budget
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         shapes = [store.file["cases"][case]["image"].shape for store, case in self.entries]
-        self.shapes = np.array(shapes)
+        # float32 image + uint8 label per voxel
+        self.in_memory = sum(int(np.prod(shape)) * 5 for shape in shapes) <= memory_budget
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self.foreground = [
             store.file["cases"][case]["foreground"][()] for store, case in self.entries
         ]
@@ -102,11 +101,6 @@ class VolumeBank:
         group = store.file["cases"][case]
         label = group["label"][start:stop] if self.need_labels else None
         return group["image"][start:stop], label
-
-
-def _volume_bytes(store: Store, case: str) -> int:
-    shape = store.file["cases"][case]["image"].shape
-    return int(np.prod(shape)) * 5  # float32 image + uint8 label
 
 
 def fit(
