@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from udaseg.progress import NullProgress
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -116,3 +118,15 @@ def require_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} is absent (only in the development workspace)")
     return path
+
+
+class KillAt(NullProgress):
+    """Raises (like a kill) when the loop reports reaching a given step."""
+
+    def __init__(self, step: int) -> None:
+        self.stop, self.seen = step, 0
+
+    def advance(self, task, steps=1, **fields) -> None:
+        self.seen += steps
+        if self.seen >= self.stop:
+            raise KeyboardInterrupt("killed")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import KillAt
 from udaseg.data.sampling import PatchSampler, SliceSampler, Source, VolumeBank, fit
 from udaseg.data.store import Store
 from udaseg.errors import UdasegError
 from udaseg.models.registry import model_spec
-from udaseg.progress import NullProgress
 from udaseg.stages import preprocess, segment_train
 from udaseg.training.checkpoint import load_checkpoint, load_model
 from udaseg.training.optim import lr_factor
@@ -81,18 +81,6 @@ def test_same_seed_gives_identical_weights_and_writes_a_model_dir(stores, tmp_pa
     assert first.summary["steps"] == 6 and first.summary["best"]["step"] in (3, 6)
     model, _ = load_model(a)
     assert not model.training and other.summary["steps"] == 6
-
-
-class KillAt(NullProgress):
-    """Raises (like a kill) when the loop reports reaching a given step."""
-
-    def __init__(self, step: int) -> None:
-        self.stop, self.seen = step, 0
-
-    def advance(self, task, steps=1, **fields) -> None:
-        self.seen += steps
-        if self.seen >= self.stop:
-            raise KeyboardInterrupt("killed")
 
 
 def test_resume_continues_exactly_where_the_killed_run_stopped(stores, tmp_path):

@@ -20,14 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from tests.conftest import write_tiny_dataset
+from tests.conftest import KillAt, write_tiny_dataset
 from udaseg import artifacts
 from udaseg.cli import _PLANNED, app
 from udaseg.data.store import Store
 from udaseg.errors import UdasegError
 from udaseg.losses.gan import discriminator_loss, gan_loss, set_requires_grad
 from udaseg.models.registry import model_spec
-from udaseg.progress import NullProgress
 from udaseg.stages import cluster_styles, preprocess, segment_train, translate_apply
 from udaseg.stages import translate_train as train_stage
 from udaseg.training.checkpoint import load_checkpoint
@@ -213,18 +212,6 @@ def same_weights(a: dict, b: dict) -> bool:
 def log_rows(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
-
-
-class KillAt(NullProgress):
-    """Raises (like a kill) when the loop reports reaching a given step."""
-
-    def __init__(self, step: int) -> None:
-        self.stop, self.seen = step, 0
-
-    def advance(self, task, steps=1, **fields) -> None:
-        self.seen += steps
-        if self.seen >= self.stop:
-            raise KeyboardInterrupt("killed")
 
 
 # --- translate train -----------------------------------------------------------------------------

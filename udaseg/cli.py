@@ -740,6 +740,175 @@ def segment_train(
     )
 
 
+@app.command("adapt", rich_help_panel="Stages")
+def adapt(
+    work: WorkOpt,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="Registered method: sifa.v1, adaptsegnet.v1, advent.v1, attent.v1, glua.v1, "
+            "bigl.v1.",
+            rich_help_panel=RESULTS,
+        ),
+    ],
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled source store: preprocessed, or translated by `translate apply`.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    target: Annotated[
+        Path | None,
+        typer.Option(
+            help="Preprocessed target store (its labels are never used for training).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    translator: Annotated[
+        Path | None,
+        typer.Option(
+            help="translate-train run, for methods that translate online (bigl.v1).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model directory to start the segmenter from (e.g. the source-only run).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Segmenter (default: the init model's, else the method's).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="Segmenter constructor argument key=value.", rich_help_panel=RESULTS),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Iterations (default: the method's recipe).", rich_help_panel=RESULTS),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(rich_help_panel=RESULTS)] = None,
+    patch_size: Annotated[
+        str | None, typer.Option(help="Slice size, e.g. 128,128.", rich_help_panel=RESULTS)
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Segmenter learning rate.", rich_help_panel=RESULTS)
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any recipe key=value, e.g. lambda_adv=0.01 or d_lr=1e-4 "
+            "(`udaseg adapt --method M --show-recipe` lists them).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    augment: Annotated[
+        bool, typer.Option(help="Random affine + gamma on both domains.", rich_help_panel=RESULTS)
+    ] = True,
+    foreground_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Share of each source batch drawn from labelled slices.", rich_help_panel=RESULTS
+        ),
+    ] = 0.5,
+    seed: SeedOpt = 0,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Steps between checkpoint_latest.pt.", rich_help_panel=RESULTS)
+    ] = 200,
+    val_every: Annotated[
+        int,
+        typer.Option(
+            help="Steps between target-val Dice logs (information only; 0: at the end).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = 500,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Run name (default method__dataset__source-to-target).", rich_help_panel=RESULTS
+        ),
+    ] = None,
+    show_recipe: Annotated[
+        bool,
+        typer.Option(help="Print the resolved recipe and exit.", rich_help_panel=RUNTIME),
+    ] = False,
+    device: DeviceOpt = "auto",
+    amp: AmpOpt = True,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an interrupted run from its last checkpoint.", rich_help_panel=RUNTIME
+        ),
+    ] = False,
+    log_every: Annotated[int, typer.Option(rich_help_panel=RUNTIME)] = 10,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Adapt a segmenter to the target domain with SIFA, AdaptSegNet, ADVENT, AttENT, GLUA or
+    BiGL (torchrun-aware); writes a model directory `udaseg predict` loads."""
+    from udaseg.stages import adapt as stage
+
+    recipe = {
+        **_parse_kv(set_, "--set"),
+        "steps": steps,
+        "batch_size": batch_size,
+        "patch_size": _ints(patch_size, "--patch-size"),
+        "lr": lr,
+    }
+    if not show_recipe and (source is None or target is None):
+        raise UdasegError(
+            "adapt needs --source and --target",
+            hint="pass the labelled source store and the target store",
+            exit_code=2,
+        )
+    config = stage.AdaptConfig(
+        method=method,
+        source=source or Path(),
+        target=target or Path(),
+        translator=translator,
+        init=init,
+        model=model,
+        model_kwargs=_parse_kv(model_arg, "--model-arg"),
+        recipe={k: v for k, v in recipe.items() if v is not None},
+        name=name,
+        augment=augment,
+        foreground_fraction=foreground_fraction,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        val_every=val_every,
+        log_every=log_every,
+        device=device,
+        amp=amp,
+        resume=resume,
+    )
+    if show_recipe:
+        resolved = stage.resolved_recipe(config)
+        _emit({"method": method, "recipe": resolved}, as_json, json.dumps(resolved, indent=2))
+        return
+    with _progress(as_json) as progress:
+        manifest = stage.run(config, work, force=force, progress=progress)
+    summary = manifest.summary
+    if not summary:  # a non-zero rank under torchrun: rank 0 reports
+        return
+    last = (summary.get("last_validation") or {}).get("score")
+    _emit(
+        summary,
+        as_json,
+        f"{summary.get('method')} ({summary.get('model')}): {summary.get('steps')} steps"
+        + (f", target val Dice {last:.3f} (not used to select)" if last is not None else "")
+        + (" (up to date, skipped)" if summary.get("skipped") else "")
+        + f" -> {summary.get('output', '')}",
+    )
+
+
 def _not_built(stage: str, issue: int, what: str) -> NoReturn:
     raise UdasegError(
         f"`udaseg {stage}` is not built yet in udaseg {__version__} ({what}; tracked as issue "
@@ -750,7 +919,6 @@ def _not_built(stage: str, issue: int, what: str) -> NoReturn:
 
 
 _PLANNED = {
-    "adapt": (6, "SIFA / AdaptSegNet / ADVENT / AttENT / GLUA / BiGL adversarial adaptation"),
     "run": (7, "run a recipe's stages in order, skipping completed ones"),
     "report": (7, "HTML/Markdown report with pictures and tables"),
 }

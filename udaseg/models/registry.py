@@ -87,5 +87,22 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs: Any):
-    """Build a registered model: ``create_model("unet2d.v1", in_channels=1, num_classes=5)``."""
-    return model_spec(name).builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    """Build a registered model: ``create_model("unet2d.v1", in_channels=1, num_classes=5)``.
+
+    Raises:
+        UdasegError: an argument the model does not take (naming the ones it does).
+    """
+    import inspect
+
+    builder = model_spec(name).builder
+    accepted = inspect.signature(builder).parameters
+    unknown = [key for key in kwargs if key not in accepted]
+    if unknown:
+        from udaseg.errors import UdasegError
+
+        raise UdasegError(
+            f"model {name} takes no argument {', '.join(unknown)}",
+            hint=f"its arguments: {', '.join(k for k in accepted if k != 'self')}",
+            exit_code=2,
+        )
+    return builder(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -206,7 +206,7 @@ def _train(config, recipe, stores, tmp, runtime, progress, config_hash) -> dict[
     )
     step_fn = _step_fn(sampler, criterion, config, spec.dims, runtime)
     validate = _validator(config, recipe, spec.dims, stores, model, runtime)
-    info = _model_info(config, recipe, spec, kwargs, stores[0])
+    info = model_info(config.model, kwargs, spec.dims, recipe, stores[0], config.train_on)
     if runtime.is_main:
         write_model_json(tmp, info)
     schedule = loop.LoopSchedule(
@@ -351,11 +351,15 @@ def dice_on(
     return {"score": float(np.mean(list(dice.values()))), "dice": dice, "cases": len(cases)}
 
 
-def _model_info(config, recipe, spec, kwargs, store: Store) -> dict[str, Any]:
+def model_info(
+    name: str, kwargs: dict, dims: int, recipe: dict, store: Store, train_on: str
+) -> dict[str, Any]:
+    """``model.json`` of a model directory: what ``udaseg predict`` needs to rebuild and apply
+    the model (``store`` gives the classes, dataset, domain and view it predicts)."""
     return {
-        "name": config.model,
+        "name": name,
         "kwargs": kwargs,
-        "dims": spec.dims,
+        "dims": dims,
         "classes": list(store.classes),
         "num_classes": len(store.classes) + 1,
         "in_channels": kwargs["in_channels"],
@@ -363,6 +367,6 @@ def _model_info(config, recipe, spec, kwargs, store: Store) -> dict[str, Any]:
         "domain": store.domain,
         "view": store.view,
         "patch_size": list(recipe["patch_size"]),
-        "train_on": config.train_on,
+        "train_on": train_on,
         "recipe": recipe,
     }

@@ -250,11 +250,14 @@ def run_loop(
     runtime: Runtime | None = None,
     progress: Progress | None = None,
     description: str = "train",
+    select_best: bool = True,
 ) -> dict[str, Any]:
     """Train ``state`` up to ``schedule.steps``; returns the last validation result (or {}).
 
-    ``validate_fn`` returns ``{"score": float, ...}``: a higher score makes a new
-    ``checkpoint_best.pt``. Only rank 0 writes files and reports progress.
+    ``validate_fn`` returns ``{"score": float, ...}``: with ``select_best`` a higher score makes a
+    new ``checkpoint_best.pt``; without, validation is only logged (adaptation, whose validation
+    uses target labels that must not pick the model). Only rank 0 writes files and reports
+    progress.
     """
     runtime = runtime or Runtime()
     progress = progress if runtime.is_main else NullProgress()
@@ -271,7 +274,9 @@ def run_loop(
             scheduler.step()
         step = state.step
         if step % schedule.log_every == 0 or step == schedule.steps:
-            lr = next(iter(state.optimizers.values())).param_groups[0]["lr"]
+            # the segmenter's learning rate where there is one (adaptation has several optimisers)
+            main = state.optimizers.get("model") or next(iter(state.optimizers.values()))
+            lr = main.param_groups[0]["lr"]
             log.write(
                 {
                     "step": step,
@@ -283,7 +288,7 @@ def run_loop(
         if validate_fn and (
             step == schedule.steps or (schedule.val_every and step % schedule.val_every == 0)
         ):
-            last_val = _validate(state, work, validate_fn, log, runtime)
+            last_val = _validate(state, work, validate_fn, log, runtime, select_best)
         if step % schedule.checkpoint_every == 0 or step == schedule.steps:
             _save(state, Path(work) / "checkpoint_latest.pt", runtime)
         # a custom field, not "total": rich would take that as the bar's length
@@ -292,14 +297,14 @@ def run_loop(
     return last_val
 
 
-def _validate(state, work, validate_fn, log, runtime) -> dict[str, Any]:
+def _validate(state, work, validate_fn, log, runtime, select_best) -> dict[str, Any]:
     result = validate_fn() if runtime.is_main else {}
     if runtime.world_size > 1:
         torch.distributed.barrier()
     if not result:
         return result
     log.write({"step": state.step, "val": result})
-    if state.best is None or result["score"] > state.best["score"]:
+    if select_best and (state.best is None or result["score"] > state.best["score"]):
         state.best = {"score": result["score"], "step": state.step}
         _save(state, Path(work) / "checkpoint_best.pt", runtime)
     return result

@@ -1,0 +1,1 @@
+"""Feature- and output-level domain adaptation methods (``udaseg adapt``); see ``registry``."""

@@ -1,0 +1,454 @@
+"""``udaseg adapt``: train a segmenter with a registered adaptation method.
+
+Inputs are store artifacts: a labelled ``source`` (a preprocessed store, or a translated one from
+``translate apply`` when the method trains on translated images, as AttENT and GLUA do) and the
+unlabelled ``target`` (its ``train`` split; labels in it are never read for training). Methods
+that translate online (BiGL) also take a translate-train run (``--translator``). ``--init`` warm
+starts the segmenter from a model directory (usually the source-only ``segment-train`` run), the
+way the papers start from a source-trained network.
+
+The output ``W/adapt/<run>/`` is a model directory like segment-train's (``model.json``,
+``checkpoint_{latest,final}.pt``, ``metrics.jsonl``, ``manifest.json``) that ``udaseg predict``
+loads unchanged, plus what the method writes for inspection (``extras/``).
+
+Target labels: when the target store has a ``val`` split with labels, Dice on those cases is
+logged every ``val_every`` steps for information only. No checkpoint is chosen with it (there is
+no ``checkpoint_best.pt``): picking a model on target labels is exactly what an unsupervised
+method cannot do, so the final weights are the result.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from udaseg import artifacts
+from udaseg.data.sampling import SliceSampler, Source, VolumeBank, split_cases, store_path
+from udaseg.data.store import Store
+from udaseg.errors import UdasegError, look_up_option
+from udaseg.progress import NullProgress, Progress
+from udaseg.training import loop
+
+STAGE = "adapt"
+# a labelled source may come from these stages (translated stores carry the source labels)
+SOURCE_STAGES = {"preprocess": "preprocess", "translate-apply": "translate apply"}
+# model directories --init accepts
+INIT_STAGES = ("segment-train", "adapt")
+EXTRAS = "extras"
+
+
+@dataclass
+class AdaptConfig:
+    """One adaptation run.
+
+    method: registered method name; source: labelled store artifact; target: unlabelled target
+    store artifact; translator: translate-train run (methods that translate online); init: model
+    directory to start the segmenter from; model/model_kwargs: segmenter (default: the method's,
+    or the init model's); recipe: overrides of the method's recipe. Runtime-only: device, amp,
+    channels_last, compile, resume, log_every.
+    """
+
+    method: str
+    source: Path
+    target: Path
+    translator: Path | None = None
+    init: Path | None = None
+    model: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    source_split: str = "train"
+    target_split: str = "train"
+    val_split: str = "val"
+    augment: bool = True
+    foreground_fraction: float = 0.5
+    seed: int = 0
+    checkpoint_every: int = 200
+    val_every: int = 500
+    log_every: int = 10
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    resume: bool = False
+
+
+def resolved_recipe(config: AdaptConfig) -> dict[str, Any]:
+    """The method's recipe (over the shared defaults) with the run's overrides; unknown keys are
+    refused with a 'did you mean'."""
+    from udaseg.adaptation.registry import COMMON_DEFAULTS, method_spec
+
+    recipe = {**COMMON_DEFAULTS, **method_spec(config.method).recipe}
+    for key, value in config.recipe.items():
+        look_up_option(key, sorted(recipe), what=f"{config.method} recipe option")
+        if value is not None:
+            recipe[key] = value
+    return recipe
+
+
+def run(
+    config: AdaptConfig, work: Path, *, force: bool = False, progress: Progress | None = None
+) -> artifacts.Manifest:
+    """Adapt and publish the model directory; skip when it is complete and current."""
+    from udaseg.adaptation.registry import method_spec
+
+    progress = progress or NullProgress()
+    spec = method_spec(config.method)
+    inputs, source, target = _inputs(config, spec, force)
+    init = _init_model(config) if config.init else None
+    recipe = resolved_recipe(config)
+    model, model_kwargs = _segmenter(config, spec, recipe, init, source)
+    out = Path(work) / "adapt" / _run_name(config, source, target)
+    stage_config = {
+        **_result_config(config),
+        "recipe": recipe,
+        "model": model,
+        "model_kwargs": model_kwargs,
+    }
+    if not force and artifacts.is_current(out, stage_config, inputs):
+        progress.log(f"{out} is up to date; skipped (use --force to retrain)")
+        done = artifacts.load_manifest(out)
+        done.summary = {**done.summary, "skipped": True}
+        return done
+    runtime = loop.setup_runtime(config.device, config.amp, config.channels_last, config.compile)
+    job = _Job(config, spec, recipe, model, model_kwargs, source, target, init, runtime)
+    with artifacts.building(out, keep_partial=True) as tmp:
+        digest = artifacts.config_hash(stage_config)
+        loop.prepare_resume(tmp, digest, config.resume, progress)
+        summary = _train(job, tmp, digest, progress)
+        if not runtime.is_main:
+            return artifacts.Manifest(stage=STAGE, config={}, config_hash="")
+        summary["output"] = str(out)
+        return artifacts.publish(
+            tmp, out, stage=STAGE, config=stage_config, inputs=inputs, summary=summary
+        )
+
+
+@dataclass
+class _Job:
+    config: AdaptConfig
+    spec: Any
+    recipe: dict[str, Any]
+    model: str
+    model_kwargs: dict[str, Any]
+    source: Store
+    target: Store
+    init: tuple[dict, dict] | None
+    runtime: loop.Runtime
+
+
+def _run_name(config: AdaptConfig, source: Store, target: Store) -> str:
+    if config.name:
+        return artifacts.check_run_name(config.name)
+    return f"{config.method}__{source.dataset}__{source.domain}-to-{target.domain}"
+
+
+def _result_config(config: AdaptConfig) -> dict[str, Any]:
+    data = asdict(config)
+    for key in ("device", "amp", "channels_last", "compile", "resume", "log_every", "name"):
+        data.pop(key)
+    for key in ("source", "target", "translator", "init"):
+        data[key] = str(Path(data[key]).resolve()) if data[key] else None
+    return data
+
+
+def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store]:
+    """Check every input artifact is complete and current; return their records and stores."""
+    inputs: dict[str, Any] = {}
+    source_dir, target_dir = Path(config.source), Path(config.target)
+    stage = artifacts.load_manifest(source_dir).stage if source_dir.is_dir() else None
+    if stage not in SOURCE_STAGES:
+        raise UdasegError(
+            f"--source {source_dir} is not a store artifact"
+            + (f" (it was made by '{stage}')" if stage else ""),
+            hint="pass a preprocessed store or a translated store from `udaseg translate apply`",
+            path=source_dir,
+            exit_code=2,
+        )
+    manifest = artifacts.require_input(
+        source_dir, stage=stage, force=force, rerun=f"udaseg {SOURCE_STAGES[stage]}"
+    )
+    inputs["source"] = artifacts.input_record(source_dir, manifest)
+    _check_translation(spec, stage, manifest, source_dir)
+    target_manifest = artifacts.require_input(
+        target_dir, stage="preprocess", force=force, rerun="udaseg preprocess"
+    )
+    inputs["target"] = artifacts.input_record(target_dir, target_manifest)
+    source, target = Store(store_path(source_dir)), Store(store_path(target_dir))
+    if source.classes != target.classes or source.view != target.view:
+        raise UdasegError(
+            f"source {source_dir} has classes {list(source.classes)} ({source.view}) but target "
+            f"{target_dir} has {list(target.classes)} ({target.view})",
+            hint="preprocess both domains with the same dataset manifest",
+            exit_code=2,
+        )
+    if spec.needs_translator and config.translator is None:
+        raise UdasegError(
+            f"{spec.name} translates online and needs --translator",
+            hint="pass a run of `udaseg translate train` trained on these two domains",
+            exit_code=2,
+        )
+    if config.translator is not None:
+        from udaseg.translation.io import open_run
+
+        inputs["translator"] = open_run(config.translator, force=force).record()
+    if config.init is not None:
+        init_dir = Path(config.init)
+        stage_name = artifacts.load_manifest(init_dir).stage if init_dir.is_dir() else None
+        if stage_name not in INIT_STAGES:
+            raise UdasegError(
+                f"--init {init_dir} is not a model directory",
+                hint="pass a run of `udaseg segment-train` (or `udaseg adapt`)",
+                path=init_dir,
+                exit_code=2,
+            )
+        manifest = artifacts.require_input(
+            init_dir, stage=stage_name, force=force, rerun=f"udaseg {stage_name}"
+        )
+        inputs["init"] = artifacts.input_record(init_dir, manifest)
+    return inputs, source, target
+
+
+def _check_translation(spec, stage: str, manifest: artifacts.Manifest, path: Path) -> None:
+    """Warn when a method's paper trains on another translator's images than the source's."""
+    if spec.source_translator is None:
+        return
+    made_with = manifest.summary.get("method") if stage == "translate-apply" else None
+    if made_with != spec.source_translator:
+        warnings.warn(
+            f"{spec.name} trains on source slices translated by {spec.source_translator}, but "
+            f"--source {path} is "
+            + (f"translated by {made_with}" if made_with else "untranslated")
+            + "; the run is not the paper's method",
+            stacklevel=3,
+        )
+
+
+def _init_model(config: AdaptConfig) -> tuple[dict, dict]:
+    """(model.json, checkpoint) of the ``--init`` model directory (its final weights)."""
+    from udaseg.training.checkpoint import find_checkpoint, load_checkpoint, read_model_json
+
+    info = read_model_json(config.init)
+    checkpoint = load_checkpoint(find_checkpoint(config.init, "final", ("latest",)))
+    return info, checkpoint
+
+
+def _segmenter(config, spec, recipe, init, source: Store) -> tuple[str, dict[str, Any]]:
+    """The segmenter's registered name and constructor kwargs.
+
+    Order of precedence: --model, else the init model's, else the method's recipe; kwargs from
+    --model-arg over the init model's (when the same model) over the defaults."""
+    from udaseg.models.registry import model_spec
+
+    init_spec = init[1]["model"] if init else None
+    name = config.model or (init_spec["name"] if init_spec else None) or recipe["model"]
+    if spec.models is not None and name not in spec.models:
+        raise UdasegError(
+            f"{spec.name} trains {', '.join(spec.models)}, not {name}",
+            hint=f"pass --model {spec.models[0]} (and an --init model of that kind)",
+            exit_code=2,
+        )
+    if model_spec(name).dims != 2:
+        raise UdasegError(
+            f"adaptation methods train 2D slice segmenters; {name} is 3D",
+            hint="adapt a 2D model, or train the 3D model on translated stores with "
+            "`udaseg segment-train --train-on translated` (DAR-UNet's pipeline)",
+            exit_code=2,
+        )
+    kwargs = {"in_channels": 1, "num_classes": len(source.classes) + 1}
+    # a method's architecture choices per segmenter (GLUA: DeepLab with a ResNet-50)
+    kwargs.update(recipe.get("model_kwargs", {}).get(name, {}))
+    if init_spec:
+        kwargs.update({k: v for k, v in init_spec["kwargs"].items() if k not in kwargs})
+    kwargs.update(config.model_kwargs)
+    if kwargs["num_classes"] != len(source.classes) + 1:
+        raise UdasegError(
+            f"the --init model has {kwargs['num_classes'] - 1} classes, the stores "
+            f"{len(source.classes)}",
+            exit_code=2,
+        )
+    return name, kwargs
+
+
+def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, Any]:
+    from udaseg.adaptation.base import AdaptContext
+    from udaseg.training.checkpoint import write_model_json
+
+    config, recipe, runtime = job.config, job.recipe, job.runtime
+    loop.seed_everything(config.seed, runtime.rank)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    translator = None
+    if config.translator is not None:
+        from udaseg.translation.io import load_translator
+
+        translator, _ = load_translator(config.translator, "final", runtime.device)
+        translator.requires_grad_(False)
+    ctx = AdaptContext(
+        job.model, job.model_kwargs, job.model_kwargs["num_classes"], recipe, runtime, generator
+    )
+    ctx.translator = translator
+    method = job.spec.builder(ctx)
+    if job.init is not None:
+        _load_init(loop.unwrap(method.modules["model"]), job, progress)
+    state = loop.TrainState(
+        method.modules,
+        method.optimizers,
+        method.schedulers,
+        np.random.default_rng([config.seed, runtime.rank]),
+        generator,
+        {"name": job.model, "kwargs": job.model_kwargs},
+    )
+    state.extra["config_hash"] = digest
+    if config.resume and loop.resume_from(state, tmp):
+        progress.log(f"resumed from step {state.step}")
+    samplers = _samplers(job, state.numpy_rng)
+    step_fn = _step_fn(samplers, method, job)
+    validate = _validator(job, method.modules["model"])
+    if runtime.is_main:
+        write_model_json(tmp, _model_info(job))
+    schedule = loop.LoopSchedule(
+        int(recipe["steps"]), config.checkpoint_every, config.val_every, config.log_every
+    )
+    last = loop.run_loop(
+        state,
+        tmp,
+        schedule,
+        step_fn,
+        validate_fn=validate,
+        runtime=runtime,
+        progress=progress,
+        description=f"adapt {config.method}",
+        select_best=False,
+    )
+    if method.extras is not None and runtime.is_main:
+        # a fixed batch from its own generator, so the pictures do not shift the training draws
+        batch = _batch(_samplers(job, np.random.default_rng(config.seed + 7)), job, None)
+        (tmp / EXTRAS).mkdir(exist_ok=True)
+        with torch.no_grad():
+            method.extras(tmp / EXTRAS, batch)
+    return {
+        "method": config.method,
+        "model": job.model,
+        "steps": state.step,
+        "last_validation": last,
+        "init": str(config.init) if config.init else None,
+        "skipped": False,
+    }
+
+
+def _load_init(model: torch.nn.Module, job: _Job, progress) -> None:
+    """Warm start: load the init model's weights; a model that only adds modules to the init
+    one's (dual-attention-unet.v1 over unet2d.v1) keeps its new modules as initialised."""
+    path, checkpoint = job.config.init, job.init[1]
+    same = checkpoint["model"]["name"] == job.model
+    try:
+        missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise UdasegError(
+            f"--init {path}: its weights do not fit this segmenter ({exc})",
+            hint="use an init model of the same architecture and width (or drop --model-arg)",
+            path=path,
+            exit_code=2,
+        ) from exc
+    if unexpected or (same and missing):
+        raise UdasegError(
+            f"--init {path} does not match the segmenter: "
+            f"{len(unexpected)} unexpected and {len(missing)} missing weights "
+            f"(e.g. {(unexpected or missing)[0]})",
+            hint="use an init model of the same architecture",
+            path=path,
+            exit_code=2,
+        )
+    if missing:
+        progress.log(f"--init {path}: {len(missing)} new weights start from scratch")
+
+
+def _samplers(job: _Job, rng: np.random.Generator) -> tuple[SliceSampler, SliceSampler]:
+    config, recipe = job.config, job.recipe
+    patch = tuple(int(s) for s in recipe["patch_size"])
+    if len(patch) != 2:
+        raise UdasegError(
+            f"patch size {list(patch)}: adaptation trains on 2D slices", hint="give 2 numbers"
+        )
+    batch_size = int(recipe["batch_size"])
+    source_cases = split_cases(config.source, config.source_split, job.source)
+    target_cases = split_cases(config.target, config.target_split, job.target)
+    for what, cases, path, split in (
+        ("source", source_cases, config.source, config.source_split),
+        ("target", target_cases, config.target, config.target_split),
+    ):
+        if not cases:
+            raise UdasegError(
+                f"no '{split}' cases in {what} store {path}",
+                hint="check the store's splits.json",
+                path=path,
+            )
+    source_bank = VolumeBank([Source(job.source, tuple(source_cases))], need_labels=True)
+    # the target is read without labels: adaptation never sees target annotations
+    target_bank = VolumeBank([Source(job.target, tuple(target_cases))], need_labels=False)
+    return (
+        SliceSampler(source_bank, patch, batch_size, rng, config.foreground_fraction),
+        SliceSampler(target_bank, patch, batch_size, rng, foreground_fraction=0.0, skip_empty=True),
+    )
+
+
+def _batch(samplers, job: _Job, generator: torch.Generator | None):
+    from udaseg.adaptation.base import AdaptBatch
+    from udaseg.data.augment import AugmentConfig, augment
+
+    runtime = job.runtime
+    fmt = loop.memory_format(runtime, 2)
+    source, labels = (torch.from_numpy(a) for a in samplers[0]())
+    target = torch.from_numpy(samplers[1]()[0])
+    if generator is not None and job.config.augment:
+        source, labels = augment(source, labels, AugmentConfig(), generator)
+        target, _ = augment(target, None, AugmentConfig(), generator)
+    return AdaptBatch(
+        source.to(runtime.device, memory_format=fmt),
+        labels.to(runtime.device).long(),
+        target.to(runtime.device, memory_format=fmt),
+    )
+
+
+def _step_fn(samplers, method, job: _Job):
+    from udaseg.adaptation.base import check_finite
+
+    def step(state: loop.TrainState) -> dict[str, float]:
+        losses = method.train_step(_batch(samplers, job, state.torch_gen))
+        check_finite(losses, f"{job.config.method} step {state.step + 1}")
+        return losses
+
+    return step
+
+
+def _validator(job: _Job, model: torch.nn.Module):
+    """Dice on the target's labelled val cases, logged for information (never selects)."""
+    from udaseg.stages.segment_train import dice_on
+
+    config = job.config
+    try:
+        cases = split_cases(config.target, config.val_split, job.target)
+    except UdasegError:
+        cases = []
+    cases = [c for c in cases if job.target.label(c) is not None]
+    if not cases:
+        return None
+
+    def validate() -> dict[str, Any]:
+        return dice_on(model, job.target, cases, 2, job.recipe, job.runtime)
+
+    return validate
+
+
+def _model_info(job: _Job) -> dict[str, Any]:
+    from udaseg.stages.segment_train import model_info
+
+    info = model_info(job.model, job.model_kwargs, 2, job.recipe, job.target, "adapt")
+    info["method"] = job.config.method
+    info["source_domain"] = job.source.domain
+    return info
