@@ -381,3 +381,11 @@ def publish(
     if old.exists():
         shutil.rmtree(old)
     return manifest
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small text file through a temporary name, so a reader never sees half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -141,6 +141,7 @@ def phantom(
     size: Annotated[
         str, typer.Option(help="small (demo) or tiny (tests).", rich_help_panel=RESULTS)
     ] = "small",
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a small synthetic cross-modality dataset in a real dataset's file layout.
@@ -150,11 +151,13 @@ def phantom(
     """
     from udaseg.stages import phantom as stage
 
-    summary = stage.run(task, out, seed=seed, size=size)
+    summary = stage.run(task, out, seed=seed, size=size, force=force)
     _emit(
         summary,
         as_json,
-        f"wrote the {task} phantom to {out} "
+        f"{out} already holds this phantom; skipped (use --force to rewrite)"
+        if summary["skipped"]
+        else f"wrote the {task} phantom to {out} "
         f"({summary['cases']} cases); manifest: {summary['manifest']}",
     )
 
@@ -328,6 +331,13 @@ def predict(
             "--cases", help="Comma list of case ids (default: all).", rich_help_panel=RESULTS
         ),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Only the cases of this split (train, val, test) of a preprocessed store.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -375,6 +385,7 @@ def predict(
         stride=stage.parse_stride(stride),
         amp=amp,
         cases=[c.strip() for c in cases.split(",") if c.strip()] if cases else None,
+        split=split,
         shard=_parse_shard(shard),
         merge_shards=merge_shards,
         batch_size=batch_size,
@@ -909,6 +920,64 @@ def adapt(
     )
 
 
+@app.command("run", rich_help_panel="Pipelines")
+def run_recipe(
+    recipe: Annotated[
+        str,
+        typer.Argument(help="Recipe YAML file, or the name of one in examples/recipes."),
+    ],
+    work: WorkOpt,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Named variable set of the recipe, e.g. cpu-small.", rich_help_panel=RESULTS
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Recipe variable name=value.", rich_help_panel=RESULTS),
+    ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(help="Comma list of stage names to run.", rich_help_panel=RUNTIME),
+    ] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="Run from this stage on.", rich_help_panel=RUNTIME),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the commands (a script to split over nodes) and run nothing.",
+            rich_help_panel=RUNTIME,
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a paper's pipeline: each stage in order, printing its command; stages whose
+    artifacts are complete and current are skipped. Ends with a comparison table."""
+    from udaseg.stages import recipe as stage
+
+    loaded = stage.load_recipe(recipe, work, preset, _parse_kv(set_, "--set"))
+    chosen = stage.select(
+        loaded.stages, [s.strip() for s in only.split(",")] if only else None, from_
+    )
+    if dry_run:
+        commands = [s.command for s in chosen]
+        if as_json:
+            _emit({"recipe": str(loaded.path), "commands": commands}, True)
+        else:
+            typer.echo("\n".join(commands))  # plain lines, unwrapped: a script to copy
+        return
+
+    def echo(line: str) -> None:
+        typer.echo(line, err=True)
+
+    record = stage.run(loaded, chosen, echo=echo)
+    _emit(record, as_json, (Path(record["output"]) / "comparison.md").read_text())
+
+
 def _not_built(stage: str, issue: int, what: str) -> NoReturn:
     raise UdasegError(
         f"`udaseg {stage}` is not built yet in udaseg {__version__} ({what}; tracked as issue "
@@ -919,7 +988,6 @@ def _not_built(stage: str, issue: int, what: str) -> NoReturn:
 
 
 _PLANNED = {
-    "run": (7, "run a recipe's stages in order, skipping completed ones"),
     "report": (7, "HTML/Markdown report with pictures and tables"),
 }
 

@@ -19,6 +19,7 @@ method cannot do, so the final weights are the result.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,7 +120,7 @@ def run(
     job = _Job(config, spec, recipe, model, model_kwargs, source, target, init, runtime)
     with artifacts.building(out, keep_partial=True) as tmp:
         digest = artifacts.config_hash(stage_config)
-        loop.prepare_resume(tmp, digest, config.resume, progress)
+        loop.prepare_resume(tmp, digest, config.resume, progress, runtime)
         summary = _train(job, tmp, digest, progress)
         if not runtime.is_main:
             return artifacts.Manifest(stage=STAGE, config={}, config_hash="")
@@ -325,12 +326,8 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
         description=f"adapt {config.method}",
         select_best=False,
     )
-    if method.extras is not None and runtime.is_main:
-        # a fixed batch from its own generator, so the pictures do not shift the training draws
-        batch = _batch(_samplers(job, np.random.default_rng(config.seed + 7)), job, None)
-        (tmp / EXTRAS).mkdir(exist_ok=True)
-        with torch.no_grad():
-            method.extras(tmp / EXTRAS, batch)
+    if method.extras is not None:
+        _write_extras(method, job, tmp / EXTRAS)
     return {
         "method": config.method,
         "model": job.model,
@@ -339,6 +336,21 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
         "init": str(config.init) if config.init else None,
         "skipped": False,
     }
+
+
+def _write_extras(method, job: _Job, directory: Path) -> None:
+    """The method's pictures of one fixed batch (its own generator, so the training draws do not
+    shift). Every rank runs it with the same batch because wrapped (DDP) networks may talk to the
+    other ranks in their forward; only rank 0 keeps the files."""
+    import tempfile
+
+    batch = _batch(_samplers(job, np.random.default_rng(job.config.seed + 7)), job, None)
+    with contextlib.ExitStack() as stack:
+        if not job.runtime.is_main:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        directory.mkdir(exist_ok=True)
+        with torch.no_grad():
+            method.extras(directory, batch)
 
 
 def _load_init(model: torch.nn.Module, job: _Job, progress) -> None:

@@ -30,24 +30,43 @@ PHANTOM_MANIFESTS = {
 
 
 def run(
-    task: str, out: Path, *, seed: int = 0, size: str = "small", n_cases: int | None = None
+    task: str,
+    out: Path,
+    *,
+    seed: int = 0,
+    size: str = "small",
+    n_cases: int | None = None,
+    force: bool = False,
 ) -> dict:
-    """Write the phantom for ``task`` into ``out`` and ``out/dataset.yaml``; return a summary."""
+    """Write the phantom for ``task`` into ``out`` and ``out/dataset.yaml``; return a summary.
+
+    ``dataset.yaml`` is written last, so its presence with the same description marks a complete
+    phantom of these settings: it is then left alone (``skipped``) unless ``force``, so the raw
+    files keep their timestamps and the stages after it stay current.
+    """
     look_up_option(task, PHANTOM_MANIFESTS, what="phantom task")
     out = Path(out)
+    path = out / "dataset.yaml"
+    text = _manifest_text(task, seed, size, n_cases, path, out)
+    if not force and path.is_file() and path.read_text() == text:
+        return {"skipped": True, "manifest": str(path), "out": str(out), "cases": None}
+    path.unlink(missing_ok=True)  # an unfinished rewrite must not look complete
     summary = write_phantom(task, out, seed=seed, size=size, n_cases=n_cases)
+    tmp = path.with_name(".dataset.yaml.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    cases = sum(summary["n_cases"].values())
+    return {**summary, "cases": cases, "manifest": str(path), "out": str(out), "skipped": False}
+
+
+def _manifest_text(task, seed, size, n_cases, path: Path, out: Path) -> str:
     manifest = {
         **PHANTOM_MANIFESTS[task],
-        "description": f"udaseg phantom ({task}, seed {seed}, size {size}) in the layout of "
-        f"{PHANTOM_MANIFESTS[task]['extends']}",
+        "description": f"udaseg phantom ({task}, seed {seed}, size {size}, cases {n_cases}) in "
+        f"the layout of {PHANTOM_MANIFESTS[task]['extends']}",
     }
-    path = out / "dataset.yaml"
-    tmp = path.with_name(".dataset.yaml.tmp")
-    tmp.write_text(
+    return (
         "# written by `udaseg phantom`; preprocess with:\n"
         f"#   udaseg preprocess {path} --raw {out} --work W\n"
         + yaml.safe_dump(manifest, sort_keys=False)
     )
-    tmp.replace(path)
-    cases = sum(summary["n_cases"].values())
-    return {**summary, "cases": cases, "manifest": str(path), "out": str(out)}

@@ -67,7 +67,8 @@ class PredictConfig:
     tta: flip test-time augmentation (2D: H and W axes, 4 passes; 3D: all three axes, 8 passes).
     gaussian: Gaussian window weighting (else uniform). stride: None (half the window), a fraction
     of the window, or voxels per window axis. amp: bfloat16 autocast on CUDA.
-    cases: predict only these ids (None = all). shard: (i, n) or None; merge_shards: join the
+    cases: predict only these ids (None = all); split: or only the cases of this split (train,
+    val, test) of a store artifact's splits.json. shard: (i, n) or None; merge_shards: join the
     shards instead. batch_size (windows per forward pass) and device are runtime-only.
     """
 
@@ -82,6 +83,7 @@ class PredictConfig:
     stride: float | tuple[int, ...] | None = None
     amp: bool = False
     cases: list[str] | None = None
+    split: str | None = None
     shard: tuple[int, int] | None = None
     merge_shards: bool = False
     batch_size: int = 8
@@ -576,7 +578,7 @@ def run(
     name = run_name(config, model, data)
     if config.merge_shards:
         return merge_shards(work, name, force=force, progress=progress)
-    ids = select_cases(data.case_ids, config.cases, config.shard)
+    ids = select_cases(data.case_ids, _wanted(config, data), config.shard)
     device = resolve_device(config.device)
     out = output_dir(work, name, config.shard)
     stage_config = _stage_config(config, model, data, ids, device)
@@ -587,6 +589,24 @@ def run(
         done.summary = {**done.summary, "skipped": True}
         return done
     return _predict(config, model, data, ids, device, out, stage_config, inputs, progress)
+
+
+def _wanted(config: PredictConfig, data: DataSource) -> list[str] | None:
+    """The case ids asked for with --cases or --split (None: all)."""
+    if config.split is None:
+        return config.cases
+    if config.cases is not None:
+        raise UdasegError("give --cases or --split, not both", exit_code=2)
+    if data.artifact is None:
+        raise UdasegError(
+            f"--split {config.split} needs a preprocessed store artifact (it reads splits.json), "
+            f"but --data {config.data} is not one",
+            hint="pass the `udaseg preprocess` output folder, or list the cases with --cases",
+            exit_code=2,
+        )
+    from udaseg.data.sampling import split_cases
+
+    return split_cases(data.artifact, config.split, data)
 
 
 def _predict(config, model, data, ids, device, out, stage_config, inputs, progress):

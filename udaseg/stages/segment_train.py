@@ -127,7 +127,9 @@ def run(
         return done
     runtime = loop.setup_runtime(config.device, config.amp, config.channels_last, config.compile)
     with artifacts.building(out, keep_partial=True) as tmp:
-        loop.prepare_resume(tmp, artifacts.config_hash(stage_config), config.resume, progress)
+        loop.prepare_resume(
+            tmp, artifacts.config_hash(stage_config), config.resume, progress, runtime
+        )
         summary = _train(
             config, recipe, stores, tmp, runtime, progress, artifacts.config_hash(stage_config)
         )

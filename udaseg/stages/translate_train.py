@@ -193,7 +193,9 @@ def run(
         return done
     runtime = _runtime(config)
     with artifacts.building(out, keep_partial=True) as tmp:
-        loop.prepare_resume(tmp, artifacts.config_hash(stage_config), config.resume, progress)
+        loop.prepare_resume(
+            tmp, artifacts.config_hash(stage_config), config.resume, progress, runtime
+        )
         started = time.perf_counter()
         summary = _train(
             config, recipe, kwargs, (source, target), tmp, runtime, progress, stage_config

@@ -183,7 +183,13 @@ def resume_from(state: TrainState, work: Path) -> bool:
     return True
 
 
-def prepare_resume(work: Path, config_hash: str, resume: bool, progress: Progress) -> None:
+def prepare_resume(
+    work: Path,
+    config_hash: str,
+    resume: bool,
+    progress: Progress,
+    runtime: Runtime | None = None,
+) -> None:
     """Decide what happens to an interrupted run left in ``work`` (the ``.partial`` folder).
 
     Without ``resume`` it is discarded (with a message saying ``--resume`` would continue it);
@@ -198,12 +204,16 @@ def prepare_resume(work: Path, config_hash: str, resume: bool, progress: Progres
         return
     saved = load_checkpoint(latest)
     if not resume:
-        progress.log(
-            f"discarding the interrupted run in {work} (step {saved['step']}); "
-            "pass --resume to continue it"
-        )
-        for item in Path(work).iterdir():
-            item.unlink() if item.is_file() else shutil.rmtree(item)
+        # under torchrun every rank gets here; one deletes while the others wait
+        if runtime is None or runtime.is_main:
+            progress.log(
+                f"discarding the interrupted run in {work} (step {saved['step']}); "
+                "pass --resume to continue it"
+            )
+            for item in Path(work).iterdir():
+                item.unlink() if item.is_file() else shutil.rmtree(item)
+        if runtime is not None and runtime.world_size > 1:
+            torch.distributed.barrier()
         return
     if saved["extra"].get("config_hash") != config_hash:
         raise UdasegError(
