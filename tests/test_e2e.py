@@ -158,3 +158,36 @@ def test_train_predict_evaluate_and_resume_after_a_kill(tmp_path):
     assert 0.0 <= scores["mean_over_classes"]["dice"]["mean"] <= 1.0
     for stage, out in (("segment-train", model), ("predict", work / "predict" / "unet_on_mr")):
         assert require_input(out, stage=stage, rerun=f"udaseg {stage}").inputs
+
+
+def test_the_demo_recipe_runs_every_stage_then_skips_then_reruns_what_changed(tmp_path):
+    """`udaseg run phantom-demo --preset smoke`: phantom, preprocess, translate train + apply,
+    three segment-train runs, adapt, predict and evaluate, a few iterations each."""
+    work = tmp_path / "w"
+    first = udaseg("run", "phantom-demo", "--work", str(work), "--preset", "smoke")
+    statuses = {s["stage"]: s["status"] for s in first["stages"]}
+    assert set(statuses.values()) == {"ran"}, statuses
+    expected = {
+        "preprocessed/phantom-abdomen__ct": "preprocess",
+        "translate/cyclegan": "translate-train",
+        "translated/ct-as-mr": "translate-apply",
+        "segment/no-adaptation": "segment-train",
+        "segment/translation-only": "segment-train",
+        "adapt/translation+advent": "adapt",
+        "predict/translation+advent": "predict",
+        "evaluate/translation+advent": "evaluate",
+    }
+    for folder, stage in expected.items():
+        assert load_manifest(work / folder).stage == stage, folder
+    rows = {row["label"]: row for row in first["comparison"]}
+    assert len(rows) == 4 and all(0 <= r["mean_dice"] <= 1 for r in rows.values())
+    assert (work / "runs" / "phantom-demo" / "comparison.md").is_file()
+    # a second call finds every artifact complete and current
+    second = udaseg("run", "phantom-demo", "--work", str(work), "--preset", "smoke")
+    assert {s["status"] for s in second["stages"]} == {"skipped"}
+    # longer adaptation: adapt and what reads its model rerun, nothing upstream does
+    third = udaseg(
+        "run", "phantom-demo", "--work", str(work), "--preset", "smoke", "--set", "adapt_steps=3"
+    )
+    ran = {s["stage"] for s in third["stages"] if s["status"] == "ran"}
+    assert ran == {"adapt-advent", "predict-advent", "evaluate-advent"}

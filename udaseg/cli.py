@@ -975,7 +975,10 @@ def run_recipe(
         typer.echo(line, err=True)
 
     record = stage.run(loaded, chosen, echo=echo)
-    _emit(record, as_json, (Path(record["output"]) / "comparison.md").read_text())
+    if as_json:
+        _emit(record, True)
+    else:  # plain Markdown, unwrapped, to paste into notes
+        typer.echo((Path(record["output"]) / "comparison.md").read_text())
 
 
 def _not_built(stage: str, issue: int, what: str) -> NoReturn:

@@ -606,7 +606,15 @@ def _wanted(config: PredictConfig, data: DataSource) -> list[str] | None:
         )
     from udaseg.data.sampling import split_cases
 
-    return split_cases(data.artifact, config.split, data)
+    cases = split_cases(data.artifact, config.split, data)
+    if not cases:
+        raise UdasegError(
+            f"split '{config.split}' of {data.artifact} holds no cases",
+            hint="choose another split (train, val, test, all); see its splits.json",
+            path=data.artifact,
+            exit_code=2,
+        )
+    return cases
 
 
 def _predict(config, model, data, ids, device, out, stage_config, inputs, progress):
