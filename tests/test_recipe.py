@@ -90,6 +90,8 @@ def test_every_shipped_recipe_loads_with_known_commands(tmp_path):
     assert shipped
     for path in shipped:
         assert recipes.load_recipe(path, tmp_path).stages, path.name
+        for stage in recipes.load_recipe(path, tmp_path).stages:
+            recipes.check(stage)  # every option parses as the command would parse it
     unknown = write(tmp_path, "stages: [{name: x, run: udaseg segment-trian --steps 1}]")
     with pytest.raises(UdasegError, match='did you mean "segment-train"'):
         recipes.load_recipe(unknown, tmp_path)
@@ -115,6 +117,18 @@ stages:
     loaded = recipes.load_recipe(bad_option, tmp_path / "w")
     with pytest.raises(UdasegError, match="stage typo: .*--outt"):
         recipes.run(loaded, loaded.stages, echo=lambda line: None)
+
+
+def test_check_parses_options_without_running(tmp_path):
+    good = recipes.Stage("ok", ["translate", "apply", "--translator", "t", "--work", "w"])
+    recipes.check(good)
+    typo = recipes.Stage("typo", ["translate", "apply", "--translater", "t", "--work", "w"])
+    with pytest.raises(UdasegError, match="stage typo: .*--translater"):
+        recipes.check(typo)
+    missing = recipes.Stage("missing", ["adapt", "--method", "advent.v1"])
+    with pytest.raises(UdasegError, match="stage missing: .*work"):
+        recipes.check(missing)
+    assert not (tmp_path / "w").exists()
 
 
 def test_comparison_rows_come_from_evaluate_summaries(tmp_path):

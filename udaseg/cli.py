@@ -334,7 +334,7 @@ def predict(
     split: Annotated[
         str | None,
         typer.Option(
-            help="Only the cases of this split (train, val, test) of a preprocessed store.",
+            help="Only the cases of these splits of a preprocessed store, e.g. val or val,test.",
             rich_help_panel=RESULTS,
         ),
     ] = None,
@@ -507,6 +507,14 @@ def evaluate(
             rich_help_panel=RESULTS,
         ),
     ] = None,
+    predicted_only: Annotated[
+        bool,
+        typer.Option(
+            "--predicted-only",
+            help="Evaluate exactly the predicted cases (e.g. of `predict --split val`).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = False,
     name: Annotated[
         str | None,
         typer.Option(
@@ -537,6 +545,7 @@ def evaluate(
         connectivity=connectivity,
         empty_distance=empty_distance,
         cases=[c.strip() for c in cases.split(",") if c.strip()] if cases else None,
+        predicted_only=predicted_only,
         name=name,
         workers=workers,
     )
@@ -964,6 +973,8 @@ def run_recipe(
         loaded.stages, [s.strip() for s in only.split(",")] if only else None, from_
     )
     if dry_run:
+        for chosen_stage in chosen:
+            stage.check(chosen_stage)
         commands = [s.command for s in chosen]
         if as_json:
             _emit({"recipe": str(loaded.path), "commands": commands}, True)

@@ -71,7 +71,9 @@ class EvaluateConfig:
     metrics: any of dice, assd, asd, hd95, hd (reordered to that order). unit: ``mm`` or
     ``voxel``. hd95/assd: the definition variants (see :mod:`udaseg.metrics.surface`).
     connectivity: surface neighbourhood 1..3. empty_distance: ``nan`` or ``diagonal``.
-    cases: evaluate only these ids (None = all, which must then match on both sides).
+    cases: evaluate only these ids (None = all, which must then match on both sides);
+    predicted_only: evaluate exactly the predicted cases (e.g. a ``predict --split val`` run),
+    each of which must have a reference.
     name: run name (default: the prediction folder's name). workers: parallel processes (runtime).
     """
 
@@ -86,6 +88,7 @@ class EvaluateConfig:
     connectivity: int = 1
     empty_distance: str = "nan"
     cases: Sequence[str] | None = None
+    predicted_only: bool = False
     name: str | None = None
     workers: int = 1
 
@@ -303,7 +306,8 @@ def match_cases(pred: Source, ref: Source, wanted: Sequence[str] | None) -> list
         raise UdasegError(
             f"cases do not match between --pred {pred.path} and --ref {ref.path}: "
             + "; ".join(parts),
-            hint=f"to evaluate just the predicted cases, pass --cases {','.join(_sorted(pred_ids))}"
+            hint="to evaluate just the predicted cases, pass --predicted-only (or --cases "
+            f"{','.join(_sorted(pred_ids))})"
             if subset
             else "pass --cases ID,ID,... to evaluate a subset on purpose",
         )
@@ -650,7 +654,12 @@ def run(
     pred = resolve_pred(config.pred, manifest)
     ref = resolve_ref(config.ref, manifest, domain)
     inputs = _inputs(pred, ref, force)
-    ids = match_cases(pred, ref, config.cases)
+    wanted = config.cases
+    if config.predicted_only:
+        if config.cases:
+            raise UdasegError("give --cases or --predicted-only, not both", exit_code=2)
+        wanted = list(pred.ids)
+    ids = match_cases(pred, ref, wanted)
     options = _options(config, metrics)
     out = output_dir(work, run_name(config))
     stage_config = _stage_config(config, manifest, pred, ref, ids, options)

@@ -67,8 +67,8 @@ class PredictConfig:
     tta: flip test-time augmentation (2D: H and W axes, 4 passes; 3D: all three axes, 8 passes).
     gaussian: Gaussian window weighting (else uniform). stride: None (half the window), a fraction
     of the window, or voxels per window axis. amp: bfloat16 autocast on CUDA.
-    cases: predict only these ids (None = all); split: or only the cases of this split (train,
-    val, test) of a store artifact's splits.json. shard: (i, n) or None; merge_shards: join the
+    cases: predict only these ids (None = all); split: or only the cases of these splits
+    ("val" or "val,test") of a store artifact's splits.json. shard: (i, n) or None; merge_shards: join the
     shards instead. batch_size (windows per forward pass) and device are runtime-only.
     """
 
@@ -606,7 +606,9 @@ def _wanted(config: PredictConfig, data: DataSource) -> list[str] | None:
         )
     from udaseg.data.sampling import split_cases
 
-    cases = split_cases(data.artifact, config.split, data)
+    names = [name.strip() for name in config.split.split(",") if name.strip()]
+    chosen = {case for name in names for case in split_cases(data.artifact, name, data)}
+    cases = [case for case in data.case_ids if case in chosen]
     if not cases:
         raise UdasegError(
             f"split '{config.split}' of {data.artifact} holds no cases",

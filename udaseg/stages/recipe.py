@@ -150,6 +150,33 @@ def commands() -> list[str]:
     return sorted(typer.main.get_command(app).commands)
 
 
+def check(stage: Stage) -> None:
+    """Parse a stage's options the way the command would, without running it, so a typo or a
+    missing option in a recipe shows up before hours of earlier stages have run.
+
+    Raises:
+        UdasegError: naming the stage and the parser's message.
+    """
+    import typer.main
+    from typer.exceptions import TyperException
+
+    from udaseg.cli import app
+
+    command, args, path = typer.main.get_command(app), list(stage.args), ["udaseg"]
+    # descend through command groups (``translate apply``)
+    while hasattr(command, "commands") and args and args[0] in command.commands:
+        path.append(args[0])
+        command, args = command.commands[args.pop(0)], args
+    try:
+        command.make_context(" ".join(path), args)
+    except TyperException as exc:
+        raise UdasegError(
+            f"stage {stage.name}: {exc}",
+            hint=f"fix the command in the recipe: {stage.command}",
+            exit_code=2,
+        ) from exc
+
+
 def _resolve(variables: dict[str, Any], path: Path) -> dict[str, Any]:
     """Substitute variables into each other (``raw: ${work}/raw``); a cycle is an error."""
     resolved = dict(variables)
