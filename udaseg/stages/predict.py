@@ -68,8 +68,8 @@ class PredictConfig:
     gaussian: Gaussian window weighting (else uniform). stride: None (half the window), a fraction
     of the window, or voxels per window axis. amp: bfloat16 autocast on CUDA.
     cases: predict only these ids (None = all); split: or only the cases of these splits
-    ("val" or "val,test") of a store artifact's splits.json. shard: (i, n) or None; merge_shards: join the
-    shards instead. batch_size (windows per forward pass) and device are runtime-only.
+    ("val" or "val,test") of a store artifact's splits.json. shard: (i, n) or None;
+    merge_shards: join the shards instead. batch_size (windows per forward pass) and device are runtime-only.
     """
 
     model_dir: Path
