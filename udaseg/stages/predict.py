@@ -69,7 +69,8 @@ class PredictConfig:
     of the window, or voxels per window axis. amp: bfloat16 autocast on CUDA.
     cases: predict only these ids (None = all); split: or only the cases of these splits
     ("val" or "val,test") of a store artifact's splits.json. shard: (i, n) or None;
-    merge_shards: join the shards instead. batch_size (windows per forward pass) and device are runtime-only.
+    merge_shards: join the shards instead. batch_size (windows per forward pass) and device are
+    runtime-only.
     """
 
     model_dir: Path
