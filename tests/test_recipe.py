@@ -168,3 +168,25 @@ def test_cli_dry_run_prints_plain_commands(tmp_path):
         app, ["run", str(path), "--work", str(tmp_path / "w"), "--dry-run", "--json"]
     )
     assert len(json.loads(as_json.stdout)["commands"]) == 3
+
+
+def test_every_shipped_recipe_preset_parses_each_stage(tmp_path):
+    """`udaseg run RECIPE --preset P --dry-run` works for every preset of every shipped recipe:
+    the preset names only declared variables and every stage's options parse with the real
+    command parser (a typo in a cpu-small override would otherwise surface hours into a run)."""
+    import yaml
+
+    checked = []
+    for path in sorted(recipes.BUILTIN.glob("*.yaml")):
+        presets = yaml.safe_load(path.read_text()).get("presets") or {}
+        default = [s.name for s in recipes.load_recipe(path, tmp_path).stages]
+        for preset in presets:
+            loaded = recipes.load_recipe(path, tmp_path, preset=preset)
+            assert [s.name for s in loaded.stages] == default, (path.name, preset)
+            for stage in loaded.stages:
+                recipes.check(stage)
+            checked.append((path, preset))
+    small = [path for path, preset in checked if preset == "cpu-small"]
+    assert small, "no shipped recipe has a cpu-small preset"
+    with pytest.raises(UdasegError, match='did you mean "cpu-small"'):
+        recipes.load_recipe(small[0], tmp_path, preset="cpu-smal")

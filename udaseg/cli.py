@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
@@ -992,32 +992,36 @@ def run_recipe(
         typer.echo((Path(record["output"]) / "comparison.md").read_text())
 
 
-def _not_built(stage: str, issue: int, what: str) -> NoReturn:
-    raise UdasegError(
-        f"`udaseg {stage}` is not built yet in udaseg {__version__} ({what}; tracked as issue "
-        f"#{issue})",
-        hint="use a newer udaseg, or run the stages that are available",
-        exit_code=3,
-    )
+@app.command("report", rich_help_panel="Pipelines")
+def report(
+    work: Annotated[
+        Path,
+        typer.Argument(help="Workspace root (the --work of the stages) to report on."),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Report on a workspace: WORK/report/report.html (self-contained) and report.md.
 
+    Data, translator samples, style embedding, training curves, predictions next to ground
+    truth, Dice box plots and the comparison of every evaluated run; a section without
+    artifacts says what is missing. Example: udaseg report W
+    """
+    from udaseg.stages import report as stage
 
-_PLANNED = {
-    "report": (7, "HTML/Markdown report with pictures and tables"),
-}
-
-
-def _planned_command(name: str, issue: int, what: str) -> None:
-    def command(
-        args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None,
-    ) -> None:
-        _not_built(name, issue, what)
-
-    command.__doc__ = f"{what[0].upper()}{what[1:]}. [dim](not built yet)[/dim]"
-    app.command(
-        name,
-        rich_help_panel="Stages",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )(command)
+    s = stage.run(work).summary
+    if as_json:
+        _emit(s, True)
+        return
+    # sections share some notes ("no evaluate run"): each is printed once
+    missing = dict.fromkeys(n for section in s["sections"].values() for n in section["notes"])
+    lines = [
+        f"report of {s['artifacts']} artifacts ({s['evaluate_runs']} evaluate runs): "
+        f"{s['sections_with_content']} sections, {s['images']} images in {s['seconds']} s",
+        *(f"  note: {n}" for n in missing),
+        f"-> {s['html']}",
+        f"-> {s['markdown']}",
+    ]
+    typer.echo("\n".join(lines))
 
 
 # --- translation ---------------------------------------------------------------------------------
@@ -1447,10 +1451,6 @@ def cluster_styles(
     with _progress(as_json) as progress:
         manifest = stage.run(config, work, force=force, progress=progress)
     _emit(manifest.summary, as_json, _styles_line(manifest.summary))
-
-
-for _name, (_issue, _what) in _PLANNED.items():
-    _planned_command(_name, _issue, _what)
 
 
 def main() -> None:
