@@ -42,7 +42,7 @@ from udaseg.progress import NullProgress, Progress
 RECIPE_KEYS = ("description", "vars", "presets", "stages", "notes")
 STAGE_KEYS = ("name", "run", "label")
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-# recipes shipped with udaseg (examples/recipes of the source tree)
+# recipes shipped with udaseg: examples/recipes of the source tree, installed as udaseg.recipes
 BUILTIN = Path(__file__).resolve().parents[2] / "examples" / "recipes"
 
 
@@ -77,11 +77,21 @@ def find_recipe(recipe: str | Path) -> Path:
     path = Path(recipe)
     if path.is_file():
         return path
-    builtin = sorted(p.stem for p in BUILTIN.glob("*.yaml")) if BUILTIN.is_dir() else []
+    folder = builtin_folder()
+    builtin = sorted(p.stem for p in folder.glob("*.yaml"))
     if str(recipe) in builtin:
-        return BUILTIN / f"{recipe}.yaml"
+        return folder / f"{recipe}.yaml"
     look_up_option(str(recipe), builtin, what="recipe")  # raises with "did you mean"
     raise AssertionError("unreachable")
+
+
+def builtin_folder() -> Path:
+    """The shipped recipes: the checkout's examples/recipes, else the installed copy."""
+    if BUILTIN.is_dir():
+        return BUILTIN
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("udaseg.recipes")))
 
 
 def load_recipe(
