@@ -38,7 +38,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if [[ -f "$UDASEG_VENV/bin/activate" ]]; then source "$UDASEG_VENV/bin/activate"; fi
 plan=$(udaseg run "$RECIPE" --work "$WORK" --set "raw=$RAW" "$@" --dry-run)
 mapfile -t lines <<<"$plan"
-mkdir -p "$WORK/slurm"
+[[ $DRY == 1 ]] || mkdir -p "$WORK/slurm"
 
 value() {  # value OPTION ARG...: the value given to OPTION (empty if absent)
   local option=$1 found=
