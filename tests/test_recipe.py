@@ -150,6 +150,7 @@ def test_comparison_rows_come_from_evaluate_summaries(tmp_path):
             "dice": {"liver": 0.9, "spleen": 0.5},
             "mean_dice": 0.7,
             "mean_assd": rows[0]["mean_assd"],
+            "mean_hd95": None,
         }
     ]
     recipe = recipes.Recipe("r", tmp_path / "r.yaml", "desc", [])

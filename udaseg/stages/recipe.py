@@ -19,7 +19,8 @@ split over cluster nodes. ``udaseg run`` executes them in this process one after
 stage whose artifact is complete and current is skipped by the stage itself (every stage checks
 its inputs' and options' hashes), and a stage whose input changed reruns, and with it everything
 downstream whose inputs it rewrote. The run ends with a comparison table of every ``evaluate``
-stage (mean Dice per class, mean Dice, mean ASSD), written to ``W/runs/<recipe>/``.
+stage (mean Dice per class, mean Dice, mean ASSD and HD95 where computed), written to
+``W/runs/<recipe>/``.
 """
 
 from __future__ import annotations
@@ -320,7 +321,8 @@ def _skipped(summary: Any) -> bool:
 
 
 def comparison(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per evaluate stage: label, cases, Dice per class, mean Dice, mean ASSD."""
+    """One row per evaluate stage: label, cases, Dice per class, mean Dice, mean ASSD and mean
+    HD95 (None where the stage did not compute that metric)."""
     rows = []
     for result in results:
         summary = result["summary"]
@@ -339,6 +341,7 @@ def comparison(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "dice": dice,
                 "mean_dice": means.get("dice", {}).get("mean"),
                 "mean_assd": means.get("assd", {}).get("mean"),
+                "mean_hd95": means.get("hd95", {}).get("mean"),
             }
         )
     return rows
@@ -349,7 +352,12 @@ def comparison_markdown(rows: list[dict[str, Any]], recipe: Recipe) -> str:
     if not rows:
         return f"# {recipe.name}\n\nNo evaluate stage ran.\n"
     classes = list(rows[0]["dice"])
-    head = ["method", *classes, "mean Dice", "mean ASSD (mm)"]
+    distances = [
+        (key, title)
+        for key, title in (("mean_assd", "mean ASSD (mm)"), ("mean_hd95", "mean HD95 (mm)"))
+        if any(row.get(key) is not None for row in rows)
+    ]
+    head = ["method", *classes, "mean Dice", *(title for _, title in distances)]
     lines = [
         f"# {recipe.name}",
         "",
@@ -360,7 +368,7 @@ def comparison_markdown(rows: list[dict[str, Any]], recipe: Recipe) -> str:
     ]
     for row in rows:
         cells = [_fmt(row["dice"].get(c)) for c in classes]
-        cells += [_fmt(row["mean_dice"]), _fmt(row["mean_assd"], 2)]
+        cells += [_fmt(row["mean_dice"]), *(_fmt(row.get(key), 2) for key, _ in distances)]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     lines += ["", f"Dice and ASSD: mean over the {rows[0]['cases']} evaluated cases."]
     return "\n".join(lines) + "\n"
