@@ -637,6 +637,9 @@ def test_shards_partition_the_cases_and_merge_into_the_full_run(tiny_store, tmp_
         assert (work / "predict" / f"sharded__shard-{i}-of-2" / "manifest.json").is_file()
     merged = run_stage(model_dir, tiny_store["store"], work, name="sharded", merge_shards=True)
     assert merged.summary["cases"] == 4 and len(merged.inputs) == 2
+    # the merged artifact is what the unsharded run would have written: that run skips it
+    again = run_stage(model_dir, tiny_store["store"], work, name="sharded")
+    assert again.summary["skipped"] is True
     for case in full.summary["case_ids"]:
         a = (work / "predict" / "full" / f"{case}.nii.gz").read_bytes()
         assert (work / "predict" / "sharded" / f"{case}.nii.gz").read_bytes() == a

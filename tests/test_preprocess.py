@@ -122,6 +122,8 @@ def test_parallel_workers_and_shards_give_the_same_store(tiny_dataset, tmp_path)
         run(raw, manifest, tmp_path / "sharded", domains=["src"], shard=(i, 2))
     merged = run(raw, manifest, tmp_path / "sharded", domains=["src"], merge_shards=True)[0]
     assert merged.summary["cases"] == 4
+    # an unsharded run finds the merged store current, so the stages after it stay current too
+    assert run(raw, manifest, tmp_path / "sharded", domains=["src"])[0].summary["skipped"]
     stores = [
         Store(tmp_path / w / "preprocessed" / "tiny__src" / "store.h5")
         for w in ("serial", "parallel", "sharded")

@@ -577,10 +577,16 @@ def run(
     data = resolve_data(config, force)
     check_compatible(model, data)
     name = run_name(config, model, data)
-    if config.merge_shards:
-        return merge_shards(work, name, force=force, progress=progress)
     ids = select_cases(data.case_ids, _wanted(config, data), config.shard)
     device = resolve_device(config.device)
+    if config.merge_shards:
+        # the merged artifact records what one unsharded run would have, so that run (e.g. a
+        # later `udaseg run`) finds it current instead of predicting everything again
+        whole = dataclasses.replace(config, shard=None, merge_shards=False)
+        merged_config = _stage_config(whole, model, data, ids, device)
+        return merge_shards(
+            work, name, merged_config, _inputs(model, data), force=force, progress=progress
+        )
     out = output_dir(work, name, config.shard)
     stage_config = _stage_config(config, model, data, ids, device)
     inputs = _inputs(model, data)
@@ -655,12 +661,22 @@ def _predict(config, model, data, ids, device, out, stage_config, inputs, progre
 
 
 def merge_shards(
-    work: Path, name: str, *, force: bool = False, progress: Progress | None = None
+    work: Path,
+    name: str,
+    config: dict[str, Any],
+    inputs: dict[str, dict],
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
 ) -> artifacts.Manifest:
     """Copy the case files of the n finished shards ``<name>__shard-i-of-n`` into ``<name>/``.
 
+    ``config`` and ``inputs`` are those of the equivalent unsharded run, recorded in the merged
+    manifest; the shards must hold exactly its cases.
+
     Raises:
-        UdasegError: no shards, missing shards, stale shards (unless ``force``), or a case in two.
+        UdasegError: no shards, missing shards, stale shards (unless ``force``), a case in two,
+            or shards made for other cases than ``config["cases"]``.
     """
     progress = progress or NullProgress()
     parent = Path(work) / STAGE
@@ -689,8 +705,12 @@ def merge_shards(
     ids = [c for m in manifests for c in m.config["cases"]]
     if len(set(ids)) != len(ids):
         raise UdasegError(f"cannot merge {name}: a case appears in two shards")
-    config = {**manifests[0].config, "cases": ids, "shard": None, "merged_from": count}
-    inputs = {s.name: artifacts.input_record(s, m) for s, m in zip(shards, manifests, strict=True)}
+    if set(ids) != set(config["cases"]):
+        raise UdasegError(
+            f"cannot merge {name}: the shards hold {len(ids)} cases, this command selects "
+            f"{len(config['cases'])}",
+            hint="merge with the same --data, --cases/--split and model as the shards",
+        )
     out = output_dir(work, name)
     if not force and artifacts.is_current(out, config, inputs):
         progress.log(f"{out} is up to date (same shards); skipped")
@@ -711,7 +731,7 @@ def merge_shards(
             "run": name,
             "output": str(out),
             "cases": len(ids),
-            "case_ids": ids,
+            "case_ids": config["cases"],
             "merged_shards": count,
             "seconds": round(sum(m.summary.get("seconds", 0) for m in manifests), 2),
             "seconds_per_case": seconds,

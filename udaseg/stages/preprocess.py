@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -78,7 +78,7 @@ def run(
     for name in domains:
         domain = manifest.domain(name)
         if config.merge_shards:
-            results.append(_merge(manifest, domain, Path(work), progress))
+            results.append(_merge(manifest, domain, config, Path(work), force, progress))
         else:
             results.append(_run_domain(manifest, domain, config, Path(work), force, progress))
     return results
@@ -221,7 +221,9 @@ def fingerprint(manifest: DatasetManifest, domain: Domain, metas: list[dict]) ->
     }
 
 
-def _merge(manifest, domain, work, progress) -> artifacts.Manifest:
+def _merge(manifest, domain, config, work, force, progress) -> artifacts.Manifest:
+    """Join the n shards of a domain into the artifact one unsharded run would have written (its
+    config and inputs too, so that run finds it current)."""
     parent = work / "preprocessed"
     prefix = f"{manifest.name}__{domain.name}__shard-"
     shards = sorted(parent.glob(prefix + "*-of-*"), key=lambda p: p.name)
@@ -246,16 +248,30 @@ def _merge(manifest, domain, work, progress) -> artifacts.Manifest:
         )
         for s in shards
     ]
+    if config.raw is None:
+        raise UdasegError("--merge-shards needs --raw (as the shards had)", exit_code=2)
+    all_cases = find_cases(domain, config.raw)
+    whole = _stage_config(manifest, domain, replace(config, shard=None), all_cases)
+    from udaseg.data.store import Store
+
+    held = sorted(c for s in shards for c in Store(s / "store.h5").case_ids)
+    if held != sorted(c.case_id for c in all_cases):
+        raise UdasegError(
+            f"cannot merge {manifest.name}/{domain.name}: the shards hold {len(held)} cases, "
+            f"{config.raw} has {len(all_cases)}",
+            hint="rerun the shards on the current raw data, then merge again",
+        )
     out = output_dir(work, manifest.name, domain.name)
+    if not force and artifacts.is_current(out, whole, {}):
+        progress.log(f"{out} is up to date; skipped")
+        done = artifacts.load_manifest(out)
+        done.summary = {**done.summary, "skipped": True}
+        return done
     with artifacts.building(out) as tmp:
         merge_stores([s / "store.h5" for s in shards], tmp / "store.h5")
         shutil.copy(shards[0] / "splits.json", tmp / "splits.json")
         metas = _metas(tmp / "store.h5")
         _write_json(tmp / "fingerprint.json", fingerprint(manifest, domain, metas))
-        config = {**manifests[0].config, "shard": None, "merged_from": count}
-        inputs = {
-            s.name: artifacts.input_record(s, m) for s, m in zip(shards, manifests, strict=True)
-        }
         summary = {
             "dataset": manifest.name,
             "domain": domain.name,
@@ -265,9 +281,7 @@ def _merge(manifest, domain, work, progress) -> artifacts.Manifest:
             "skipped": False,
         }
         progress.log(f"merged {count} shards into {out}")
-        return artifacts.publish(
-            tmp, out, stage=STAGE, config=config, inputs=inputs, summary=summary
-        )
+        return artifacts.publish(tmp, out, stage=STAGE, config=whole, summary=summary)
 
 
 def _metas(store_path: Path) -> list[dict]:
