@@ -242,12 +242,10 @@ def _merge(manifest, domain, config, work, force, progress) -> artifacts.Manifes
             hint="rerun those shards, then merge again",
         )
     shards = [parent / name for name in sorted(expected)]
-    manifests = [
+    for shard in shards:  # each shard complete and unmodified
         artifacts.require_input(
-            s, stage=STAGE, rerun=f"udaseg preprocess {manifest.name} --shard i/{count}"
+            shard, stage=STAGE, rerun=f"udaseg preprocess {manifest.name} --shard i/{count}"
         )
-        for s in shards
-    ]
     if config.raw is None:
         raise UdasegError("--merge-shards needs --raw (as the shards had)", exit_code=2)
     all_cases = find_cases(domain, config.raw)
