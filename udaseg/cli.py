@@ -554,7 +554,9 @@ def evaluate(
     out = Path(manifest.summary["output"])
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     if as_json:
-        _emit(summary, True)
+        # like every stage's --json: whether it ran, and how long it took
+        skipped = bool(manifest.summary.get("skipped"))
+        _emit({**summary, "skipped": skipped, "seconds": manifest.summary.get("seconds")}, True)
         return
     from rich.console import Console
 
