@@ -6,6 +6,8 @@ Volumes are (S, H, W) = (8, 24, 24) arrays written as NIfTI with spacing (x, y, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import json
 import math
@@ -307,7 +309,11 @@ def test_unmatched_cases_are_listed_and_cases_selects_a_subset(toy):
     (toy.pred / "c10.nii.gz").unlink()  # predictions for a subset: the hint names it
     with pytest.raises(UdasegError, match="references without a prediction: c7") as exc:
         stage.run(config(toy), toy.work)
-    assert exc.value.hint == "to evaluate just the predicted cases, pass --cases c1,c2"
+    hint = "to evaluate just the predicted cases, pass --predicted-only (or --cases c1,c2)"
+    assert exc.value.hint == hint
+    # --predicted-only evaluates exactly those
+    only = stage.run(dataclasses.replace(config(toy), predicted_only=True), toy.work)
+    assert only.summary["cases"] == ["c1", "c2"]
     manifest = stage.run(config(toy, cases=["c2", "c1"]), toy.work)
     assert manifest.summary["cases"] == ["c1", "c2"]
     with pytest.raises(UdasegError, match="not in the predictions .*: c7") as exc:
@@ -473,6 +479,8 @@ def test_cli_prints_the_table_and_json(toy):
     assert again.exit_code == 0, again.output
     summary = json.loads(again.stdout)
     out = toy.work / "evaluate" / "sifa_preds"
+    assert summary.pop("skipped") is True  # the second call found it current
+    summary.pop("seconds")
     assert summary == json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["options"] == {
         "metrics": ["dice", "assd", "hd95"], "unit": "mm", "hd95": "pooled", "assd": "pooled",
