@@ -6,9 +6,8 @@ Volumes are (S, H, W) = (8, 24, 24) arrays written as NIfTI with spacing (x, y, 
 
 from __future__ import annotations
 
-import dataclasses
-
 import csv
+import dataclasses
 import json
 import math
 import sys
