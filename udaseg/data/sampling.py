@@ -27,9 +27,15 @@ def store_path(path: Path) -> Path:
 
 
 def split_cases(artifact: Path, split: str, store: Store) -> list[str]:
-    """Case ids of ``split`` (train/val/test/all) from the artifact's ``splits.json``."""
+    """Case ids of ``split`` (train/val/test/all, or several: ``val,test``) from the artifact's
+    ``splits.json``, in the store's order."""
     if split == "all":
         return list(store.case_ids)
+    if "," in split:
+        chosen = {
+            c for name in split.split(",") for c in split_cases(artifact, name.strip(), store)
+        }
+        return [c for c in store.case_ids if c in chosen]
     path = Path(artifact) / SPLITS if Path(artifact).is_dir() else Path(artifact).parent / SPLITS
     if not path.is_file():
         raise UdasegError(

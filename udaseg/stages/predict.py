@@ -613,9 +613,7 @@ def _wanted(config: PredictConfig, data: DataSource) -> list[str] | None:
         )
     from udaseg.data.sampling import split_cases
 
-    names = [name.strip() for name in config.split.split(",") if name.strip()]
-    chosen = {case for name in names for case in split_cases(data.artifact, name, data)}
-    cases = [case for case in data.case_ids if case in chosen]
+    cases = split_cases(data.artifact, config.split, data)
     if not cases:
         raise UdasegError(
             f"split '{config.split}' of {data.artifact} holds no cases",
