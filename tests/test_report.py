@@ -106,7 +106,8 @@ def test_comparison_table_has_every_evaluated_run_with_its_numbers(work, built):
     column = head.index("mean Dice")
     for row in body:
         name = row[0].lstrip("| ")
-        summary = json.loads((work / "evaluate" / name / "summary.json").read_text())
+        path = work / "evaluate" / name / "summary.json"
+        summary = json.loads(path.read_text(encoding="utf-8"))
         mean = summary["mean_over_classes"]["dice"]["mean"]
         assert row[column] == f"{mean:.3f}"
     page = (work / "report" / "report.html").read_text(encoding="utf-8")
@@ -148,9 +149,9 @@ def test_an_unreadable_prediction_is_noted_and_the_rest_still_reported(work, tmp
     other = tmp_path / "W2"
     shutil.copytree(work / "evaluate" / "supervised", other / "evaluate" / "gone")
     summary_path = other / "evaluate" / "gone" / "summary.json"
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
     summary["pred"]["path"] = str(tmp_path / "deleted-predictions")
-    summary_path.write_text(json.dumps(summary))
+    summary_path.write_text(json.dumps(summary), encoding="utf-8")
     (tmp_path / "W2" / "translate" / "half.partial").mkdir(parents=True)
     built = report.run(other).summary
     notes = " ".join(built["sections"]["predictions"]["notes"])
@@ -223,7 +224,11 @@ def test_headless_chromium_renders_every_image(work, built, tmp_path):
         "--dump-dom",
     ]
     done = subprocess.run(
-        [browser, *flags, page.as_uri()], capture_output=True, text=True, timeout=120
+        [browser, *flags, page.as_uri()],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     # the page's own script counts the images that decoded, once the page has loaded

@@ -180,7 +180,7 @@ def load_manifest(artifact_dir: Path) -> Manifest:
             path=artifact_dir,
         )
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise StaleInputError(
             f"cannot read manifest {path}: {exc}",
@@ -387,5 +387,5 @@ def write_atomic(path: Path, text: str) -> None:
     """Write a small text file through a temporary name, so a reader never sees half of it."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

@@ -991,7 +991,7 @@ def run_recipe(
     if as_json:
         _emit(record, True)
     else:  # plain Markdown, unwrapped, to paste into notes
-        typer.echo((Path(record["output"]) / "comparison.md").read_text())
+        typer.echo((Path(record["output"]) / "comparison.md").read_text(encoding="utf-8"))
 
 
 @app.command("report", rich_help_panel="Pipelines")

@@ -207,7 +207,7 @@ def _builtin_path(name: str) -> Path | None:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise UdasegError(f"cannot read dataset manifest {path}: {exc}", path=path) from exc
     if not isinstance(data, dict):

@@ -607,7 +607,7 @@ def _write_case(
 
 def _write_json(path: Path, record: dict) -> None:
     text = json.dumps(record, indent=2) + "\n"
-    _atomic(path, lambda tmp: tmp.write_text(text))
+    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _check_args(task: str, size: str, seed: int, n_cases: int | None) -> int:
@@ -634,7 +634,7 @@ def _previous_files(out_dir: Path, task: _Task) -> list[str]:
     record = out_dir / "phantom.json"
     if record.is_file():
         try:
-            return [str(f) for f in json.loads(record.read_text()).get("files", [])]
+            return [str(f) for f in json.loads(record.read_text(encoding="utf-8")).get("files", [])]
         except (OSError, ValueError, AttributeError):
             return []
     for dom in task.domains:
@@ -730,7 +730,9 @@ def write_phantom(
         },
         "files": files,
     }  # fmt: skip
-    _atomic(out_dir / "PHANTOM.md", lambda tmp: tmp.write_text(_describe(summary)))
+    _atomic(
+        out_dir / "PHANTOM.md", lambda tmp: tmp.write_text(_describe(summary), encoding="utf-8")
+    )
     summary["seconds"] = round(time.perf_counter() - start, 3)
     _write_json(out_dir / "phantom.json", summary)
     return summary

@@ -43,7 +43,7 @@ def split_cases(artifact: Path, split: str, store: Store) -> list[str]:
             hint="pass a preprocessed artifact directory, or use split 'all'",
             path=path,
         )
-    splits = json.loads(path.read_text())
+    splits = json.loads(path.read_text(encoding="utf-8"))
     if split not in splits:
         raise UdasegError(f"split '{split}' not in {path} (has {', '.join(splits)})", path=path)
     return [c for c in splits[split] if c in store.case_ids]

@@ -48,12 +48,12 @@ def run(
     out = Path(out)
     path = out / "dataset.yaml"
     text = _manifest_text(task, seed, size, n_cases, path, out)
-    if not force and path.is_file() and path.read_text() == text:
+    if not force and path.is_file() and path.read_text(encoding="utf-8") == text:
         return {"skipped": True, "manifest": str(path), "out": str(out), "cases": None}
     path.unlink(missing_ok=True)  # an unfinished rewrite must not look complete
     summary = write_phantom(task, out, seed=seed, size=size, n_cases=n_cases)
     tmp = path.with_name(".dataset.yaml.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     cases = sum(summary["n_cases"].values())
     return {**summary, "cases": cases, "manifest": str(path), "out": str(out), "skipped": False}

@@ -361,7 +361,7 @@ def _read_splits(source_dir: Path) -> dict[str, Any]:
     path = Path(source_dir) / SPLITS
     if not path.is_file():
         raise UdasegError(f"source store {source_dir} has no {SPLITS}", path=path)
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def map_splits(splits: dict[str, Any], cases: list[str], styles: int) -> dict[str, Any]:

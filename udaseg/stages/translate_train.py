@@ -477,7 +477,7 @@ def _model_info(config, recipe, kwargs, spec, stores) -> dict[str, Any]:
 def _last_losses(path: Path) -> dict[str, float]:
     import json
 
-    lines = path.read_text().splitlines() if path.is_file() else []
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
     if not lines:
         return {}
     row = json.loads(lines[-1])

@@ -103,7 +103,7 @@ def read_model_json(directory: Path) -> dict[str, Any]:
             hint="pass a model directory written by `udaseg segment-train` or `udaseg adapt`",
             path=directory,
         )
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def find_checkpoint(

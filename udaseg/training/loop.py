@@ -229,7 +229,7 @@ def truncate_metrics(path: Path, step: int) -> None:
         return
     kept = [
         line
-        for line in path.read_text().splitlines()
+        for line in path.read_text(encoding="utf-8").splitlines()
         if line.strip() and json.loads(line).get("step", 0) <= step
     ]
     path.write_text("".join(line + "\n" for line in kept))

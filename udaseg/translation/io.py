@@ -73,7 +73,7 @@ def open_run(directory: Path, *, force: bool = False) -> TranslateRun:
     model_json = directory / "model.json"
     if not model_json.is_file():
         raise UdasegError(f"{directory} holds no model.json", path=directory)
-    info = json.loads(model_json.read_text())
+    info = json.loads(model_json.read_text(encoding="utf-8"))
     return TranslateRun(
         directory,
         manifest,
