@@ -874,8 +874,10 @@ def adapt(
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Adapt a segmenter to the target domain with SIFA, AdaptSegNet, ADVENT, AttENT, GLUA or
-    BiGL (torchrun-aware); writes a model directory `udaseg predict` loads."""
+    """Adapt a segmenter to the target: SIFA, AdaptSegNet, ADVENT, AttENT, GLUA, BiGL (torchrun).
+
+    Writes a model directory that `udaseg predict` loads like any other.
+    """
     from udaseg.stages import adapt as stage
 
     recipe = {
@@ -966,8 +968,10 @@ def run_recipe(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a paper's pipeline: each stage in order, printing its command; stages whose
-    artifacts are complete and current are skipped. Ends with a comparison table."""
+    """Run a recipe (a paper's pipeline), skipping stages whose artifacts are current.
+
+    Each stage's command is printed before it runs; the run ends with a comparison table.
+    """
     from udaseg.stages import recipe as stage
 
     loaded = stage.load_recipe(recipe, work, preset, _parse_kv(set_, "--set"))
