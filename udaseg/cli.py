@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -71,6 +71,32 @@ AmpOpt = Annotated[
 SeedOpt = Annotated[
     int, typer.Option(help="Random seed (CPU runs repeat exactly).", rich_help_panel=RESULTS)
 ]
+
+
+def _results(help: str, *names: str) -> Any:
+    """An option that changes results (it is part of the artifact's configuration hash)."""
+    return typer.Option(*names, help=help, rich_help_panel=RESULTS)
+
+
+def _runtime(help: str, *names: str) -> Any:
+    """An option that only changes how a stage runs, never its results."""
+    return typer.Option(*names, help=help, rich_help_panel=RUNTIME)
+
+
+# options shared by the training stages (segment-train, adapt)
+StepsOpt = Annotated[int | None, _results("Optimiser steps (default: the recipe's).")]
+BatchSizeOpt = Annotated[int | None, _results("Slices (or patches) per step.")]
+PatchSizeOpt = Annotated[str | None, _results("e.g. 128,128 (2D) or 32,256,256 (3D).")]
+LrOpt = Annotated[float | None, _results("Learning rate (of the segmenter).")]
+ModelArgOpt = Annotated[
+    list[str] | None, _results("Model constructor argument key=value, e.g. base_channels=16.")
+]
+ForegroundOpt = Annotated[
+    float, _results("Share of each (source) batch drawn from slices/voxels with labels.")
+]
+CheckpointEveryOpt = Annotated[int, _results("Steps between checkpoint_latest.pt.")]
+ResumeOpt = Annotated[bool, _runtime("Continue an interrupted run from its last checkpoint.")]
+LogEveryOpt = Annotated[int, _runtime("Steps between metrics.jsonl lines.")]
 
 
 def _progress(as_json: bool):
@@ -632,18 +658,10 @@ def segment_train(
             rich_help_panel=RESULTS,
         ),
     ] = None,
-    steps: Annotated[
-        int | None,
-        typer.Option(help="Optimiser steps (default: the paper's).", rich_help_panel=RESULTS),
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(rich_help_panel=RESULTS)] = None,
-    patch_size: Annotated[
-        str | None,
-        typer.Option(help="e.g. 128,128 (2D) or 32,256,256 (3D).", rich_help_panel=RESULTS),
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Learning rate.", rich_help_panel=RESULTS)
-    ] = None,
+    steps: StepsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    patch_size: PatchSizeOpt = None,
+    lr: LrOpt = None,
     optimizer: Annotated[
         str | None, typer.Option(help="adam, adamw or sgd.", rich_help_panel=RESULTS)
     ] = None,
@@ -654,30 +672,16 @@ def segment_train(
         str | None,
         typer.Option(help="ce, ce_dice, dice_focal or gdice_ce.", rich_help_panel=RESULTS),
     ] = None,
-    model_arg: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Model constructor argument key=value, e.g. base_channels=16.",
-            rich_help_panel=RESULTS,
-        ),
-    ] = None,
+    model_arg: ModelArgOpt = None,
     augment: Annotated[
         bool,
         typer.Option(
             help="Random rotation, scaling, shear, elastic (3D).", rich_help_panel=RESULTS
         ),
     ] = True,
-    foreground_fraction: Annotated[
-        float,
-        typer.Option(
-            help="Share of each batch drawn from slices/voxels with labels.",
-            rich_help_panel=RESULTS,
-        ),
-    ] = 0.5,
+    foreground_fraction: ForegroundOpt = 0.5,
     seed: SeedOpt = 0,
-    checkpoint_every: Annotated[
-        int, typer.Option(help="Steps between checkpoint_latest.pt.", rich_help_panel=RESULTS)
-    ] = 200,
+    checkpoint_every: CheckpointEveryOpt = 200,
     val_every: Annotated[
         int,
         typer.Option(
@@ -700,13 +704,8 @@ def segment_train(
     compile_: Annotated[
         bool, typer.Option("--compile", help="Try torch.compile.", rich_help_panel=RUNTIME)
     ] = False,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            help="Continue an interrupted run from its last checkpoint.", rich_help_panel=RUNTIME
-        ),
-    ] = False,
-    log_every: Annotated[int, typer.Option(rich_help_panel=RUNTIME)] = 10,
+    resume: ResumeOpt = False,
+    log_every: LogEveryOpt = 10,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -766,111 +765,48 @@ def segment_train(
 def adapt(
     work: WorkOpt,
     method: Annotated[
-        str,
-        typer.Option(
-            help="Registered method: sifa.v1, adaptsegnet.v1, advent.v1, attent.v1, glua.v1, "
-            "bigl.v1.",
-            rich_help_panel=RESULTS,
-        ),
+        str, _results("sifa.v1, adaptsegnet.v1, advent.v1, attent.v1, glua.v1 or bigl.v1.")
     ],
     source: Annotated[
         Path | None,
-        typer.Option(
-            help="Labelled source store: preprocessed, or translated by `translate apply`.",
-            rich_help_panel=RESULTS,
-        ),
+        _results("Labelled source store: preprocessed, or translated by `translate apply`."),
     ] = None,
     target: Annotated[
-        Path | None,
-        typer.Option(
-            help="Preprocessed target store (its labels are never used for training).",
-            rich_help_panel=RESULTS,
-        ),
+        Path | None, _results("Preprocessed target store (its labels never train anything).")
     ] = None,
     translator: Annotated[
-        Path | None,
-        typer.Option(
-            help="translate-train run, for methods that translate online (bigl.v1).",
-            rich_help_panel=RESULTS,
-        ),
+        Path | None, _results("translate-train run, for methods that translate online (BiGL).")
     ] = None,
     init: Annotated[
-        Path | None,
-        typer.Option(
-            help="Model directory to start the segmenter from (e.g. the source-only run).",
-            rich_help_panel=RESULTS,
-        ),
+        Path | None, _results("Model directory to start the segmenter from (the source-only run).")
     ] = None,
     model: Annotated[
-        str | None,
-        typer.Option(
-            help="Segmenter (default: the init model's, else the method's).",
-            rich_help_panel=RESULTS,
-        ),
+        str | None, _results("Segmenter (default: the init model's, else the method's).")
     ] = None,
-    model_arg: Annotated[
-        list[str] | None,
-        typer.Option(help="Segmenter constructor argument key=value.", rich_help_panel=RESULTS),
-    ] = None,
-    steps: Annotated[
-        int | None,
-        typer.Option(help="Iterations (default: the method's recipe).", rich_help_panel=RESULTS),
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(rich_help_panel=RESULTS)] = None,
-    patch_size: Annotated[
-        str | None, typer.Option(help="Slice size, e.g. 128,128.", rich_help_panel=RESULTS)
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Segmenter learning rate.", rich_help_panel=RESULTS)
-    ] = None,
+    model_arg: ModelArgOpt = None,
+    steps: StepsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    patch_size: PatchSizeOpt = None,
+    lr: LrOpt = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option(
-            "--set",
-            help="Any recipe key=value, e.g. lambda_adv=0.01 or d_lr=1e-4 "
-            "(`udaseg adapt --method M --show-recipe` lists them).",
-            rich_help_panel=RESULTS,
-        ),
+        _results("Any recipe key=value, e.g. d_lr=1e-4 (see --show-recipe).", "--set"),
     ] = None,
-    augment: Annotated[
-        bool, typer.Option(help="Random affine + gamma on both domains.", rich_help_panel=RESULTS)
-    ] = True,
-    foreground_fraction: Annotated[
-        float,
-        typer.Option(
-            help="Share of each source batch drawn from labelled slices.", rich_help_panel=RESULTS
-        ),
-    ] = 0.5,
+    augment: Annotated[bool, _results("Random affine + gamma on both domains.")] = True,
+    foreground_fraction: ForegroundOpt = 0.5,
     seed: SeedOpt = 0,
-    checkpoint_every: Annotated[
-        int, typer.Option(help="Steps between checkpoint_latest.pt.", rich_help_panel=RESULTS)
-    ] = 200,
+    checkpoint_every: CheckpointEveryOpt = 200,
     val_every: Annotated[
-        int,
-        typer.Option(
-            help="Steps between target-val Dice logs (information only; 0: at the end).",
-            rich_help_panel=RESULTS,
-        ),
+        int, _results("Steps between target-val Dice logs (information only; 0: at the end).")
     ] = 500,
     name: Annotated[
-        str | None,
-        typer.Option(
-            help="Run name (default method__dataset__source-to-target).", rich_help_panel=RESULTS
-        ),
+        str | None, _results("Run name (default method__dataset__source-to-target).")
     ] = None,
-    show_recipe: Annotated[
-        bool,
-        typer.Option(help="Print the resolved recipe and exit.", rich_help_panel=RUNTIME),
-    ] = False,
+    show_recipe: Annotated[bool, _runtime("Print the resolved recipe and exit.")] = False,
     device: DeviceOpt = "auto",
     amp: AmpOpt = True,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            help="Continue an interrupted run from its last checkpoint.", rich_help_panel=RUNTIME
-        ),
-    ] = False,
-    log_every: Annotated[int, typer.Option(rich_help_panel=RUNTIME)] = 10,
+    resume: ResumeOpt = False,
+    log_every: LogEveryOpt = 10,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
