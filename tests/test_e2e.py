@@ -171,6 +171,8 @@ def test_the_demo_recipe_runs_every_stage_then_skips_then_reruns_what_changed(tm
         "preprocessed/phantom-abdomen__ct": "preprocess",
         "translate/cyclegan": "translate-train",
         "translated/ct-as-mr": "translate-apply",
+        "styles/multi-style": "cluster-styles",
+        "translated/ct-as-mr-2-styles": "translate-apply",
         "segment/no-adaptation": "segment-train",
         "segment/translation-only": "segment-train",
         "adapt/translation+advent": "adapt",
@@ -180,7 +182,7 @@ def test_the_demo_recipe_runs_every_stage_then_skips_then_reruns_what_changed(tm
     for folder, stage in expected.items():
         assert load_manifest(work / folder).stage == stage, folder
     rows = {row["label"]: row for row in first["comparison"]}
-    assert len(rows) == 4 and all(0 <= r["mean_dice"] <= 1 for r in rows.values())
+    assert len(rows) == 5 and all(0 <= r["mean_dice"] <= 1 for r in rows.values())
     assert (work / "runs" / "phantom-demo" / "comparison.md").is_file()
     # a second call finds every artifact complete and current
     second = udaseg("run", "phantom-demo", "--work", str(work), "--preset", "smoke")
