@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from udaseg.training import loop
@@ -50,15 +49,18 @@ class AdaptContext:
         model = create_model(self.model, **self.model_kwargs)
         return loop.prepare_model(model, self.runtime, model_spec(self.model).dims)
 
-    def output_levels(self) -> int:
-        """How many outputs (main + aux heads) the segmenter has, probed on a small input in eval
-        mode (so no batch-norm statistics move)."""
-        from udaseg.models.registry import create_model
-
-        probe = create_model(self.model, **self.model_kwargs).eval()
+    def output_levels(self, model: nn.Module) -> int:
+        """How many outputs (main + aux heads) ``model`` has, probed on a small input in eval
+        mode (so no batch-norm statistics move; the mode is restored)."""
+        model = loop.unwrap(model)
+        was_training = model.training
         size = [64] * len(self.recipe["patch_size"])
+        x = torch.zeros(
+            1, self.model_kwargs.get("in_channels", 1), *size, device=self.runtime.device
+        )
         with torch.no_grad():
-            out = probe(torch.zeros(1, self.model_kwargs.get("in_channels", 1), *size))
+            out = model.eval()(x)
+        model.train(was_training)
         return 1 + len(out.get("aux", []))
 
     def network(self, module: nn.Module) -> nn.Module:
@@ -93,7 +95,6 @@ class AdaptMethod:
     schedulers: dict[str, Any]
     train_step: Callable[[AdaptBatch], dict[str, float]]
     extras: Callable[[Path, AdaptBatch], None] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def optimizer(params: Iterable[nn.Parameter], recipe: dict[str, Any], prefix: str = ""):
@@ -159,9 +160,3 @@ def check_finite(losses: dict[str, float], step_name: str) -> None:
             hint="lower the learning rate (--set lr=...) or check the input stores for empty "
             "or constant slices",
         )
-
-
-def resize_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    if x.shape[2:] == ref.shape[2:]:
-        return x
-    return F.interpolate(x, size=ref.shape[2:], mode="bilinear", align_corners=False)

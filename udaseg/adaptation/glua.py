@@ -306,8 +306,7 @@ def glua(ctx: AdaptContext) -> AdaptMethod:
         model.train(was_training)
         save_feature_masks(directory, batch.target, mask)
 
-    info = {"feature_site": feature_site(model), "feature_channels": channels}
-    return AdaptMethod(modules, optimizers, schedulers, train_step, extras, info)
+    return AdaptMethod(modules, optimizers, schedulers, train_step, extras)
 
 
 def _feature_channels(model: nn.Module, in_channels: int) -> int:

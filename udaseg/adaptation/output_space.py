@@ -77,7 +77,7 @@ def output_space_method(ctx: AdaptContext, transform: Callable) -> AdaptMethod:
     recipe = ctx.recipe
     model = ctx.segmenter()
     # as many levels as both the recipe and the segmenter have (unet2d.v1 has no aux head)
-    weights = [float(w) for w in recipe["adv_weights"]][: ctx.output_levels()]
+    weights = [float(w) for w in recipe["adv_weights"]][: ctx.output_levels(model)]
     discriminators = [
         ctx.network(FCDiscriminator(ctx.num_classes, int(recipe["d_width"]))) for _ in weights
     ]

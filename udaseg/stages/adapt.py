@@ -307,7 +307,8 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
     state.extra["config_hash"] = digest
     if config.resume and loop.resume_from(state, tmp):
         progress.log(f"resumed from step {state.step}")
-    samplers = _samplers(job, state.numpy_rng)
+    banks = _banks(job)
+    samplers = _samplers(job, banks, state.numpy_rng)
     step_fn = _step_fn(samplers, method, job)
     validate = _validator(job, method.modules["model"])
     if runtime.is_main:
@@ -327,7 +328,7 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
         select_best=False,
     )
     if method.extras is not None:
-        _write_extras(method, job, tmp / EXTRAS)
+        _write_extras(method, job, banks, tmp / EXTRAS)
     return {
         "method": config.method,
         "model": job.model,
@@ -338,13 +339,13 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
     }
 
 
-def _write_extras(method, job: _Job, directory: Path) -> None:
+def _write_extras(method, job: _Job, banks, directory: Path) -> None:
     """The method's pictures of one fixed batch (its own generator, so the training draws do not
     shift). Every rank runs it with the same batch because wrapped (DDP) networks may talk to the
     other ranks in their forward; only rank 0 keeps the files."""
     import tempfile
 
-    batch = _batch(_samplers(job, np.random.default_rng(job.config.seed + 7)), job, None)
+    batch = _batch(_samplers(job, banks, np.random.default_rng(job.config.seed + 7)), job, None)
     with contextlib.ExitStack() as stack:
         if not job.runtime.is_main:
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -380,14 +381,9 @@ def _load_init(model: torch.nn.Module, job: _Job, progress) -> None:
         progress.log(f"--init {path}: {len(missing)} new weights start from scratch")
 
 
-def _samplers(job: _Job, rng: np.random.Generator) -> tuple[SliceSampler, SliceSampler]:
-    config, recipe = job.config, job.recipe
-    patch = tuple(int(s) for s in recipe["patch_size"])
-    if len(patch) != 2:
-        raise UdasegError(
-            f"patch size {list(patch)}: adaptation trains on 2D slices", hint="give 2 numbers"
-        )
-    batch_size = int(recipe["batch_size"])
+def _banks(job: _Job) -> tuple[VolumeBank, VolumeBank]:
+    """The source (with labels) and target (without) volumes to draw slices from, read once."""
+    config = job.config
     source_cases = split_cases(config.source, config.source_split, job.source)
     target_cases = split_cases(config.target, config.target_split, job.target)
     for what, cases, path, split in (
@@ -403,8 +399,21 @@ def _samplers(job: _Job, rng: np.random.Generator) -> tuple[SliceSampler, SliceS
     source_bank = VolumeBank([Source(job.source, tuple(source_cases))], need_labels=True)
     # the target is read without labels: adaptation never sees target annotations
     target_bank = VolumeBank([Source(job.target, tuple(target_cases))], need_labels=False)
+    return source_bank, target_bank
+
+
+def _samplers(
+    job: _Job, banks: tuple[VolumeBank, VolumeBank], rng: np.random.Generator
+) -> tuple[SliceSampler, SliceSampler]:
+    patch = tuple(int(s) for s in job.recipe["patch_size"])
+    if len(patch) != 2:
+        raise UdasegError(
+            f"patch size {list(patch)}: adaptation trains on 2D slices", hint="give 2 numbers"
+        )
+    batch_size = int(job.recipe["batch_size"])
+    source_bank, target_bank = banks
     return (
-        SliceSampler(source_bank, patch, batch_size, rng, config.foreground_fraction),
+        SliceSampler(source_bank, patch, batch_size, rng, job.config.foreground_fraction),
         SliceSampler(target_bank, patch, batch_size, rng, foreground_fraction=0.0, skip_empty=True),
     )
 
