@@ -31,6 +31,16 @@ class Registry(Generic[Spec]):
             raise ValueError(f"{self.what} {name} registered twice")
         self._specs[name] = spec
 
+    def decorator(self, name: str, make_spec: Callable[[Callable], Spec]) -> Callable:
+        """A decorator registering ``make_spec(builder)`` under ``name`` and returning the
+        builder unchanged (what each kind's ``register_*`` returns)."""
+
+        def wrap(builder: Callable) -> Callable:
+            self.add(name, make_spec(builder))
+            return builder
+
+        return wrap
+
     def get(self, name: str) -> Spec:
         self._load()
         look_up_option(name, self._specs, what=self.what)

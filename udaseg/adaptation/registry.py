@@ -59,8 +59,9 @@ def register_method(
 ) -> Callable:
     """Decorator registering a method builder under ``name``."""
 
-    def wrap(builder: Callable) -> Callable:
-        spec = MethodSpec(
+    return _REGISTRY.decorator(
+        name,
+        lambda builder: MethodSpec(
             name,
             builder,
             dict(recipe),
@@ -68,11 +69,8 @@ def register_method(
             needs_translator,
             models,
             description or first_doc_line(builder),
-        )
-        _REGISTRY.add(name, spec)
-        return builder
-
-    return wrap
+        ),
+    )
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -62,19 +62,17 @@ def register_model(
 ) -> Callable:
     """Decorator registering a model builder (a class or a function) under ``name``."""
 
-    def wrap(builder: Callable) -> Callable:
-        spec = ModelSpec(
+    return _REGISTRY.decorator(
+        name,
+        lambda builder: ModelSpec(
             name,
             builder,
             dims,
             dict(recipe),
             dict(tiny or {}),
             description or first_doc_line(builder),
-        )
-        _REGISTRY.add(name, spec)
-        return builder
-
-    return wrap
+        ),
+    )
 
 
 def model_spec(name: str) -> ModelSpec:

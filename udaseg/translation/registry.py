@@ -60,19 +60,17 @@ def register_translator(
     tiny: dict[str, Any] | None = None,
     description: str = "",
 ) -> Callable:
-    def wrap(builder: Callable) -> Callable:
-        spec = TranslatorSpec(
+    return _REGISTRY.decorator(
+        name,
+        lambda builder: TranslatorSpec(
             name,
             builder,
             has_style_codes,
             dict(recipe),
             dict(tiny or {}),
             description or first_doc_line(builder),
-        )
-        _REGISTRY.add(name, spec)
-        return builder
-
-    return wrap
+        ),
+    )
 
 
 def translator_spec(name: str) -> TranslatorSpec:
