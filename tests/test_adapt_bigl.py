@@ -100,6 +100,16 @@ def test_consistency_compares_target_with_its_translation_back():
     assert inverted["consistency"] > 1e-6
 
 
+def test_the_translator_gets_the_source_before_intensity_re_rendering():
+    plain = batch()
+    seen = []
+    translator = StandIn(forward=lambda x: seen.append(x) or -x)
+    rerendered = AdaptBatch(-plain.source, plain.labels, plain.target, plain.source)
+    images = bigl.translate_both(translator, rerendered)
+    assert torch.equal(seen[0], plain.source)  # what the translator was trained on
+    assert torch.equal(images["source"], -plain.source)  # what the segmenter trains on
+
+
 def test_segmenter_and_every_discriminator_update():
     method = build()
     before = {name: parameters(module) for name, module in method.modules.items()}

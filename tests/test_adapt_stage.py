@@ -190,6 +190,28 @@ def test_refusals_name_the_problem(ws):
         adapt.run(config(ws, "advent.v1", init=source), work)
     with pytest.raises(UdasegError, match="is 3D"):
         adapt.run(config(ws, "advent.v1", model="dar-unet.v1"), work)
+    with pytest.raises(UdasegError, match="does not take --intensity-net"):
+        adapt.run(config(ws, "sifa.v1", intensity_net=0.5), work)
+
+
+def test_intensity_net_re_renders_the_labelled_slices_only(ws, monkeypatch):
+    seen = []
+    real_batch = adapt._batch
+
+    def spy(samplers, job, generator):
+        batch = real_batch(samplers, job, generator)
+        seen.append(batch)
+        return batch
+
+    monkeypatch.setattr(adapt, "_batch", spy)
+    work = ws[0]
+    cfg = config(ws, "advent.v1", name="gin", intensity_net=1.0)
+    cfg.recipe = {**cfg.recipe, "steps": 2}
+    adapt.run(cfg, work)
+    assert seen and all(b.original_source is not None for b in seen)
+    assert not torch.equal(seen[0].source, seen[0].original_source)
+    low, high = seen[0].original_source.amin(), seen[0].original_source.amax()
+    assert seen[0].source.amin() >= low - 1e-5 and seen[0].source.amax() <= high + 1e-5
 
 
 def test_methods_trained_on_translated_slices_warn_on_raw_source(ws):

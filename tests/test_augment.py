@@ -261,3 +261,76 @@ def test_fast_enough_for_cpu_training():
         assert best(lambda: augment(volumes, vlabels, cfg3, gen)) < 0.5
     finally:
         torch.set_num_threads(threads)
+
+
+# --- random-network intensity re-rendering (GIN) ---------------------------------------------
+
+
+def _regions(n=8, size=40):
+    """Images made of three flat regions (-1, 0, 1) with their label maps."""
+    labels = torch.zeros(n, size, size, dtype=torch.long)
+    labels[:, 12:28, 8:18] = 1
+    labels[:, 12:28, 22:32] = 2
+    return labels.float().unsqueeze(1) - 1.0, labels
+
+
+def test_rerendering_keeps_labels_shapes_and_range_and_changes_contrast():
+    images, labels = _regions()
+    cfg = AugmentConfig(**{**STILL, "intensity_net": 1.0})
+    out, out_labels = augment(images, labels, cfg, _gen(4))
+    assert torch.equal(out_labels, labels)
+    assert out.min() >= -1.0 - 1e-5 and out.max() <= 1.0 + 1e-5
+    assert not torch.allclose(out, images)
+    # the networks see at most 4 pixels around each one (four 3x3 layers), so away from the
+    # region borders every region stays flat: anatomy is kept, only its intensity changes
+    # (and from the zero-padded image edge)
+    inside = {
+        0: (slice(4, 8), slice(4, 36)),
+        1: (slice(16, 24), slice(12, 14)),
+        2: (slice(16, 24), slice(26, 28)),
+    }
+    means = torch.stack(
+        [out[:, 0][(slice(None), *where)].mean(dim=(1, 2)) for where in inside.values()], 1
+    )
+    for region, where in inside.items():
+        patch = out[:, 0][(slice(None), *where)]
+        assert torch.allclose(patch, patch[:, :1, :1].expand_as(patch), atol=1e-4), region
+    # a different network per sample: identical inputs come out differently, and the order of
+    # the three intensities (-1 < 0 < 1 in every input) is not always kept
+    assert not torch.allclose(out[0], out[1])
+    orders = {tuple(m.argsort().tolist()) for m in means}
+    assert len(orders) > 1
+
+
+def test_rerendering_is_seeded_and_draws_the_same_whatever_the_outcome():
+    from udaseg.data.augment import rerender
+
+    images, _ = _regions()
+    assert torch.equal(rerender(images, 0.7, _gen(5)), rerender(images, 0.7, _gen(5)))
+    assert not torch.equal(rerender(images, 1.0, _gen(5)), rerender(images, 1.0, _gen(6)))
+    assert rerender(images, 0.0, _gen(5)) is images
+    gen_a, gen_b = _gen(9), _gen(9)
+    rerender(images, 0.1, gen_a)
+    rerender(images, 0.9, gen_b)
+    assert torch.equal(gen_a.get_state(), gen_b.get_state())
+    half = rerender(images, 0.5, _gen(2))
+    same = [torch.equal(half[i], images[i]) for i in range(len(images))]
+    assert 0 < sum(same) < len(images)  # the others come back bit-identical
+
+
+def test_rerendering_a_volume_uses_one_network_for_all_its_slices():
+    from udaseg.data.augment import rerender
+
+    images, _ = _regions(n=2)
+    volumes = images.unsqueeze(2).expand(2, 1, 5, 40, 40).contiguous()  # (N, C, D, H, W)
+    out = rerender(volumes, 1.0, _gen(1))
+    assert out.shape == volumes.shape
+    assert torch.allclose(out[:, :, :1].expand_as(out), out, atol=1e-5)
+    assert not torch.allclose(out, volumes)
+
+
+def test_rerendering_settings_are_checked():
+    with pytest.raises(UdasegError, match="intensity_net must be"):
+        AugmentConfig(intensity_net=2.0)
+    with pytest.raises(UdasegError, match="intensity_net_layers"):
+        AugmentConfig(intensity_net=0.5, intensity_net_layers=0)

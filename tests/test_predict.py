@@ -30,6 +30,7 @@ from udaseg.errors import UdasegError
 from udaseg.inference import (
     flip_sets,
     gaussian_importance,
+    keep_largest_component,
     predict_volume,
     segment_volume,
     window_starts,
@@ -500,6 +501,35 @@ def test_stage_output_is_the_model_applied_to_the_stored_image(tiny_store, tmp_p
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(expected))
     assert sorted(p.name for p in (tmp_path / "w" / "predict" / "one").iterdir()) == [
         "c1.nii.gz", "manifest.json"]  # fmt: skip
+
+
+def test_largest_component_keeps_one_body_per_class():
+    label = np.zeros((4, 12, 12), dtype=np.uint8)
+    label[0:3, 1:6, 1:6] = 1  # the organ
+    label[3, 10, 10] = 1  # a detached island of the same class
+    label[1, 6, 6] = 1  # touches the organ only at a corner: 26-connected, kept
+    label[0:2, 8:12, 0:3] = 2  # a second class, one body
+    label[3, 0, 11] = 2  # and its island
+    out = keep_largest_component(label)
+    expected = label.copy()
+    expected[3, 10, 10] = 0
+    expected[3, 0, 11] = 0
+    np.testing.assert_array_equal(out, expected)
+    assert out is not label and label[3, 10, 10] == 1  # a copy
+    np.testing.assert_array_equal(keep_largest_component(np.zeros((2, 3, 3))), np.zeros((2, 3, 3)))
+
+
+def test_stage_largest_component_option_post_processes_and_is_recorded(tiny_store, tmp_path):
+    model_dir = write_model_dir(tmp_path / "m")
+    work = tmp_path / "w"
+    plain = run_stage(model_dir, tiny_store["store"], work, cases=["c1"], name="plain")
+    kept = run_stage(
+        model_dir, tiny_store["store"], work, cases=["c1"], name="lcc", largest_component=True
+    )
+    assert kept.config["largest_component"] is True and plain.config["largest_component"] is False
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "predict" / "plain" / "c1.nii.gz")))
+    after = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "predict" / "lcc" / "c1.nii.gz")))
+    np.testing.assert_array_equal(after, keep_largest_component(before))
 
 
 def test_raw_data_is_preprocessed_in_memory_exactly_as_the_store(tiny_store, tmp_path):

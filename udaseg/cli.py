@@ -94,6 +94,14 @@ ModelArgOpt = Annotated[
 ForegroundOpt = Annotated[
     float, _results("Share of each (source) batch drawn from slices/voxels with labels.")
 ]
+IntensityNetOpt = Annotated[
+    float,
+    _results(
+        "Probability that a labelled training image is re-rendered by a random shallow network "
+        "(GIN intensity augmentation, Ouyang et al. 2022; 0 = off). Makes the segmenter rely on "
+        "shape rather than one modality's contrast."
+    ),
+]
 CheckpointEveryOpt = Annotated[int, _results("Steps between checkpoint_latest.pt.")]
 ResumeOpt = Annotated[bool, _runtime("Continue an interrupted run from its last checkpoint.")]
 LogEveryOpt = Annotated[int, _runtime("Steps between metrics.jsonl lines.")]
@@ -326,6 +334,15 @@ def predict(
             rich_help_panel=RESULTS,
         ),
     ] = False,
+    largest_component: Annotated[
+        bool,
+        typer.Option(
+            "--largest-component",
+            help="Keep only the largest connected component of each class (drops detached "
+            "false positives; each organ is one body).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = False,
     gaussian: Annotated[
         bool,
         typer.Option(
@@ -408,6 +425,7 @@ def predict(
         checkpoint=checkpoint,
         tta=tta,
         gaussian=gaussian,
+        largest_component=largest_component,
         stride=stage.parse_stride(stride),
         amp=amp,
         cases=[c.strip() for c in cases.split(",") if c.strip()] if cases else None,
@@ -679,6 +697,7 @@ def segment_train(
             help="Random rotation, scaling, shear, elastic (3D).", rich_help_panel=RESULTS
         ),
     ] = True,
+    intensity_net: IntensityNetOpt = 0.0,
     foreground_fraction: ForegroundOpt = 0.5,
     seed: SeedOpt = 0,
     checkpoint_every: CheckpointEveryOpt = 200,
@@ -735,6 +754,7 @@ def segment_train(
         model_kwargs=_parse_kv(model_arg, "--model-arg"),
         recipe={k: v for k, v in recipe.items() if v is not None},
         augment=augment,
+        intensity_net=intensity_net,
         foreground_fraction=foreground_fraction,
         seed=seed,
         checkpoint_every=checkpoint_every,
@@ -793,6 +813,7 @@ def adapt(
         _results("Any recipe key=value, e.g. d_lr=1e-4 (see --show-recipe).", "--set"),
     ] = None,
     augment: Annotated[bool, _results("Random affine + gamma on both domains.")] = True,
+    intensity_net: IntensityNetOpt = 0.0,
     foreground_fraction: ForegroundOpt = 0.5,
     seed: SeedOpt = 0,
     checkpoint_every: CheckpointEveryOpt = 200,
@@ -840,6 +861,7 @@ def adapt(
         recipe={k: v for k, v in recipe.items() if v is not None},
         name=name,
         augment=augment,
+        intensity_net=intensity_net,
         foreground_fraction=foreground_fraction,
         seed=seed,
         checkpoint_every=checkpoint_every,

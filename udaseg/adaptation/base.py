@@ -73,11 +73,22 @@ class AdaptContext:
 
 @dataclass
 class AdaptBatch:
-    """One iteration's data: labelled source (or translated source) and unlabelled target."""
+    """One iteration's data: labelled source (or translated source) and unlabelled target.
+
+    original_source: the source images before intensity re-rendering (``--intensity-net``), or
+    None when they were not re-rendered. The segmenter trains on ``source``; a method that
+    translates the source images online translates ``plain_source``, the images its translator
+    was trained on.
+    """
 
     source: torch.Tensor
     labels: torch.Tensor
     target: torch.Tensor
+    original_source: torch.Tensor | None = None
+
+    @property
+    def plain_source(self) -> torch.Tensor:
+        return self.source if self.original_source is None else self.original_source
 
 
 @dataclass

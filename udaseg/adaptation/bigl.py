@@ -96,7 +96,7 @@ def translate_both(translator: nn.Module, batch: AdaptBatch) -> dict[str, torch.
     """The four (N, 1, H, W) images of an iteration: the batch's and their frozen translations
     (float32, no gradients)."""
     with torch.no_grad():
-        source_to_target = translator.translate(batch.source).float()
+        source_to_target = translator.translate(batch.plain_source).float()
         target_to_source = translator.translate_back(batch.target).float()
     return {
         "source": batch.source,

@@ -30,6 +30,8 @@ class MethodSpec:
     attention-cyclegan.v1, ``glua.v1`` domain-style.v1); the stage warns when the source store was
     made otherwise. needs_translator: the method translates online with a frozen translate-train
     run (``--translator``). models: the segmenters it can train (None: any 2D model).
+    rerenders_source: whether ``--intensity-net`` applies (False for SIFA, whose own generator
+    translates the source images and would learn from random contrasts instead).
     """
 
     name: str
@@ -39,6 +41,7 @@ class MethodSpec:
     needs_translator: bool = False
     models: tuple[str, ...] | None = None
     description: str = ""
+    rerenders_source: bool = True
 
 
 def _load_builtin() -> None:
@@ -56,6 +59,7 @@ def register_method(
     needs_translator: bool = False,
     models: tuple[str, ...] | None = None,
     description: str = "",
+    rerenders_source: bool = True,
 ) -> Callable:
     """Decorator registering a method builder under ``name``."""
 
@@ -69,6 +73,7 @@ def register_method(
             needs_translator,
             models,
             description or first_doc_line(builder),
+            rerenders_source,
         ),
     )
 

@@ -324,7 +324,9 @@ def _floats(losses: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(losses, values, strict=True))
 
 
-@register_method("sifa.v1", recipe=SIFA_ADAPT_RECIPE, models=("sifa-encoder.v1",))
+@register_method(
+    "sifa.v1", recipe=SIFA_ADAPT_RECIPE, models=("sifa-encoder.v1",), rerenders_source=False
+)
 def sifa(ctx: AdaptContext) -> AdaptMethod:
     """SIFA: CycleGAN-style image alignment sharing E with prediction- and image-space feature
     alignment (D_p1, D_p2, D_s's auxiliary head), trained end to end."""

@@ -12,7 +12,16 @@ Each sample is augmented with probability ``p``; an augmented sample gets, in th
    class ids of the input). Outside the input, images are padded with their own minimum per
    sample and channel (the background of a [-1, 1]-normalised scan) and labels with 0;
 2. flips along ``flip_axes`` (each with probability 1/2);
-3. intensity gamma and Gaussian noise, images only, keeping each image inside its own range.
+3. intensity gamma and Gaussian noise, images only, keeping each image inside its own range;
+4. with ``intensity_net > 0``, a random re-rendering of the intensities (images only): the image
+   goes through a shallow network with freshly drawn weights (a few 1x1 or 3x3 convolutions with
+   leaky ReLUs between them, a different network per sample), is blended with the original by a
+   random weight and mapped back onto the original's own [min, max]. This is the global intensity
+   non-linear augmentation (GIN) of Ouyang et al., "Causality-inspired single-source domain
+   generalization for medical image segmentation" (TMI 2022): shapes stay, the intensity of each
+   tissue changes non-monotonically and differently for every sample, so a segmenter cannot rely
+   on one modality's contrast. It is not part of the five adaptation papers; udaseg offers it
+   because it is the cheapest strong remedy for CT <-> MR contrast changes.
 
 3D volumes are transformed slice by slice in the (H, W) plane: rotation is about the slice axis
 and the elastic displacement has no through-plane component, because the volumes are anisotropic
@@ -70,6 +79,11 @@ class AugmentConfig:
     noise_std: standard deviation of additive Gaussian noise in normalised intensity units (0 =
         off); the result is clipped to the image's own range.
     p: probability that a sample is augmented at all.
+    intensity_net: probability that an augmented sample is re-rendered by a random shallow
+        network (GIN; 0 = off). Drawn independently of ``p``'s choice, applied only to samples
+        that ``p`` chose.
+    intensity_net_layers: convolutions in that network (>= 1).
+    intensity_net_width: channels between its convolutions.
     """
 
     rotation_deg: float | Range = 15.0
@@ -82,6 +96,9 @@ class AugmentConfig:
     intensity_gamma: Range | None = (0.8, 1.2)
     noise_std: float = 0.0
     p: float = 0.8
+    intensity_net: float = 0.0
+    intensity_net_layers: int = 4
+    intensity_net_width: int = 4
 
     def __post_init__(self) -> None:
         # YAML and the CLI give lists; normalise to tuples and a rotation range
@@ -106,8 +123,11 @@ class AugmentConfig:
                 problems.append(f"{name} must be >= 0")
         if self.elastic_sigma <= 0:
             problems.append("elastic_sigma must be > 0")
-        if not 0.0 <= self.p <= 1.0:
-            problems.append("p must be in [0, 1]")
+        for name in ("p", "intensity_net"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be in [0, 1]")
+        if self.intensity_net_layers < 1 or self.intensity_net_width < 1:
+            problems.append("intensity_net_layers and intensity_net_width must be >= 1")
         if problems:
             raise UdasegError(
                 f"bad augmentation settings: {'; '.join(problems)}",
@@ -126,6 +146,18 @@ class _Draws:
     gamma: Tensor | None  # (N,) uniform [0, 1)
     elastic: Tensor | None  # (N, 2, *coarse) standard normal, (dx, dy) control displacements
     noise: Tensor | None  # images.shape standard normal
+    net: _NetDraws | None  # the random intensity networks, one per sample
+
+
+@dataclass
+class _NetDraws:
+    """Random shallow networks for :func:`_intensity_net`, one per sample (CPU tensors)."""
+
+    apply: Tensor  # (N,) bool, before intersecting with _Draws.apply
+    weights: list[Tensor]  # per layer (N, c_out, c_in, 3, 3) standard normal
+    biases: list[Tensor]  # per layer (N, c_out) standard normal
+    kernel3: Tensor  # (N, layers) bool: 3x3 (True, probability 1/4) or 1x1 (centre tap only)
+    mix: Tensor  # (N,) uniform [0, 1): weight of the re-rendered image in the blend
 
 
 def _draw(shape: torch.Size, cfg: AugmentConfig, gen: torch.Generator) -> _Draws:
@@ -138,7 +170,20 @@ def _draw(shape: torch.Size, cfg: AugmentConfig, gen: torch.Generator) -> _Draws
         coarse = [max(2, math.ceil(s / cfg.elastic_sigma) + 1) for s in spatial]
         elastic = torch.randn(n, 2, *coarse, generator=gen)
     noise = torch.randn(shape, generator=gen) if cfg.noise_std > 0 else None
-    return _Draws(u[:, 0] < cfg.p, u[:, 1:], flips, gamma, elastic, noise)
+    net = _draw_nets(n, shape[1], cfg, gen) if cfg.intensity_net > 0 else None
+    return _Draws(u[:, 0] < cfg.p, u[:, 1:], flips, gamma, elastic, noise, net)
+
+
+def _draw_nets(n: int, channels: int, cfg: AugmentConfig, gen: torch.Generator) -> _NetDraws:
+    layers, width = cfg.intensity_net_layers, cfg.intensity_net_width
+    sizes = [channels] + [width] * (layers - 1) + [channels]
+    weights = [
+        torch.randn(n, c_out, c_in, 3, 3, generator=gen)
+        for c_in, c_out in zip(sizes, sizes[1:], strict=False)
+    ]
+    biases = [torch.randn(n, c_out, generator=gen) for c_out in sizes[1:]]
+    u = torch.rand(n, layers + 2, generator=gen)
+    return _NetDraws(u[:, 0] < cfg.intensity_net, weights, biases, u[:, 1:-1] < 0.25, u[:, -1])
 
 
 def _lerp(unit: Tensor, bounds: Range) -> Tensor:
@@ -273,6 +318,76 @@ def _intensity(images: Tensor, draws: _Draws, sel: Tensor, cfg: AugmentConfig) -
     return images
 
 
+def _intensity_net(images: Tensor, net: _NetDraws, sel: Tensor) -> Tensor:
+    """Re-render the selected samples (rows of ``sel`` into the batch) through their own random
+    network; 3D volumes go slice by slice, so every slice of a volume shares one network."""
+    dims = tuple(range(2, images.ndim))
+    low, high = images.amin(dim=dims, keepdim=True), images.amax(dim=dims, keepdim=True)
+    n, channels = images.shape[:2]
+    # samples become groups of one grouped convolution, so each gets its own weights in one call
+    x = images.movedim(1, -3) if images.ndim == 5 else images  # (n, [D,] C, H, W)
+    lead = x.shape[:-3]
+    h = x.reshape(-1, channels, *x.shape[-2:])
+    per_sample = h.shape[0] // n  # slices per sample
+    h = (
+        h.reshape(n, per_sample, channels, *h.shape[-2:])
+        .transpose(0, 1)
+        .reshape(per_sample, -1, *h.shape[-2:])
+    )
+    centre_only = torch.zeros(3, 3)
+    centre_only[1, 1] = 1.0
+    for i, (w, b) in enumerate(zip(net.weights, net.biases, strict=True)):
+        w, b = w[sel], b[sel]
+        k3 = net.kernel3[sel, i].view(-1, 1, 1, 1, 1)
+        w = torch.where(k3, w, w * centre_only)
+        fan_in = w.shape[2] * torch.where(k3.view(-1), 9.0, 1.0)
+        # Kaiming-like scale keeps the activations' magnitude from exploding over the layers
+        w = w / fan_in.sqrt().view(-1, 1, 1, 1, 1)
+        h = F.conv2d(h, w.flatten(0, 1).to(h), b.flatten().to(h), padding=1, groups=n)
+        if i < len(net.weights) - 1:
+            h = F.leaky_relu(h, 0.2)
+    h = (
+        h.reshape(per_sample, n, channels, *h.shape[-2:])
+        .transpose(0, 1)
+        .reshape(*lead, channels, *h.shape[-2:])
+    )
+    rendered = h.movedim(-3, 1) if images.ndim == 5 else h
+
+    # standardise both (outliers such as bone or a table line would squash a min-max scaling),
+    # blend, then give the result the original's mean and spread, inside its own range
+    def standard(t: Tensor) -> Tensor:
+        return (t - t.mean(dim=dims, keepdim=True)) / t.std(dim=dims, keepdim=True).clamp_min(1e-6)
+
+    mix = net.mix[sel].to(images).view(-1, *[1] * (images.ndim - 1))
+    blended = standard(mix * standard(rendered) + (1 - mix) * standard(images))
+    mean, std = images.mean(dim=dims, keepdim=True), images.std(dim=dims, keepdim=True)
+    return torch.minimum(torch.maximum(mean + std * blended, low), high)
+
+
+def rerender(
+    images: Tensor,
+    probability: float,
+    generator: torch.Generator,
+    *,
+    layers: int = 4,
+    width: int = 4,
+) -> Tensor:
+    """Only step 4 of :func:`augment`: each sample of ``images`` ((N, C, H, W) or
+    (N, C, D, H, W) float) is re-rendered by its own random shallow network with ``probability``;
+    the others come back unchanged. Draws the same amount from ``generator`` whatever the outcome.
+    """
+    cfg = AugmentConfig(
+        intensity_net=probability, intensity_net_layers=layers, intensity_net_width=width
+    )
+    if probability == 0:
+        return images
+    net = _draw_nets(images.shape[0], images.shape[1], cfg, generator)
+    rows = net.apply.nonzero().squeeze(1)
+    if len(rows) == 0:
+        return images
+    return _put(images, rows, _intensity_net(_take(images, rows), net, rows))
+
+
 def _check(images: Tensor, labels: Tensor | None, cfg: AugmentConfig) -> None:
     if images.ndim not in (4, 5) or not images.is_floating_point():
         raise ValueError(
@@ -327,6 +442,10 @@ def augment(
     out = _warp_images(_take(images, sel), grid.to(images.device, images.dtype))
     out = _flip(out, draws.flips[sel], config.flip_axes, 2)
     out = _intensity(out, draws, sel, config)
+    if draws.net is not None:
+        rows = draws.net.apply[sel].nonzero().squeeze(1)  # rows of out (and sel) to re-render
+        if len(rows):
+            out = _put(out, rows, _intensity_net(_take(out, rows), draws.net, sel[rows]))
     new_images = _put(images, sel, out)
     if labels is None:
         return new_images, None

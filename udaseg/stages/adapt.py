@@ -67,6 +67,7 @@ class AdaptConfig:
     target_split: str = "train"
     val_split: str = "val"
     augment: bool = True
+    intensity_net: float = 0.0
     foreground_fraction: float = 0.5
     seed: int = 0
     checkpoint_every: int = 200
@@ -186,6 +187,13 @@ def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store]
             f"source {source_dir} has classes {list(source.classes)} ({source.view}) but target "
             f"{target_dir} has {list(target.classes)} ({target.view})",
             hint="preprocess both domains with the same dataset manifest",
+            exit_code=2,
+        )
+    if config.intensity_net > 0 and not spec.rerenders_source:
+        raise UdasegError(
+            f"{spec.name} does not take --intensity-net: its own generator translates the source "
+            "images, and re-rendered ones would teach it random contrasts",
+            hint="leave --intensity-net at 0 for this method",
             exit_code=2,
         )
     if spec.needs_translator and config.translator is None:
@@ -420,7 +428,7 @@ def _samplers(
 
 def _batch(samplers, job: _Job, generator: torch.Generator | None):
     from udaseg.adaptation.base import AdaptBatch
-    from udaseg.data.augment import AugmentConfig, augment
+    from udaseg.data.augment import AugmentConfig, augment, rerender
 
     runtime = job.runtime
     fmt = loop.memory_format(runtime, 2)
@@ -429,10 +437,15 @@ def _batch(samplers, job: _Job, generator: torch.Generator | None):
     if generator is not None and job.config.augment:
         source, labels = augment(source, labels, AugmentConfig(), generator)
         target, _ = augment(target, None, AugmentConfig(), generator)
+    original = None
+    if generator is not None and job.config.intensity_net > 0:
+        original = source.to(runtime.device, memory_format=fmt)
+        source = rerender(source, job.config.intensity_net, generator)
     return AdaptBatch(
         source.to(runtime.device, memory_format=fmt),
         labels.to(runtime.device).long(),
         target.to(runtime.device, memory_format=fmt),
+        original,
     )
 
 

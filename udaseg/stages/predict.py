@@ -67,6 +67,8 @@ class PredictConfig:
     tta: flip test-time augmentation (2D: H and W axes, 4 passes; 3D: all three axes, 8 passes).
     gaussian: Gaussian window weighting (else uniform). stride: None (half the window), a fraction
     of the window, or voxels per window axis. amp: bfloat16 autocast on CUDA.
+    largest_component: keep only the largest connected component of each class
+    (:func:`udaseg.inference.keep_largest_component`).
     cases: predict only these ids (None = all); split: or only the cases of these splits
     ("val" or "val,test") of a store artifact's splits.json. shard: (i, n) or None;
     merge_shards: join the shards instead. batch_size (windows per forward pass) and device are
@@ -83,6 +85,7 @@ class PredictConfig:
     gaussian: bool = True
     stride: float | tuple[int, ...] | None = None
     amp: bool = False
+    largest_component: bool = False
     cases: list[str] | None = None
     split: str | None = None
     shard: tuple[int, int] | None = None
@@ -243,7 +246,7 @@ def model_segmenter(model, info: dict[str, Any], config: PredictConfig, device: 
     from udaseg.inference import segment_volume
 
     dims = model_dims(info)
-    return functools.partial(
+    segment = functools.partial(
         segment_volume,
         model,
         dims=dims,
@@ -256,6 +259,11 @@ def model_segmenter(model, info: dict[str, Any], config: PredictConfig, device: 
         amp=config.amp,
         in_channels=int(info.get("in_channels", 1)),
     )
+    if not config.largest_component:
+        return segment
+    from udaseg.inference import keep_largest_component
+
+    return lambda volume: keep_largest_component(segment(volume))
 
 
 def tta_axes(dims: int) -> tuple[int, ...]:
@@ -541,6 +549,7 @@ def _stage_config(
         "in_channels": int(model.info.get("in_channels", 1)),
         "tta": config.tta,
         "gaussian": config.gaussian,
+        "largest_component": config.largest_component,
         "stride": stride,
         # bfloat16 changes the numbers, but only where it is used
         "amp": bool(config.amp and device.startswith("cuda")),

@@ -78,6 +78,7 @@ class SegmentTrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
     augment: bool = True
+    intensity_net: float = 0.0
     foreground_fraction: float = 0.5
     seed: int = 0
     checkpoint_every: int = 200
@@ -278,7 +279,20 @@ def _step_fn(sampler, criterion, config, dims, runtime):
     # elastic deformation for volumes, as DAR-UNet trains its 3D network; 2D keeps the affine set
     augment_config = None
     if config.augment:
-        augment_config = AugmentConfig(elastic_alpha=2.0) if dims == 3 else AugmentConfig()
+        augment_config = AugmentConfig(
+            elastic_alpha=2.0 if dims == 3 else 0.0, intensity_net=config.intensity_net
+        )
+    elif config.intensity_net > 0:
+        # only the re-rendering: p=1 reaches every sample, the spatial draws are identities
+        augment_config = AugmentConfig(
+            rotation_deg=0.0,
+            scale=(1.0, 1.0),
+            shear=0.0,
+            translate=0.0,
+            intensity_gamma=None,
+            p=1.0,
+            intensity_net=config.intensity_net,
+        )
     fmt = loop.memory_format(runtime, dims)
 
     def step(state: loop.TrainState) -> dict[str, float]:
