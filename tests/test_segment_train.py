@@ -100,6 +100,35 @@ def test_resume_continues_exactly_where_the_killed_run_stopped(stores, tmp_path)
     assert saved["step"] == 6 and saved["training"]["optimizers"]["model"]["state"]
 
 
+def test_intensity_net_re_renders_training_slices_and_repeats_with_the_seed(
+    stores, tmp_path, monkeypatch
+):
+    from udaseg.data import augment as augment_module
+
+    source, _ = stores
+    calls = []
+    real = augment_module._intensity_net
+
+    def spy(images, net, sel):
+        calls.append(len(sel))
+        return real(images, net, sel)
+
+    monkeypatch.setattr(augment_module, "_intensity_net", spy)
+    segment_train.run(config(source, name="plain"), tmp_path / "w")
+    assert calls == []
+    segment_train.run(config(source, name="gin", intensity_net=1.0), tmp_path / "w")
+    assert len(calls) >= 3  # most of the 6 batches (p = 0.8 picks the augmented samples)
+    segment_train.run(config(source, name="gin2", intensity_net=1.0), tmp_path / "w")
+    only = segment_train.run(
+        config(source, name="only", intensity_net=1.0, augment=False), tmp_path / "w"
+    )
+    assert len(calls) >= 3 + 3 + 6  # without spatial augmentation it reaches every batch
+    runs = tmp_path / "w" / "segment"
+    assert same_weights(weights(runs / "gin"), weights(runs / "gin2"))
+    assert not same_weights(weights(runs / "gin"), weights(runs / "plain"))
+    assert only.config["intensity_net"] == 1.0
+
+
 def test_resume_refuses_other_options_and_reruns_are_skipped(stores, tmp_path):
     source, _ = stores
     with pytest.raises(KeyboardInterrupt):
