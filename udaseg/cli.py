@@ -330,7 +330,8 @@ def predict(
         typer.Option(
             "--tta",
             help="Flip test-time augmentation: average over flips of the in-plane axes (2D "
-            "models, 4 passes) or of all three axes (3D, 8 passes).",
+            "models, 4 passes) or of all three axes (3D, 8 passes). Only for models trained "
+            "with flips: udaseg's own are not, and lose accuracy with it.",
             rich_help_panel=RESULTS,
         ),
     ] = False,
