@@ -16,12 +16,13 @@ Each sample is augmented with probability ``p``; an augmented sample gets, in th
 4. with ``intensity_net > 0``, a random re-rendering of the intensities (images only): the image
    goes through a shallow network with freshly drawn weights (a few 1x1 or 3x3 convolutions with
    leaky ReLUs between them, a different network per sample), is blended with the original by a
-   random weight and mapped back onto the original's own [min, max]. This is the global intensity
-   non-linear augmentation (GIN) of Ouyang et al., "Causality-inspired single-source domain
-   generalization for medical image segmentation" (TMI 2022): shapes stay, the intensity of each
-   tissue changes non-monotonically and differently for every sample, so a segmenter cannot rely
-   on one modality's contrast. It is not part of the five adaptation papers; udaseg offers it
-   because it is the cheapest strong remedy for CT <-> MR contrast changes.
+   random weight and given back the original's mean and spread, clipped to its own range. This
+   is the global intensity non-linear augmentation (GIN) of Ouyang et al., "Causality-inspired
+   single-source domain generalization for medical image segmentation" (TMI 2022): shapes stay,
+   the intensity of each tissue changes non-monotonically and differently for every sample, so a
+   segmenter cannot rely on one modality's contrast. It is not part of the five adaptation
+   papers; udaseg offers it because it is the cheapest strong remedy for CT <-> MR contrast
+   changes.
 
 3D volumes are transformed slice by slice in the (H, W) plane: rotation is about the slice axis
 and the elastic displacement has no through-plane component, because the volumes are anisotropic
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -177,10 +179,7 @@ def _draw(shape: torch.Size, cfg: AugmentConfig, gen: torch.Generator) -> _Draws
 def _draw_nets(n: int, channels: int, cfg: AugmentConfig, gen: torch.Generator) -> _NetDraws:
     layers, width = cfg.intensity_net_layers, cfg.intensity_net_width
     sizes = [channels] + [width] * (layers - 1) + [channels]
-    weights = [
-        torch.randn(n, c_out, c_in, 3, 3, generator=gen)
-        for c_in, c_out in zip(sizes, sizes[1:], strict=False)
-    ]
+    weights = [torch.randn(n, c_out, c_in, 3, 3, generator=gen) for c_in, c_out in pairwise(sizes)]
     biases = [torch.randn(n, c_out, generator=gen) for c_out in sizes[1:]]
     u = torch.rand(n, layers + 2, generator=gen)
     return _NetDraws(u[:, 0] < cfg.intensity_net, weights, biases, u[:, 1:-1] < 0.25, u[:, -1])

@@ -274,24 +274,13 @@ def _sampler(config, recipe, dims, stores, rng):
 
 
 def _step_fn(sampler, criterion, config, dims, runtime):
-    from udaseg.data.augment import AugmentConfig, augment
+    from udaseg.data.augment import AugmentConfig, augment, rerender
 
     # elastic deformation for volumes, as DAR-UNet trains its 3D network; 2D keeps the affine set
     augment_config = None
     if config.augment:
         augment_config = AugmentConfig(
             elastic_alpha=2.0 if dims == 3 else 0.0, intensity_net=config.intensity_net
-        )
-    elif config.intensity_net > 0:
-        # only the re-rendering: p=1 reaches every sample, the spatial draws are identities
-        augment_config = AugmentConfig(
-            rotation_deg=0.0,
-            scale=(1.0, 1.0),
-            shear=0.0,
-            translate=0.0,
-            intensity_gamma=None,
-            p=1.0,
-            intensity_net=config.intensity_net,
         )
     fmt = loop.memory_format(runtime, dims)
 
@@ -300,6 +289,8 @@ def _step_fn(sampler, criterion, config, dims, runtime):
         images, labels = torch.from_numpy(images), torch.from_numpy(labels)
         if augment_config is not None:
             images, labels = augment(images, labels, augment_config, state.torch_gen)
+        elif config.intensity_net > 0:  # --no-augment keeps the re-rendering alone
+            images = rerender(images, config.intensity_net, state.torch_gen)
         images = images.to(runtime.device, memory_format=fmt, non_blocking=True)
         labels = labels.to(runtime.device, non_blocking=True)
         model, optimizer = state.modules["model"], state.optimizers["model"]
