@@ -375,11 +375,11 @@ def rerender(
     (N, C, D, H, W) float) is re-rendered by its own random shallow network with ``probability``;
     the others come back unchanged. Draws the same amount from ``generator`` whatever the outcome.
     """
+    if probability == 0:
+        return images
     cfg = AugmentConfig(
         intensity_net=probability, intensity_net_layers=layers, intensity_net_width=width
     )
-    if probability == 0:
-        return images
     net = _draw_nets(images.shape[0], images.shape[1], cfg, generator)
     rows = net.apply.nonzero().squeeze(1)
     if len(rows) == 0:

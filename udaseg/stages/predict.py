@@ -244,7 +244,7 @@ def predict_cases(
 
 def model_segmenter(model, info: dict[str, Any], config: PredictConfig, device: str) -> Segmenter:
     """:func:`udaseg.inference.segment_volume` with the model's layout and the run's options."""
-    from udaseg.inference import segment_volume
+    from udaseg.inference import keep_largest_component, segment_volume
 
     dims = model_dims(info)
     segment = functools.partial(
@@ -262,8 +262,6 @@ def model_segmenter(model, info: dict[str, Any], config: PredictConfig, device: 
     )
     if not config.largest_component:
         return segment
-    from udaseg.inference import keep_largest_component
-
     return lambda volume: keep_largest_component(segment(volume))
 
 
