@@ -447,6 +447,99 @@ def predict(
     _emit(s, as_json, f"predict {s['run']}: {state} -> {s['output']}")
 
 
+@app.command("pseudo-label", rich_help_panel="Stages")
+def pseudo_label(
+    model_dir: Annotated[
+        Path,
+        typer.Option(
+            "--model-dir",
+            "-m",
+            help="Adapted model directory (output of `udaseg adapt` or `udaseg segment-train`).",
+            rich_help_panel=RESULTS,
+        ),
+    ],
+    target: Annotated[
+        Path,
+        typer.Option(help="Preprocessed target store artifact.", rich_help_panel=RESULTS),
+    ],
+    work: WorkOpt,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="Target cases to label: train (the unlabelled training cases; keep your dev "
+            "cases out).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = "train",
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="A voxel keeps its pseudo-label when the model's top class probability reaches "
+            "this; the rest take no part in training (0 keeps all).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = 0.9,
+    largest_component: Annotated[
+        bool,
+        typer.Option(
+            "--largest-component/--no-largest-component",
+            help="Cut each class to its largest connected body first; the islands cut away are "
+            "labelled background, so the student unlearns them.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = True,
+    checkpoint: Annotated[
+        str, typer.Option(help="best, final or latest.", rich_help_panel=RESULTS)
+    ] = "final",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Run name: the store goes to WORK/pseudo/NAME (default MODELDIR__SPLIT).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size", min=1, help="Windows per forward pass.", rich_help_panel=RUNTIME
+        ),
+    ] = 8,
+    device: DeviceOpt = "auto",
+    amp: AmpOpt = True,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Label the target's training cases with an adapted model, for self-training.
+
+    Example: udaseg pseudo-label --model-dir W/adapt/bigl --target W/preprocessed/abdominal__ct
+    --work W  (then: udaseg segment-train --train-on pseudo --pseudo W/pseudo/bigl__train
+    --source W/preprocessed/abdominal__mr --work W)
+    """
+    from udaseg.stages import pseudo_label as stage
+
+    config = stage.PseudoLabelConfig(
+        model_dir=model_dir,
+        target=target,
+        split=split,
+        threshold=threshold,
+        largest_component=largest_component,
+        checkpoint=checkpoint,
+        name=name,
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+    )
+    with _progress(as_json) as progress:
+        manifest = stage.run(config, work, force=force, progress=progress)
+    s = manifest.summary
+    state = (
+        "up to date, skipped (--force recomputes)"
+        if s.get("skipped")
+        else f"{s['cases']} cases, {100 * s['kept']:.1f}% of voxels labelled, {s['seconds']} s"
+    )
+    _emit(s, as_json, f"pseudo-label {s['run']}: {state} -> {s['output']}")
+
+
 @app.command(rich_help_panel="Stages")
 def evaluate(
     pred: Annotated[
@@ -652,7 +745,8 @@ def segment_train(
     train_on: Annotated[
         str,
         typer.Option(
-            help="source (no-adaptation bound), target (supervised bound) or translated.",
+            help="source (no-adaptation bound), target (supervised bound), translated, or "
+            "pseudo (pseudo-labelled target, with --source beside it when given: self-training).",
             rich_help_panel=RESULTS,
         ),
     ] = "source",
@@ -668,6 +762,13 @@ def segment_train(
         list[Path] | None,
         typer.Option(
             help="Translated store artifact(s) (all styles are used).", rich_help_panel=RESULTS
+        ),
+    ] = None,
+    pseudo: Annotated[
+        Path | None,
+        typer.Option(
+            help="Pseudo-labelled target store (`udaseg pseudo-label`) for --train-on pseudo.",
+            rich_help_panel=RESULTS,
         ),
     ] = None,
     val: Annotated[
@@ -732,7 +833,14 @@ def segment_train(
     """Train a 2D/3D segmenter on source, target or translated data (torchrun-aware)."""
     from udaseg.stages import segment_train as stage
 
-    stores = {"source": [source], "target": [target], "translated": translated or []}
+    # self-training keeps the labelled source beside the pseudo-labelled target (first, so its
+    # val split picks checkpoint_best: the target has no labels to validate on)
+    stores = {
+        "source": [source],
+        "target": [target],
+        "translated": translated or [],
+        "pseudo": [source, pseudo] if pseudo is not None else [],
+    }
     chosen = [p for p in stores.get(train_on, []) if p is not None]
     if train_on in stores and not chosen:
         raise UdasegError(f"--train-on {train_on} needs --{train_on}", exit_code=2)

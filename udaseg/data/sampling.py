@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from udaseg.data.store import Store
+from udaseg.data.store import IGNORE_LABEL, Store
 from udaseg.errors import UdasegError
 
 SPLITS = "splits.json"
+# what the losses skip (their ignore_index): stores' IGNORE_LABEL voxels become this in a batch
+IGNORE_INDEX = -100
 
 
 def store_path(path: Path) -> Path:
@@ -184,8 +186,16 @@ class SliceSampler:
             images.append(fit(image, self.patch_size, start, float(image.min())))
             if label is not None:
                 labels.append(fit(label, self.patch_size, start, 0)[0])
-        batch_labels = np.stack(labels).astype(np.int64) if labels else None
-        return np.stack(images).astype(np.float32), batch_labels
+        return np.stack(images).astype(np.float32), _batch_labels(labels)
+
+
+def _batch_labels(labels: list[np.ndarray]) -> np.ndarray | None:
+    """Stacked int64 labels with the stores' IGNORE_LABEL turned into the losses' IGNORE_INDEX."""
+    if not labels:
+        return None
+    batch = np.stack(labels).astype(np.int64)
+    batch[batch == IGNORE_LABEL] = IGNORE_INDEX
+    return batch
 
 
 def _is_empty(bank: VolumeBank, i: int, k: int, tolerance: float = 1e-3) -> bool:
@@ -232,15 +242,15 @@ class PatchSampler:
             images.append(fit(image, self.patch_size, start, float(image.min()))[None])
             if label is not None:
                 labels.append(fit(label, self.patch_size, start, 0))
-        batch_labels = np.stack(labels).astype(np.int64) if labels else None
-        return np.stack(images).astype(np.float32), batch_labels
+        return np.stack(images).astype(np.float32), _batch_labels(labels)
 
     def _foreground_voxel(self, label: np.ndarray) -> tuple[int, int, int] | None:
         # a random labelled slice, then a random labelled voxel in it: cheap on large volumes
-        slices = np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1))
+        known = (label > 0) & (label != IGNORE_LABEL)
+        slices = np.flatnonzero(known.reshape(label.shape[0], -1).any(axis=1))
         if len(slices) == 0:
             return None
         k = int(slices[self.rng.integers(0, len(slices))])
-        rows, cols = np.nonzero(label[k])
+        rows, cols = np.nonzero(known[k])
         j = int(self.rng.integers(0, len(rows)))
         return (k, int(rows[j]), int(cols[j]))

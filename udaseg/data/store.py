@@ -5,8 +5,10 @@ Layout (plain h5py reads it; no udaseg needed)::
     /                               attrs: format="udaseg-store", format_version=1, dataset, domain,
                                            modality, view, classes (JSON list), labelled (bool)
     /cases/<case_id>/image          (S, H, W) float32, normalised intensities; chunks (1, H, W)
-    /cases/<case_id>/label          (S, H, W) uint8 class ids 0..C (absent if unlabelled)
-    /cases/<case_id>/foreground     (S,) int32 labelled voxels per slice (-1 if unlabelled)
+    /cases/<case_id>/label          (S, H, W) uint8 class ids 0..C (absent if unlabelled);
+                                    255 (``IGNORE_LABEL``) marks "not labelled" voxels, which
+                                    only pseudo-labelled stores hold
+    /cases/<case_id>/foreground     (S,) int32 voxels of classes 1..C per slice (-1 if unlabelled)
     /cases/<case_id>                attrs: meta (JSON): original and processed geometry
                                            (size/spacing/origin/direction, x-y-z order), crop box,
                                            source files with SHA-256, intensity statistics
@@ -40,6 +42,9 @@ STORE_VERSION = 1
 # level 1 costs little time over no compression while shrinking background-heavy volumes a lot
 _COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 _STR = h5py.string_dtype("utf-8")
+# label value of voxels without a label (a pseudo-label too uncertain to train on); the training
+# samplers turn it into the losses' ignore index
+IGNORE_LABEL = 255
 
 try:  # ISA-L deflate is ~3x faster than zlib's at level 1 and writes the same zlib format
     from isal import isal_zlib as _deflate
@@ -113,7 +118,7 @@ class StoreWriter:
         write_volume(group, "image", image.astype(np.float32, copy=False))
         if label is not None:
             write_volume(group, "label", label.astype(np.uint8, copy=False))
-            foreground = (label > 0).sum(axis=(1, 2)).astype(np.int32)
+            foreground = foreground_voxels(label)
         else:
             foreground = np.full(image.shape[0], -1, dtype=np.int32)
         group.create_dataset("foreground", data=foreground)
@@ -132,6 +137,11 @@ class StoreWriter:
             self.close()
         else:
             self.file.close()
+
+
+def foreground_voxels(label: np.ndarray) -> np.ndarray:
+    """(S,) int32 voxels of classes 1..C in each slice of an (S, H, W) label (ignored ones not)."""
+    return ((label > 0) & (label != IGNORE_LABEL)).sum(axis=(1, 2)).astype(np.int32)
 
 
 def _to_json(value: Any) -> Any:

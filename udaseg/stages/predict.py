@@ -311,7 +311,7 @@ def resolve_data(config: PredictConfig, force: bool) -> DataSource:
     """
     data = Path(config.data)
     if data.is_file() or (data / STORE_NAME).is_file():
-        return _store_source(data, force)
+        return store_source(data, force)
     if not data.is_dir():
         raise UdasegError(
             f"--data {data} does not exist",
@@ -321,7 +321,7 @@ def resolve_data(config: PredictConfig, force: bool) -> DataSource:
     return _raw_source(data, config)
 
 
-def _store_source(data: Path, force: bool) -> DataSource:
+def store_source(data: Path, force: bool) -> DataSource:
     from udaseg.data.store import Store
 
     if data.is_dir():  # an artifact folder: it must be a complete, current preprocess artifact
@@ -527,7 +527,7 @@ def _inputs(model: ModelSource, data: DataSource) -> dict[str, dict[str, str]]:
     return inputs
 
 
-def _require_model(model: ModelSource, force: bool) -> None:
+def require_model(model: ModelSource, force: bool) -> None:
     """Refuse a model directory artifact that changed or whose inputs were rebuilt since."""
     if not model.artifact:
         return
@@ -591,7 +591,7 @@ def run(
         )
     if config.batch_size < 1:
         raise UdasegError(f"--batch-size {config.batch_size}: need >= 1", exit_code=2)
-    _require_model(model, force)
+    require_model(model, force)
     data = resolve_data(config, force)
     check_compatible(model, data)
     name = run_name(config, model, data)

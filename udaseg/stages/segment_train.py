@@ -1,7 +1,9 @@
-"""``udaseg segment-train``: train a registered segmenter on source, target or translated data.
+"""``udaseg segment-train``: train a registered segmenter on source, target, translated or
+pseudo-labelled target data.
 
-Trains on the ``train`` split of one or more stores (preprocessed, or translated: every style copy
-of a translated store is a case), validates on the ``val`` split of the first store (or of
+Trains on the ``train`` split of one or more stores (preprocessed, translated: every style copy
+of a translated store is a case, or pseudo-labelled by ``udaseg pseudo-label``, whose unlabelled
+voxels take no part in the loss), validates on the ``val`` split of the first store (or of
 ``--val``) with Dice per class, and writes a model directory ``W/segment/<run>/``:
 ``checkpoint_{latest,best,final}.pt``, ``model.json``, ``metrics.jsonl``, ``manifest.json``.
 
@@ -36,9 +38,13 @@ from udaseg.training import loop
 from udaseg.training.checkpoint import write_model_json
 
 STAGE = "segment-train"
-TRAIN_ON = ("source", "target", "translated")
+TRAIN_ON = ("source", "target", "translated", "pseudo")
 # stages whose artifacts hold stores, and the command that rebuilds them
-STORE_STAGES = {"preprocess": "preprocess", "translate-apply": "translate apply"}
+STORE_STAGES = {
+    "preprocess": "preprocess",
+    "translate-apply": "translate apply",
+    "pseudo-label": "pseudo-label",
+}
 # recipe keys a user may override from the command line
 RECIPE_KEYS = (
     "optimizer",

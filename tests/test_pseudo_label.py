@@ -1,0 +1,236 @@
+"""`udaseg pseudo-label` and self-training (`segment-train --train-on pseudo`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from udaseg.cli import app
+from udaseg.data.sampling import IGNORE_INDEX, SliceSampler, Source, VolumeBank, split_cases
+from udaseg.data.store import IGNORE_LABEL, Store, foreground_voxels
+from udaseg.errors import UdasegError
+from udaseg.models.registry import model_spec
+from udaseg.stages import preprocess, pseudo_label, segment_train
+from udaseg.training.checkpoint import load_checkpoint
+
+
+@pytest.fixture
+def work(tiny_dataset, tmp_path):
+    """Preprocessed tiny stores and a source model trained for a few steps."""
+    raw, manifest = tiny_dataset
+    w = tmp_path / "w"
+    preprocess.run(preprocess.PreprocessConfig(dataset=str(manifest), raw=raw), w)
+    root = w / "preprocessed"
+    segment_train.run(_train_config([root / "tiny__src"], "source", "src-model"), w)
+    return w
+
+
+def _train_config(train, train_on, name, **overrides):
+    base = dict(
+        model="unet2d.v1",
+        train_on=train_on,
+        train=train,
+        name=name,
+        model_kwargs=dict(model_spec("unet2d.v1").tiny),
+        recipe={"steps": 4, "batch_size": 2, "patch_size": [32, 32], "lr": 1e-3},
+        checkpoint_every=2,
+        val_every=0,
+        log_every=1,
+        device="cpu",
+        seed=1,
+    )
+    base.update(overrides)
+    return segment_train.SegmentTrainConfig(**base)
+
+
+def _config(w, **overrides):
+    base = dict(
+        model_dir=w / "segment" / "src-model",
+        target=w / "preprocessed" / "tiny__tgt",
+        device="cpu",
+        name="pl",
+    )
+    base.update(overrides)
+    return pseudo_label.PseudoLabelConfig(**base)
+
+
+# --- the labelling rule --------------------------------------------------------------------------
+
+
+def test_confident_voxels_keep_their_class_and_the_rest_are_ignored():
+    probabilities = np.zeros((3, 1, 4, 6), np.float32)
+    probabilities[0] = 0.95  # background everywhere, sure of it ...
+    probabilities[1, 0, 1:3, 1:3] = 0.97  # a sure organ
+    probabilities[0, 0, 1:3, 1:3] = 0.03
+    probabilities[:, 0, 0, 5] = [0.3, 0.1, 0.6]  # ... except one doubtful class-2 voxel
+    label = pseudo_label.pseudo_label(probabilities, 0.9, largest_component=False)
+    assert label.dtype == np.uint8 and label.shape == (1, 4, 6)
+    assert (label[0, 1:3, 1:3] == 1).all()
+    assert label[0, 0, 5] == IGNORE_LABEL
+    assert ((label == 0) | (label == 1) | (label == IGNORE_LABEL)).all()
+    # threshold 0 keeps every argmax
+    assert pseudo_label.pseudo_label(probabilities, 0.0, largest_component=False)[0, 0, 5] == 2
+
+
+def test_largest_component_turns_detached_islands_into_labelled_background():
+    probabilities = np.full((2, 3, 8, 8), 0.0, np.float32)
+    probabilities[0] = 1.0
+    body = (slice(0, 3), slice(1, 4), slice(1, 4))  # 27 voxels
+    island = (slice(1, 2), slice(6, 7), slice(6, 8))  # 2 voxels, far away, doubtful
+    for region, p in ((body, 0.99), (island, 0.6)):
+        probabilities[1][region] = p
+        probabilities[0][region] = 1 - p
+    with_lcc = pseudo_label.pseudo_label(probabilities, 0.9, largest_component=True)
+    assert (with_lcc[body] == 1).all()
+    assert (with_lcc[island] == 0).all()  # unlearned, not ignored
+    without = pseudo_label.pseudo_label(probabilities, 0.9, largest_component=False)
+    assert (without[island] == IGNORE_LABEL).all()
+
+
+def test_ignored_voxels_are_not_foreground_and_reach_the_loss_as_its_ignore_index(tmp_path):
+    from udaseg.data.store import StoreWriter
+
+    label = np.zeros((2, 8, 8), np.uint8)
+    label[0, :4] = IGNORE_LABEL
+    label[1, 2:4, 2:4] = 1
+    assert foreground_voxels(label).tolist() == [0, 4]
+    path = tmp_path / "s.h5"
+    with StoreWriter(
+        path, dataset="d", domain="t", modality="MR", view="axial", classes=["a"], labelled=True
+    ) as writer:
+        writer.add_case("c", np.ones((2, 8, 8), np.float32), label, {})
+    store = Store(path)
+    bank = VolumeBank([Source(store, ("c",))], need_labels=True)
+    sampler = SliceSampler(bank, (8, 8), 8, np.random.default_rng(0), foreground_fraction=0.0)
+    _, labels = sampler()
+    assert set(np.unique(labels).tolist()) <= {0, 1, IGNORE_INDEX}
+    assert (labels == IGNORE_INDEX).any()
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def test_pseudo_label_writes_a_store_of_the_target_training_cases(work, monkeypatch):
+    target = work / "preprocessed" / "tiny__tgt"
+    tgt = Store(target / "store.h5")
+    train = split_cases(target, "train", tgt)
+
+    def no_target_labels(self, case_id):
+        raise AssertionError("pseudo-label must not read the target's labels")
+
+    monkeypatch.setattr(Store, "label", no_target_labels)
+    manifest = pseudo_label.run(_config(work, threshold=0.0), work)
+    monkeypatch.undo()
+    out = work / "pseudo" / "pl"
+    assert manifest.stage == "pseudo-label" and manifest.summary["cases"] == len(train)
+    store = Store(out / "store.h5")
+    assert store.labelled and store.case_ids == sorted(train)
+    assert (store.dataset, store.domain, store.classes) == (tgt.dataset, tgt.domain, tgt.classes)
+    for case in store.case_ids:
+        np.testing.assert_array_equal(store.image(case), tgt.image(case))
+        label = store.label(case)
+        assert set(np.unique(label).tolist()) <= {0, 1, 2, IGNORE_LABEL}
+        record = store.meta(case)["pseudo_label"]
+        assert record["threshold"] == 0.0 and record["kept"] == 1.0  # threshold 0 keeps all
+    splits = json.loads((out / "splits.json").read_text())
+    assert splits["train"] == train and splits["val"] == [] and splits["test"] == []
+    assert manifest.summary["kept"] == 1.0
+    voxels = manifest.summary["voxels"]
+    assert set(voxels) == {"background", *tgt.classes}
+    assert sum(voxels.values()) == sum(tgt.image(c).size for c in train)
+    # current: skipped; a stricter threshold leaves the doubtful voxels out
+    assert pseudo_label.run(_config(work, threshold=0.0), work).summary["skipped"]
+    stricter = pseudo_label.run(_config(work, threshold=0.6, name="pl60"), work)
+    assert stricter.summary["kept"] < 1.0
+    labels = Store(work / "pseudo" / "pl60" / "store.h5").label(train[0])
+    assert (labels == IGNORE_LABEL).any()
+
+
+def test_bad_requests_are_refused(work):
+    with pytest.raises(UdasegError, match="--threshold 1.5"):
+        pseudo_label.run(_config(work, threshold=1.5), work)
+    with pytest.raises(UdasegError, match="split 'test' .* holds no cases"):
+        pseudo_label.run(_config(work, split="test"), work)
+    with pytest.raises(UdasegError, match="does not exist"):
+        pseudo_label.run(_config(work, model_dir=work / "segment" / "nope"), work)
+
+
+def test_self_training_learns_from_source_and_pseudo_labels_and_validates_on_the_source(work):
+    pseudo_label.run(_config(work, threshold=0.0), work)
+    source = work / "preprocessed" / "tiny__src"
+    pseudo = work / "pseudo" / "pl"
+    manifest = segment_train.run(
+        _train_config([source, pseudo], "pseudo", "student", val_every=2), work
+    )
+    out = work / "segment" / "student"
+    assert manifest.summary["train_on"] == "pseudo" and manifest.summary["steps"] == 4
+    assert set(manifest.inputs) == {"store0", "store1"}
+    assert manifest.inputs["store1"]["stage"] == "pseudo-label"
+    assert (out / "checkpoint_best.pt").is_file()  # picked on the source's val cases
+    again = segment_train.run(
+        _train_config([source, pseudo], "pseudo", "student2", val_every=2), work
+    )
+    a = load_checkpoint(out / "checkpoint_final.pt")["state_dict"]
+    b = load_checkpoint(work / "segment" / "student2" / "checkpoint_final.pt")["state_dict"]
+    assert again.summary["steps"] == 4 and all((a[k] == b[k]).all() for k in a)
+
+
+def test_cli_pseudo_label_then_train_on_pseudo(work):
+    runner = CliRunner()
+    target = work / "preprocessed" / "tiny__tgt"
+    result = runner.invoke(
+        app,
+        [
+            "pseudo-label",
+            "--model-dir",
+            str(work / "segment" / "src-model"),
+            "--target",
+            str(target),
+            "--work",
+            str(work),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["run"] == "src-model__train" and summary["cases"] >= 1
+    tiny = model_spec("unet2d.v1").tiny
+    args = [
+        "segment-train",
+        "--train-on",
+        "pseudo",
+        "--work",
+        str(work),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "32,32",
+        "--device",
+        "cpu",
+        *[a for k, v in tiny.items() for a in ("--model-arg", f"{k}={v}")],
+    ]
+    missing = runner.invoke(app, args)
+    assert isinstance(missing.exception, UdasegError) and missing.exception.exit_code == 2
+    assert "--train-on pseudo needs --pseudo" in str(missing.exception)
+    result = runner.invoke(
+        app,
+        [
+            *args,
+            "--pseudo",
+            summary["output"],
+            "--source",
+            str(work / "preprocessed" / "tiny__src"),
+            "--name",
+            "cli-student",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["train_on"] == "pseudo"

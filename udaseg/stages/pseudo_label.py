@@ -1,0 +1,260 @@
+"""``udaseg pseudo-label``: label the unlabelled target cases with an adapted model (self-training).
+
+An adapted model (any ``segment-train`` or ``adapt`` model directory) segments the target store's
+training cases; what it is sure of becomes their label, the rest is left unlabelled, and
+``segment-train --train-on pseudo`` then trains a fresh segmenter on those target slices (with
+the labelled source slices beside them). This is class-agnostic confidence-thresholded
+self-training (Zou et al., ECCV 2018; the refinement step of most CrossMoDA entries), not a method
+of the five papers: it distils the adapted model into one trained on the target's own images, and
+with ``largest_component`` it also teaches the student that detached islands (organs "seen" in
+the thorax or pelvis of a CT whose source MR never showed them) are background.
+
+Per voxel of each case, on the store's processed grid (the model's own sliding-window inference):
+
+1. class probabilities p (C, S, H, W) and their argmax y;
+2. with ``largest_component``: each class of y cut to its largest 26-connected body; the voxels
+   cut away become background *with* a label (they are what self-training should unlearn);
+3. every other voxel whose top probability is below ``threshold`` gets ``IGNORE_LABEL`` (255):
+   no loss is computed there (class borders and doubtful regions).
+
+Target labels are never read: the store's label datasets (when present) are not opened, so
+running this on a labelled target store keeps the dev cases' labels for evaluation only.
+
+Output ``W/pseudo/<run>/``::
+
+    store.h5       the target's dataset, domain, modality, view and classes; labelled;
+                   /cases/<case>/image   the target image, unchanged
+                   /cases/<case>/label   (S, H, W) uint8 pseudo-labels, 255 = not labelled
+                   meta: the case's meta plus "pseudo_label": {model, checkpoint, threshold,
+                   largest_component, kept (fraction of voxels with a label), voxels per class}
+    splits.json    every pseudo-labelled case in "train"; "val" and "test" empty (validate on the
+                   source, or the target's real dev cases with segment-train --val)
+    manifest.json  stage "pseudo-label"; inputs: the model and the target store
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from udaseg import artifacts
+from udaseg.data.sampling import SPLITS, split_cases, store_path
+from udaseg.data.store import IGNORE_LABEL, Store, StoreWriter
+from udaseg.errors import UdasegError
+from udaseg.progress import NullProgress, Progress
+
+STAGE = "pseudo-label"
+# bump when the same model, store and options would give different labels
+PSEUDO_VERSION = 1
+
+
+@dataclass
+class PseudoLabelConfig:
+    """One pseudo-labelling run.
+
+    model_dir: a segment-train or adapt model directory; target: the preprocessed target store
+    artifact; split: its cases to label (train: the unlabelled training cases; never the dev
+    cases you evaluate on); threshold: minimum top-class probability for a voxel to keep its
+    label (0 keeps all); largest_component: cut each class to its largest body first.
+    Runtime-only: batch_size (windows per forward pass), device, amp.
+    """
+
+    model_dir: Path
+    target: Path
+    split: str = "train"
+    threshold: float = 0.9
+    largest_component: bool = True
+    checkpoint: str = "final"
+    name: str | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    amp: bool = True
+
+
+def pseudo_label(
+    probabilities: np.ndarray, threshold: float, largest_component: bool = True
+) -> np.ndarray:
+    """(S, H, W) uint8 pseudo-labels from (C, S, H, W) class probabilities (see the module doc).
+
+    Voxels below ``threshold`` get ``IGNORE_LABEL``, except those ``largest_component`` turned into
+    background, which keep label 0 whatever their probability.
+    """
+    from udaseg.inference import keep_largest_component
+
+    if probabilities.ndim != 4:
+        raise ValueError(f"probabilities must be (C, S, H, W), got {probabilities.shape}")
+    label = probabilities.argmax(0).astype(np.uint8)
+    confident = probabilities.max(0) >= threshold
+    removed = np.zeros(label.shape, dtype=bool)
+    if largest_component:
+        kept = keep_largest_component(label)
+        removed = kept != label
+        label = kept
+    return np.where(confident | removed, label, np.uint8(IGNORE_LABEL)).astype(np.uint8)
+
+
+def run_name(config: PseudoLabelConfig) -> str:
+    if config.name:
+        return artifacts.check_run_name(config.name)
+    return f"{Path(config.model_dir).resolve().name}__{config.split}"
+
+
+def run(
+    config: PseudoLabelConfig, work: Path, *, force: bool = False, progress: Progress | None = None
+) -> artifacts.Manifest:
+    """Pseudo-label the target cases and publish the store artifact (skipped when current).
+
+    The summary holds ``run``, ``output``, ``cases``, ``kept`` (fraction of voxels with a label),
+    ``voxels`` per class name, ``seconds``, ``device`` and ``skipped``.
+
+    Raises:
+        UdasegError: threshold outside [0, 1], a split with no cases, a model whose classes or
+            view differ from the store's, stale inputs (unless ``force``).
+    """
+    from udaseg.stages.predict import (
+        check_compatible,
+        require_model,
+        resolve_device,
+        resolve_model,
+        store_source,
+    )
+
+    progress = progress or NullProgress()
+    if not 0.0 <= config.threshold <= 1.0:
+        raise UdasegError(
+            f"--threshold {config.threshold}: need a probability in [0, 1]",
+            hint="0.9 keeps the voxels the model is sure of; 0 keeps every voxel",
+            exit_code=2,
+        )
+    if config.batch_size < 1:
+        raise UdasegError(f"--batch-size {config.batch_size}: need >= 1", exit_code=2)
+    model = resolve_model(config.model_dir, config.checkpoint)
+    require_model(model, force)
+    target_dir = Path(config.target)
+    target_manifest = artifacts.require_input(
+        target_dir, stage="preprocess", rerun="udaseg preprocess", force=force
+    )
+    check_compatible(model, store_source(target_dir, force))
+    store = Store(store_path(target_dir))
+    cases = split_cases(target_dir, config.split, store)
+    if not cases:
+        raise UdasegError(
+            f"split '{config.split}' of {target_dir} holds no cases",
+            hint="pseudo-label the target's training cases (--split train); see its splits.json",
+            path=target_dir,
+            exit_code=2,
+        )
+    device = resolve_device(config.device)
+    inputs = {
+        "target": artifacts.input_record(target_dir, target_manifest),
+        **(
+            {
+                "model": artifacts.input_record(
+                    model.directory, artifacts.load_manifest(model.directory)
+                )
+            }
+            if model.artifact
+            else {}
+        ),
+    }
+    stage_config = {
+        "model": model.record(),
+        "target": str(target_dir.resolve()),
+        "split": config.split,
+        "cases": cases,
+        "threshold": float(config.threshold),
+        "largest_component": bool(config.largest_component),
+        "bf16": bool(config.amp and device.startswith("cuda")),
+        "pseudo_version": PSEUDO_VERSION,
+    }
+    out = Path(work) / "pseudo" / run_name(config)
+    if not force and artifacts.is_current(out, stage_config, inputs):
+        progress.log(f"{out} is up to date; skipped (use --force to recompute)")
+        done = artifacts.load_manifest(out)
+        done.summary = {**done.summary, "skipped": True}
+        return done
+    return _label(config, model, store, cases, device, out, stage_config, inputs, progress)
+
+
+def _label(config, model, store, cases, device, out, stage_config, inputs, progress):
+    from udaseg.inference import predict_volume
+    from udaseg.stages.predict import model_dims
+    from udaseg.training.checkpoint import load_model
+
+    started = time.perf_counter()
+    network, info = load_model(model.directory, config.checkpoint, device)
+    classes = list(store.classes)
+    counts = np.zeros(len(classes) + 1, dtype=np.int64)
+    total = kept_total = 0
+    per_case: dict[str, float] = {}
+    task = progress.task(f"pseudo-label {Path(config.model_dir).name}", len(cases))
+    with artifacts.building(out) as tmp:
+        try:
+            with StoreWriter(
+                tmp / "store.h5",
+                dataset=store.dataset,
+                domain=store.domain,
+                modality=store.modality,
+                view=store.view,
+                classes=classes,
+                labelled=True,
+            ) as writer:
+                for case in cases:
+                    image = store.image(case)
+                    probabilities = predict_volume(
+                        network,
+                        image,
+                        dims=model_dims(info),
+                        patch_size=info.get("patch_size"),
+                        batch_size=config.batch_size,
+                        device=device,
+                        amp=config.amp,
+                        in_channels=int(info.get("in_channels", 1)),
+                    )
+                    label = pseudo_label(probabilities, config.threshold, config.largest_component)
+                    known = label != IGNORE_LABEL
+                    counts += np.bincount(label[known].ravel(), minlength=len(classes) + 1)
+                    total += label.size
+                    kept_total += int(known.sum())
+                    per_case[case] = round(float(known.mean()), 4)
+                    record = {
+                        "model": str(model.directory.resolve()),
+                        "checkpoint": model.checkpoint.name,
+                        "threshold": float(config.threshold),
+                        "largest_component": bool(config.largest_component),
+                        "kept": per_case[case],
+                        "voxels": {
+                            name: int((label == c).sum())
+                            for c, name in enumerate(["background", *classes])
+                        },
+                    }
+                    writer.add_case(
+                        case, image, label, {**store.meta(case), "pseudo_label": record}
+                    )
+                    progress.advance(task, case=case)
+            splits = {"train": cases, "val": [], "test": [], "source": f"pseudo-label {out.name}"}
+            (tmp / SPLITS).write_text(json.dumps(splits, indent=2) + "\n")
+        except BaseException:
+            # nothing to resume: leave no half-written store behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        summary = {
+            "run": out.name,
+            "output": str(out),
+            "model": str(model.directory),
+            "cases": len(cases),
+            "kept": round(kept_total / max(total, 1), 4),
+            "kept_per_case": per_case,
+            "voxels": {name: int(counts[c]) for c, name in enumerate(["background", *classes])},
+            "seconds": round(time.perf_counter() - started, 2),
+            "device": device,
+            "skipped": False,
+        }
+        return artifacts.publish(
+            tmp, out, stage=STAGE, config=stage_config, inputs=inputs, summary=summary
+        )
