@@ -59,6 +59,18 @@ def test_failure_inside_building_leaves_nothing_complete(tmp_path):
         artifacts.require_input(out, stage="a", rerun="udaseg a")
 
 
+def test_discard_on_error_removes_the_partial_folder_and_reraises(tmp_path):
+    out = tmp_path / "a"
+    with pytest.raises(KeyboardInterrupt), artifacts.building(out, discard_on_error=True) as tmp:
+        (tmp / "data.txt").write_text("half")
+        raise KeyboardInterrupt
+    assert not out.exists() and not artifacts.partial_dir(out).exists()
+    with artifacts.building(out, discard_on_error=True) as tmp:
+        (tmp / "data.txt").write_text("whole")
+        artifacts.publish(tmp, out, stage="a", config={}, inputs={}, summary={})
+    assert (out / "data.txt").read_text() == "whole"
+
+
 def test_killed_process_leaves_nothing_that_looks_complete(tmp_path):
     out = tmp_path / "a"
     script = (

@@ -329,18 +329,28 @@ def partial_dir(artifact_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def building(artifact_dir: Path, *, keep_partial: bool = False) -> Iterator[Path]:
+def building(
+    artifact_dir: Path, *, keep_partial: bool = False, discard_on_error: bool = False
+) -> Iterator[Path]:
     """Build an artifact in ``<artifact_dir>.partial/``; the caller finishes with :func:`publish`.
 
     A stale ``.partial`` left by a killed run is removed first unless ``keep_partial`` (training
     stages keep it to resume from its checkpoints). If the body raises, the ``.partial`` directory
-    stays where it is: it is visibly unfinished and the next run clears or resumes it.
+    stays where it is (visibly unfinished; the next run clears or resumes it), or, with
+    ``discard_on_error`` (stages with nothing to resume), is removed before the error goes on.
     """
     work = partial_dir(artifact_dir)
     if work.exists() and not keep_partial:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    yield work
+    if not discard_on_error:
+        yield work
+        return
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def publish(

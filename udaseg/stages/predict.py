@@ -648,13 +648,9 @@ def _predict(config, model, data, ids, device, out, stage_config, inputs, progre
     started = time.perf_counter()
     network, info = load_model(model.directory, config.checkpoint, device)
     segment = model_segmenter(network, info, config, device)
-    with artifacts.building(out) as tmp:
-        try:
-            seconds = predict_cases(data.cases(ids), segment, tmp, progress, total=len(ids))
-        except BaseException:
-            # nothing to resume: leave no half-filled folder behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    # nothing to resume: a failure leaves no half-written artifact behind
+    with artifacts.building(out, discard_on_error=True) as tmp:
+        seconds = predict_cases(data.cases(ids), segment, tmp, progress, total=len(ids))
         summary = {
             "run": out.name,
             "output": str(out),

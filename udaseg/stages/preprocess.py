@@ -112,16 +112,12 @@ def _run_domain(manifest, domain, config, work, force, progress) -> artifacts.Ma
         done.summary = {**done.summary, "skipped": True}
         return done
     started = time.perf_counter()
-    with artifacts.building(out) as tmp:
-        try:
-            stats = write_store(manifest, domain, cases, tmp / "store.h5", config.workers, progress)
-            splits = make_splits(manifest, domain, [c.case_id for c in all_cases])
-            _write_json(tmp / "splits.json", splits)
-            _write_json(tmp / "fingerprint.json", fingerprint(manifest, domain, stats))
-        except BaseException:
-            # nothing to resume in preprocessing: leave no half-written store behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    # nothing to resume: a failure leaves no half-written artifact behind
+    with artifacts.building(out, discard_on_error=True) as tmp:
+        stats = write_store(manifest, domain, cases, tmp / "store.h5", config.workers, progress)
+        splits = make_splits(manifest, domain, [c.case_id for c in all_cases])
+        _write_json(tmp / "splits.json", splits)
+        _write_json(tmp / "fingerprint.json", fingerprint(manifest, domain, stats))
         summary = {
             "dataset": manifest.name,
             "domain": domain.name,

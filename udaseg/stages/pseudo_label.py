@@ -35,7 +35,6 @@ Output ``W/pseudo/<run>/``::
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,56 +192,50 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
     total = kept_total = 0
     per_case: dict[str, float] = {}
     task = progress.task(f"pseudo-label {Path(config.model_dir).name}", len(cases))
-    with artifacts.building(out) as tmp:
-        try:
-            with StoreWriter(
-                tmp / "store.h5",
-                dataset=store.dataset,
-                domain=store.domain,
-                modality=store.modality,
-                view=store.view,
-                classes=classes,
-                labelled=True,
-            ) as writer:
-                for case in cases:
-                    image = store.image(case)
-                    probabilities = predict_volume(
-                        network,
-                        image,
-                        dims=model_dims(info),
-                        patch_size=info.get("patch_size"),
-                        batch_size=config.batch_size,
-                        device=device,
-                        amp=config.amp,
-                        in_channels=int(info.get("in_channels", 1)),
-                    )
-                    label = pseudo_label(probabilities, config.threshold, config.largest_component)
-                    known = label != IGNORE_LABEL
-                    counts += np.bincount(label[known].ravel(), minlength=len(classes) + 1)
-                    total += label.size
-                    kept_total += int(known.sum())
-                    per_case[case] = round(float(known.mean()), 4)
-                    record = {
-                        "model": str(model.directory.resolve()),
-                        "checkpoint": model.checkpoint.name,
-                        "threshold": float(config.threshold),
-                        "largest_component": bool(config.largest_component),
-                        "kept": per_case[case],
-                        "voxels": {
-                            name: int((label == c).sum())
-                            for c, name in enumerate(["background", *classes])
-                        },
-                    }
-                    writer.add_case(
-                        case, image, label, {**store.meta(case), "pseudo_label": record}
-                    )
-                    progress.advance(task, case=case)
-            splits = {"train": cases, "val": [], "test": [], "source": f"pseudo-label {out.name}"}
-            (tmp / SPLITS).write_text(json.dumps(splits, indent=2) + "\n")
-        except BaseException:
-            # nothing to resume: leave no half-written store behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    # nothing to resume: a failure leaves no half-written artifact behind
+    with artifacts.building(out, discard_on_error=True) as tmp:
+        with StoreWriter(
+            tmp / "store.h5",
+            dataset=store.dataset,
+            domain=store.domain,
+            modality=store.modality,
+            view=store.view,
+            classes=classes,
+            labelled=True,
+        ) as writer:
+            for case in cases:
+                image = store.image(case)
+                probabilities = predict_volume(
+                    network,
+                    image,
+                    dims=model_dims(info),
+                    patch_size=info.get("patch_size"),
+                    batch_size=config.batch_size,
+                    device=device,
+                    amp=config.amp,
+                    in_channels=int(info.get("in_channels", 1)),
+                )
+                label = pseudo_label(probabilities, config.threshold, config.largest_component)
+                known = label != IGNORE_LABEL
+                counts += np.bincount(label[known].ravel(), minlength=len(classes) + 1)
+                total += label.size
+                kept_total += int(known.sum())
+                per_case[case] = round(float(known.mean()), 4)
+                record = {
+                    "model": str(model.directory.resolve()),
+                    "checkpoint": model.checkpoint.name,
+                    "threshold": float(config.threshold),
+                    "largest_component": bool(config.largest_component),
+                    "kept": per_case[case],
+                    "voxels": {
+                        name: int((label == c).sum())
+                        for c, name in enumerate(["background", *classes])
+                    },
+                }
+                writer.add_case(case, image, label, {**store.meta(case), "pseudo_label": record})
+                progress.advance(task, case=case)
+        splits = {"train": cases, "val": [], "test": [], "source": f"pseudo-label {out.name}"}
+        (tmp / SPLITS).write_text(json.dumps(splits, indent=2) + "\n")
         summary = {
             "run": out.name,
             "output": str(out),

@@ -28,7 +28,6 @@ Every shard is a complete store artifact on its own; ``segment-train`` takes sev
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,15 +261,11 @@ def _apply(job: _Job, out: Path, stage_config, inputs, progress) -> artifacts.Ma
 
     started = time.perf_counter()
     translator, _ = load_translator(job.translate.directory, job.config.checkpoint, job.device)
-    with artifacts.building(out) as tmp:
-        try:
-            slices = _write_store(job, translator, tmp / "store.h5", progress)
-            splits = map_splits(_read_splits(job.source_dir), job.ids, job.styles.count)
-            (tmp / SPLITS).write_text(json.dumps(splits, indent=2) + "\n")
-        except BaseException:
-            # nothing to resume: leave no half-written store behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    # nothing to resume: a failure leaves no half-written artifact behind
+    with artifacts.building(out, discard_on_error=True) as tmp:
+        slices = _write_store(job, translator, tmp / "store.h5", progress)
+        splits = map_splits(_read_splits(job.source_dir), job.ids, job.styles.count)
+        (tmp / SPLITS).write_text(json.dumps(splits, indent=2) + "\n")
         seconds = time.perf_counter() - started
         summary = {
             "run": out.name,
