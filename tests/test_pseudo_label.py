@@ -149,6 +149,16 @@ def test_pseudo_label_writes_a_store_of_the_target_training_cases(work, monkeypa
     assert (labels == IGNORE_LABEL).any()
 
 
+def test_the_report_draws_the_pseudo_labelled_store(work):
+    from udaseg.stages import report
+
+    pseudo_label.run(_config(work, threshold=0.6), work)
+    report.run(work)
+    text = (work / "report" / "report.md").read_text()
+    data = text[text.index("## Data") : text.index("## Translator")]
+    assert "Pseudo-labelled target stores" in data and "pseudo/pl*" in data
+
+
 def test_bad_requests_are_refused(work):
     with pytest.raises(UdasegError, match="--threshold 1.5"):
         pseudo_label.run(_config(work, threshold=1.5), work)

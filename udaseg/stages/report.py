@@ -5,7 +5,8 @@ names decides what it is, never the folder's name); ``.partial`` folders are lis
 Sections, each present only when its artifacts exist (otherwise a line says what is missing):
 
 * **Data**: the first case of every ``preprocess`` store, at the slice with the most labelled
-  voxels (the middle slice when unlabelled), labels drawn over it;
+  voxels (the middle slice when unlabelled), labels drawn over it; the same for every
+  ``pseudo-label`` store (voxels left unlabelled are not coloured);
 * **Translator**: the newest ``samples/step_N.png`` of every ``translate-train`` run (rows
   source / translated / reconstructed / target, a column per sample or style) and the
   ``styles.png`` of every ``cluster-styles`` run (style embedding + the source in each style);
@@ -254,9 +255,11 @@ def _shape(panel: Panel) -> tuple[int, int]:
 
 def _busiest_slice(label: np.ndarray | None, n_slices: int) -> int:
     """Index of the slice (axis 0) with the most labelled voxels; the middle one without any."""
+    from udaseg.data.store import foreground_voxels
+
     if label is None or not label.any():
         return n_slices // 2
-    return int(np.argmax((label > 0).reshape(len(label), -1).sum(axis=1)))
+    return int(np.argmax(foreground_voxels(label)))
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -271,10 +274,12 @@ def data_section(workspace: Workspace) -> Section:
             "no preprocess run in W (W/preprocessed/): run `udaseg preprocess` first"
         )
         return section
+    pseudo = workspace.runs("pseudo-label")
+    shown = [(a, None) for a in stores] + [(a, f"pseudo-labels {a.name}") for a in pseudo]
     panels, classes = [], []
-    for artifact in stores:
+    for artifact, what in shown:
         try:
-            panel, store_classes = _store_panel(artifact)
+            panel, store_classes = _store_panel(artifact, what)
         except _SKIPPABLE as exc:
             section.notes.append(f"{artifact.key}: cannot draw its first case: {exc}")
             continue
@@ -285,13 +290,18 @@ def data_section(workspace: Workspace) -> Section:
         "grid every stage trains on; the slice with the most labelled voxels, labels outlined "
         "(middle slice for unlabelled domains)."
     )
+    if pseudo:
+        section.text.append(
+            "Pseudo-labelled target stores (`udaseg pseudo-label`): what self-training learns "
+            "from; voxels the teacher was not sure of carry no label and are left uncoloured."
+        )
     if panels:
-        caption = ", ".join(a.key for a in stores)
+        caption = ", ".join(a.key for a, _ in shown)
         section.pictures.append(Picture("data.png", panels_png(panels, classes), caption))
     return section
 
 
-def _store_panel(artifact: Artifact) -> tuple[Panel, list[str]]:
+def _store_panel(artifact: Artifact, what: str | None = None) -> tuple[Panel, list[str]]:
     from udaseg.data.store import Store
 
     store = Store(artifact.path / "store.h5")
@@ -299,7 +309,7 @@ def _store_panel(artifact: Artifact) -> tuple[Panel, list[str]]:
         case = store.case_ids[0]
         image, label = store.image(case), store.label(case)
         spacing = store.meta(case)["processed"]["spacing"]  # (x, y, z) mm
-        title = f"{store.dataset} {store.domain} ({store.modality})"
+        title = f"{store.dataset} {store.domain} ({what or store.modality})"
         classes = list(store.classes)
     finally:
         store.close()
