@@ -149,18 +149,11 @@ def run(
             exit_code=2,
         )
     device = resolve_device(config.device)
-    inputs = {
-        "target": artifacts.input_record(target_dir, target_manifest),
-        **(
-            {
-                "model": artifacts.input_record(
-                    model.directory, artifacts.load_manifest(model.directory)
-                )
-            }
-            if model.artifact
-            else {}
-        ),
-    }
+    inputs = {"target": artifacts.input_record(target_dir, target_manifest)}
+    if model.artifact:  # a model directory copied from elsewhere has no manifest to record
+        inputs["model"] = artifacts.input_record(
+            model.directory, artifacts.load_manifest(model.directory)
+        )
     stage_config = {
         "model": model.record(),
         "target": str(target_dir.resolve()),
