@@ -15,6 +15,7 @@
 #                         shard is a complete store: passed as several --translated), else one job
 #   segment-train, adapt  torchrun on GPUS GPUs of one node
 #   predict               array of PRED_SHARDS tasks, then a --merge-shards job
+#   pseudo-label          one GPU
 #   evaluate              CPU job
 # Independent branches (the bounds, each method) run side by side. Every stage skips an artifact
 # that is complete and current, so after a failure, fix it and submit again: only what is
@@ -103,6 +104,7 @@ for i in "${!lines[@]}"; do
     segment-train) writes[i]=$WORK/segment/$name ;;
     adapt) writes[i]=$WORK/adapt/$name ;;
     predict) writes[i]=$WORK/predict/$name ;;
+    pseudo-label) writes[i]=$WORK/pseudo/$name ;;
     evaluate) writes[i]=$WORK/evaluate/$name ;;
     *) echo "stage $((i + 1)): no SLURM job for 'udaseg $kind'; run it before submitting" >&2
        exit 2 ;;
@@ -161,6 +163,8 @@ for i in "${!lines[@]}"; do
       submit "$after" --job-name="$label" --array="0-$((PRED_SHARDS - 1))" \
         "$here/predict.sbatch" "${args[@]}"
       submit "$JOB" --job-name="$label-merge" "$here/merge.sbatch" predict "${args[@]}" ;;
+    pseudo-label)
+      submit "$after" --job-name="$label" "$here/pseudo-label.sbatch" "${args[@]}" ;;
     evaluate)
       submit "$after" --job-name="$label" "$here/evaluate.sbatch" "${args[@]}" ;;
   esac
