@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.test_segment_train import config as train_config
 from udaseg.cli import app
 from udaseg.data.sampling import IGNORE_INDEX, SliceSampler, Source, VolumeBank, split_cases
 from udaseg.data.store import IGNORE_LABEL, Store, foreground_voxels
@@ -29,21 +30,15 @@ def work(tiny_dataset, tmp_path):
 
 
 def _train_config(train, train_on, name, **overrides):
-    base = dict(
-        model="unet2d.v1",
-        train_on=train_on,
-        train=train,
-        name=name,
-        model_kwargs=dict(model_spec("unet2d.v1").tiny),
-        recipe={"steps": 4, "batch_size": 2, "patch_size": [32, 32], "lr": 1e-3},
-        checkpoint_every=2,
-        val_every=0,
-        log_every=1,
-        device="cpu",
-        seed=1,
-    )
-    base.update(overrides)
-    return segment_train.SegmentTrainConfig(**base)
+    """test_segment_train's tiny U-Net run on ``train``, as ``name``."""
+    settings = {
+        "recipe": {"steps": 4, "batch_size": 2, "patch_size": [32, 32], "lr": 1e-3},
+        "checkpoint_every": 2,
+        "val_every": 0,
+        "seed": 1,
+        **overrides,
+    }
+    return train_config(train[0], train=train, train_on=train_on, name=name, **settings)
 
 
 def _config(w, **overrides):

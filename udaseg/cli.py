@@ -94,6 +94,20 @@ ModelArgOpt = Annotated[
 ForegroundOpt = Annotated[
     float, _results("Share of each (source) batch drawn from slices/voxels with labels.")
 ]
+# options of the stages that run a trained segmenter over scans (predict, pseudo-label)
+ModelDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--model-dir",
+        "-m",
+        help="Model directory (output of `udaseg segment-train` or `udaseg adapt`).",
+        rich_help_panel=RESULTS,
+    ),
+]
+WindowBatchOpt = Annotated[
+    int,
+    typer.Option("--batch-size", min=1, help="Windows per forward pass.", rich_help_panel=RUNTIME),
+]
 IntensityNetOpt = Annotated[
     float,
     _results(
@@ -278,15 +292,7 @@ def preprocess(
 
 @app.command(rich_help_panel="Stages")
 def predict(
-    model_dir: Annotated[
-        Path,
-        typer.Option(
-            "--model-dir",
-            "-m",
-            help="Model directory (output of `udaseg segment-train` or `udaseg adapt`).",
-            rich_help_panel=RESULTS,
-        ),
-    ],
+    model_dir: ModelDirOpt,
     data: Annotated[
         Path,
         typer.Option(
@@ -382,12 +388,7 @@ def predict(
             rich_help_panel=RESULTS,
         ),
     ] = None,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            "--batch-size", min=1, help="Windows per forward pass.", rich_help_panel=RUNTIME
-        ),
-    ] = 8,
+    batch_size: WindowBatchOpt = 8,
     device: Annotated[
         str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUNTIME)
     ] = "auto",
@@ -449,15 +450,7 @@ def predict(
 
 @app.command("pseudo-label", rich_help_panel="Stages")
 def pseudo_label(
-    model_dir: Annotated[
-        Path,
-        typer.Option(
-            "--model-dir",
-            "-m",
-            help="Adapted model directory (output of `udaseg adapt` or `udaseg segment-train`).",
-            rich_help_panel=RESULTS,
-        ),
-    ],
+    model_dir: ModelDirOpt,
     target: Annotated[
         Path,
         typer.Option(help="Preprocessed target store artifact.", rich_help_panel=RESULTS),
@@ -498,12 +491,7 @@ def pseudo_label(
             rich_help_panel=RESULTS,
         ),
     ] = None,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            "--batch-size", min=1, help="Windows per forward pass.", rich_help_panel=RUNTIME
-        ),
-    ] = 8,
+    batch_size: WindowBatchOpt = 8,
     device: DeviceOpt = "auto",
     amp: AmpOpt = True,
     force: ForceOpt = False,

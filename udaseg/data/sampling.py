@@ -234,7 +234,7 @@ class PatchSampler:
             image, label = self.bank.volume(i)
             centre = None
             if label is not None and self.rng.random() < self.foreground_fraction:
-                centre = self._foreground_voxel(label)
+                centre = self._foreground_voxel(i, label)
             start = tuple(
                 _window_start(e, s, self.rng, None if centre is None else c)
                 for e, s, c in zip(image.shape, self.patch_size, centre or (0, 0, 0), strict=True)
@@ -244,13 +244,13 @@ class PatchSampler:
                 labels.append(fit(label, self.patch_size, start, 0))
         return np.stack(images).astype(np.float32), _batch_labels(labels)
 
-    def _foreground_voxel(self, label: np.ndarray) -> tuple[int, int, int] | None:
-        # a random labelled slice, then a random labelled voxel in it: cheap on large volumes
-        known = (label > 0) & (label != IGNORE_LABEL)
-        slices = np.flatnonzero(known.reshape(label.shape[0], -1).any(axis=1))
+    def _foreground_voxel(self, i: int, label: np.ndarray) -> tuple[int, int, int] | None:
+        # a random labelled slice (from the store's per-slice counts), then a random labelled
+        # voxel in it: cheap on large volumes
+        slices = np.flatnonzero(self.bank.foreground[i] > 0)
         if len(slices) == 0:
             return None
         k = int(slices[self.rng.integers(0, len(slices))])
-        rows, cols = np.nonzero(known[k])
+        rows, cols = np.nonzero((label[k] > 0) & (label[k] != IGNORE_LABEL))
         j = int(self.rng.integers(0, len(rows)))
         return (k, int(rows[j]), int(cols[j]))

@@ -513,7 +513,7 @@ def _safe(name: str) -> str:
 # --- the stage -----------------------------------------------------------------------------------
 
 
-def _inputs(model: ModelSource, data: DataSource) -> dict[str, dict[str, str]]:
+def input_records(model: ModelSource, data: DataSource) -> dict[str, dict[str, str]]:
     """Manifest records of the inputs that are artifacts (already checked by the caller)."""
     inputs = {}
     if model.artifact:
@@ -603,11 +603,11 @@ def run(
         whole = dataclasses.replace(config, shard=None, merge_shards=False)
         merged_config = _stage_config(whole, model, data, ids, device)
         return merge_shards(
-            work, name, merged_config, _inputs(model, data), force=force, progress=progress
+            work, name, merged_config, input_records(model, data), force=force, progress=progress
         )
     out = output_dir(work, name, config.shard)
     stage_config = _stage_config(config, model, data, ids, device)
-    inputs = _inputs(model, data)
+    inputs = input_records(model, data)
     if not force and artifacts.is_current(out, stage_config, inputs):
         progress.log(f"{out} is up to date (same model, data and options); skipped")
         done = artifacts.load_manifest(out)

@@ -94,7 +94,7 @@ def pseudo_label(
         kept = keep_largest_component(label)
         removed = kept != label
         label = kept
-    return np.where(confident | removed, label, np.uint8(IGNORE_LABEL)).astype(np.uint8)
+    return np.where(confident | removed, label, np.uint8(IGNORE_LABEL))
 
 
 def run_name(config: PseudoLabelConfig) -> str:
@@ -117,6 +117,7 @@ def run(
     """
     from udaseg.stages.predict import (
         check_compatible,
+        input_records,
         require_model,
         resolve_device,
         resolve_model,
@@ -135,10 +136,15 @@ def run(
     model = resolve_model(config.model_dir, config.checkpoint)
     require_model(model, force)
     target_dir = Path(config.target)
-    target_manifest = artifacts.require_input(
-        target_dir, stage="preprocess", rerun="udaseg preprocess", force=force
-    )
-    check_compatible(model, store_source(target_dir, force))
+    data = store_source(target_dir, force)  # checks the artifact is complete and current
+    if data.artifact is None:
+        raise UdasegError(
+            f"--target {target_dir} is not a preprocessed store artifact",
+            hint="pass the `udaseg preprocess` output folder (its splits.json names the cases)",
+            path=target_dir,
+            exit_code=2,
+        )
+    check_compatible(model, data)
     store = Store(store_path(target_dir))
     cases = split_cases(target_dir, config.split, store)
     if not cases:
@@ -149,11 +155,7 @@ def run(
             exit_code=2,
         )
     device = resolve_device(config.device)
-    inputs = {"target": artifacts.input_record(target_dir, target_manifest)}
-    if model.artifact:  # a model directory copied from elsewhere has no manifest to record
-        inputs["model"] = artifacts.input_record(
-            model.directory, artifacts.load_manifest(model.directory)
-        )
+    inputs = input_records(model, data)
     stage_config = {
         "model": model.record(),
         "target": str(target_dir.resolve()),
@@ -181,7 +183,8 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
     started = time.perf_counter()
     network, info = load_model(model.directory, config.checkpoint, device)
     classes = list(store.classes)
-    counts = np.zeros(len(classes) + 1, dtype=np.int64)
+    names = ["background", *classes]
+    counts = np.zeros(len(names), dtype=np.int64)
     total = kept_total = 0
     per_case: dict[str, float] = {}
     task = progress.task(f"pseudo-label {Path(config.model_dir).name}", len(cases))
@@ -209,21 +212,19 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
                     in_channels=int(info.get("in_channels", 1)),
                 )
                 label = pseudo_label(probabilities, config.threshold, config.largest_component)
-                known = label != IGNORE_LABEL
-                counts += np.bincount(label[known].ravel(), minlength=len(classes) + 1)
+                # voxels per class id 0..C (the ignored ones, 255, fall outside and are dropped)
+                case_counts = np.bincount(label.ravel(), minlength=256)[: len(names)]
+                counts += case_counts
                 total += label.size
-                kept_total += int(known.sum())
-                per_case[case] = round(float(known.mean()), 4)
+                kept_total += int(case_counts.sum())
+                per_case[case] = round(int(case_counts.sum()) / label.size, 4)
                 record = {
                     "model": str(model.directory.resolve()),
                     "checkpoint": model.checkpoint.name,
                     "threshold": float(config.threshold),
                     "largest_component": bool(config.largest_component),
                     "kept": per_case[case],
-                    "voxels": {
-                        name: int((label == c).sum())
-                        for c, name in enumerate(["background", *classes])
-                    },
+                    "voxels": dict(zip(names, case_counts.tolist(), strict=True)),
                 }
                 writer.add_case(case, image, label, {**store.meta(case), "pseudo_label": record})
                 progress.advance(task, case=case)
@@ -236,7 +237,7 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
             "cases": len(cases),
             "kept": round(kept_total / max(total, 1), 4),
             "kept_per_case": per_case,
-            "voxels": {name: int(counts[c]) for c, name in enumerate(["background", *classes])},
+            "voxels": dict(zip(names, counts.tolist(), strict=True)),
             "seconds": round(time.perf_counter() - started, 2),
             "device": device,
             "skipped": False,
