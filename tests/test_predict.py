@@ -536,6 +536,37 @@ def test_stage_largest_component_option_post_processes_and_is_recorded(tiny_stor
     np.testing.assert_array_equal(after, keep_largest_component(before))
 
 
+def test_ensemble_averages_the_members_probabilities(tiny_store, tmp_path):
+    from udaseg.training.checkpoint import load_model
+
+    first = write_model_dir(tmp_path / "a", seed=0)
+    second = write_model_dir(tmp_path / "b", seed=1)
+    work = tmp_path / "w"
+    manifest = run_stage(first, tiny_store["store"], work, cases=["c1"], ensemble=[second],
+                         name="ens")  # fmt: skip
+    store = Store(tiny_store["store"] / "store.h5")
+    image = store.image("c1")
+    total = sum(
+        predict_volume(load_model(d)[0], image, dims=2, patch_size=(16, 16))
+        for d in (first, second)
+    )
+    written = sitk.ReadImage(str(work / "predict" / "ens" / "c1.nii.gz"))
+    from udaseg.data.geometry import restore_label
+
+    meta = store.meta("c1")
+    expected = restore_label(total.argmax(0).astype(np.uint8), meta["processed"], meta["original"],
+                             meta["assumed_direction"])  # fmt: skip
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(expected))
+    single = run_stage(first, tiny_store["store"], work, cases=["c1"], name="one")
+    assert "ensemble" not in single.config  # single-model runs keep their config hash
+    assert [m["path"] for m in manifest.config["ensemble"]] == [str(second.resolve())]
+    assert manifest.inputs["ensemble0"]["path"] == str(second.resolve())
+    # a member for other classes is refused, naming it
+    other = write_model_dir(tmp_path / "c", classes=["x", "y"])
+    with pytest.raises(UdasegError, match=r"--ensemble .*c: its classes"):
+        run_stage(first, tiny_store["store"], work, cases=["c1"], ensemble=[other], name="bad")
+
+
 def test_raw_data_is_preprocessed_in_memory_exactly_as_the_store(tiny_store, tmp_path):
     """The target domain's raw files (flipped y axis, direction diag(1, -1, 1)) give the same
     predictions as its preprocessed store, on the raw files' grid."""

@@ -85,6 +85,46 @@ def test_largest_component_turns_detached_islands_into_labelled_background():
     assert (without[island] == IGNORE_LABEL).all()
 
 
+def test_class_balanced_thresholds_keep_the_surest_portion_of_each_class():
+    # background predicted everywhere but one organ block; the background is sure (0.95..0.99)
+    # far away and less sure (0.91) where it covers half of the organ the model missed
+    probabilities = np.zeros((2, 1, 10, 10), np.float32)
+    probabilities[0] = 0.99
+    probabilities[0, 0, :, :5] = np.linspace(0.95, 0.99, 10)[:, None]
+    probabilities[0, 0, 4:8, 2:6] = 0.91  # the missed half of the organ
+    probabilities[1, 0, 4:8, 6:8] = 0.80  # the half the model found
+    probabilities[0, 0, 4:8, 6:8] = 0.20
+    probabilities[1] = np.where(probabilities[1] == 0, 1 - probabilities[0], probabilities[1])
+    label, confidence = pseudo_label.argmax_and_confidence(probabilities, largest_component=False)
+    histogram = pseudo_label.confidence_histogram(label, confidence, 2)
+    assert histogram.sum(1).tolist() == [92, 8]
+    thresholds = pseudo_label.class_thresholds(histogram, 0.5)
+    assert 0.91 < thresholds[0] <= 0.99 and thresholds[1] == pytest.approx(0.8, abs=1e-3)
+    balanced = pseudo_label.select(label, confidence, thresholds)
+    assert (balanced[0, 4:8, 2:6] == IGNORE_LABEL).all()  # doubtful background: no label
+    assert (balanced[0, 4:8, 6:8] == 1).all()
+    kept_background = int((balanced == 0).sum())
+    assert 46 <= kept_background <= 60  # about half of the 92 background voxels (ties kept)
+    # one global threshold of 0.9 labels the missed organ half as background
+    assert (pseudo_label.pseudo_label(probabilities, 0.9, False)[0, 4:8, 2:6] == 0).all()
+    # portion 1 keeps every voxel; a class never predicted gets threshold 1
+    assert pseudo_label.class_thresholds(histogram, 1.0)[0] <= 0.91
+    assert pseudo_label.class_thresholds(np.zeros((2, 10), np.int64), 0.5).tolist() == [1, 1]
+
+
+def test_class_balanced_selection_never_ignores_the_largest_component_cut():
+    probabilities = np.zeros((2, 3, 8, 8), np.float32)
+    probabilities[0] = 0.99
+    probabilities[1, :, 1:4, 1:4], probabilities[0, :, 1:4, 1:4] = 0.99, 0.01
+    probabilities[1, 1, 6, 6:8], probabilities[0, 1, 6, 6:8] = 0.6, 0.4  # a detached island
+    label, confidence = pseudo_label.argmax_and_confidence(probabilities, largest_component=True)
+    assert (label[1, 6, 6:8] == 0).all() and np.isinf(confidence[1, 6, 6:8]).all()
+    histogram = pseudo_label.confidence_histogram(label, confidence, 2)
+    assert histogram[1].sum() == 27 and histogram[0].sum() == label.size - 27 - 2
+    thresholds = pseudo_label.class_thresholds(histogram, 0.1)
+    assert (pseudo_label.select(label, confidence, thresholds)[1, 6, 6:8] == 0).all()
+
+
 def test_ignored_voxels_are_not_foreground_and_reach_the_loss_as_its_ignore_index(tmp_path):
     from udaseg.data.store import StoreWriter
 
@@ -144,6 +184,22 @@ def test_pseudo_label_writes_a_store_of_the_target_training_cases(work, monkeypa
     assert (labels == IGNORE_LABEL).any()
 
 
+def test_class_balanced_pseudo_labels_keep_the_asked_portion_of_each_class(work):
+    manifest = pseudo_label.run(_config(work, portion=0.5, name="cb"), work)
+    summary = manifest.summary
+    assert 0.3 < summary["kept"] < 0.7  # about half of each class (ties at bin edges kept)
+    assert list(summary["thresholds"]) == ["background", "organ_a", "organ_b"]
+    assert manifest.config["portion"] == 0.5
+    assert not (work / "pseudo" / "cb" / "scratch").exists()
+    store = Store(work / "pseudo" / "cb" / "store.h5")
+    record = store.meta(store.case_ids[0])["pseudo_label"]
+    assert record["portion"] == 0.5 and record["thresholds"] == summary["thresholds"]
+    # the thresholded store's config keeps no portion key (its hash is unchanged)
+    assert "portion" not in pseudo_label.run(_config(work, threshold=0.6), work).config
+    with pytest.raises(UdasegError, match="--portion 0"):
+        pseudo_label.run(_config(work, portion=0.0, name="cb0"), work)
+
+
 def test_the_report_draws_the_pseudo_labelled_store(work):
     from udaseg.stages import report
 
@@ -181,6 +237,54 @@ def test_self_training_learns_from_source_and_pseudo_labels_and_validates_on_the
     a = load_checkpoint(out / "checkpoint_final.pt")["state_dict"]
     b = load_checkpoint(work / "segment" / "student2" / "checkpoint_final.pt")["state_dict"]
     assert again.summary["steps"] == 4 and all((a[k] == b[k]).all() for k in a)
+
+
+def test_balanced_batches_take_an_equal_share_from_each_store(tmp_path):
+    from udaseg.data.sampling import BalancedSampler
+    from udaseg.data.store import StoreWriter
+
+    banks = []
+    for value, slices in ((1.0, 2), (2.0, 30)):  # a small store beside one 15 times larger
+        path = tmp_path / f"s{int(value)}.h5"
+        with StoreWriter(
+            path, dataset="d", domain="t", modality="MR", view="axial", classes=["a"], labelled=True
+        ) as writer:
+            writer.add_case(
+                "c",
+                np.full((slices, 8, 8), value, np.float32),
+                np.zeros((slices, 8, 8), np.uint8),
+                {},
+            )
+        banks.append(VolumeBank([Source(Store(path), ("c",))], need_labels=True))
+    rng = np.random.default_rng(0)
+    pooled = SliceSampler(
+        VolumeBank([Source(b.entries[0][0], ("c",)) for b in banks], need_labels=True),
+        (8, 8),
+        8,
+        rng,
+    )
+    balanced = BalancedSampler([SliceSampler(b, (8, 8), 4, rng) for b in banks])
+    images, labels = balanced()
+    assert images.shape == (8, 1, 8, 8) and labels.shape == (8, 8, 8)
+    assert images[:4].max() == 1.0 and images[4:].min() == 2.0
+    small = sum(int((pooled()[0][:, 0, 0, 0] == 1.0).sum()) for _ in range(20))
+    assert small < 40  # pooled: the small store gets about 1 in 16 slices, not half
+
+
+def test_self_training_with_balanced_stores_records_it_and_needs_a_share_for_each(work):
+    pseudo_label.run(_config(work, threshold=0.0), work)
+    train = [work / "preprocessed" / "tiny__src", work / "pseudo" / "pl"]
+    manifest = segment_train.run(
+        _train_config(train, "pseudo", "balanced", balance_stores=True), work
+    )
+    assert manifest.config["balance_stores"] is True and manifest.summary["steps"] == 4
+    pooled = segment_train.run(_train_config(train, "pseudo", "pooled"), work)
+    assert "balance_stores" not in pooled.config  # off: the config hash of older runs holds
+    one = dict(_train_config(train, "pseudo", "b1", balance_stores=True).recipe, batch_size=1)
+    with pytest.raises(UdasegError, match="a batch of 1 cannot take a share"):
+        segment_train.run(
+            _train_config(train, "pseudo", "b1", balance_stores=True, recipe=one), work
+        )
 
 
 def test_cli_pseudo_label_then_train_on_pseudo(work):

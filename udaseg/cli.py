@@ -303,6 +303,15 @@ def predict(
         ),
     ],
     work: WorkOpt,
+    ensemble: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Another model directory to ensemble with --model-dir (repeat the option): "
+            "the class probabilities of all are averaged before the argmax (e.g. students of "
+            "several seeds). Same classes, view and input layout; --checkpoint applies to all.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
     dataset: Annotated[
         str | None,
         typer.Option(
@@ -421,6 +430,7 @@ def predict(
     config = stage.PredictConfig(
         model_dir=model_dir,
         data=data,
+        ensemble=ensemble or [],
         dataset=dataset,
         domain=domain,
         name=name,
@@ -472,6 +482,18 @@ def pseudo_label(
             rich_help_panel=RESULTS,
         ),
     ] = 0.9,
+    portion: Annotated[
+        float | None,
+        typer.Option(
+            help="Class-balanced selection (CBST) instead of --threshold: each class keeps the "
+            "most confident PORTION of the voxels predicted as it, over all cases (0.5 keeps the "
+            "surer half; a cross-modality model's background is then left out where it is least "
+            "sure, often inside organs it under-segments).",
+            min=0.0,
+            max=1.0,
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
     largest_component: Annotated[
         bool,
         typer.Option(
@@ -510,6 +532,7 @@ def pseudo_label(
         target=target,
         split=split,
         threshold=threshold,
+        portion=portion,
         largest_component=largest_component,
         checkpoint=checkpoint,
         name=name,
@@ -789,6 +812,16 @@ def segment_train(
     ] = True,
     intensity_net: IntensityNetOpt = 0.0,
     foreground_fraction: ForegroundOpt = 0.5,
+    balance_stores: Annotated[
+        bool,
+        typer.Option(
+            "--balance-stores/--pool-stores",
+            help="With several training stores (--train-on pseudo: source and pseudo-labelled "
+            "target), take an equal share of each batch from each, instead of drawing from their "
+            "pooled slices (where the store with more slices dominates).",
+            rich_help_panel=RESULTS,
+        ),
+    ] = False,
     seed: SeedOpt = 0,
     checkpoint_every: CheckpointEveryOpt = 200,
     val_every: Annotated[
@@ -853,6 +886,7 @@ def segment_train(
         augment=augment,
         intensity_net=intensity_net,
         foreground_fraction=foreground_fraction,
+        balance_stores=balance_stores,
         seed=seed,
         checkpoint_every=checkpoint_every,
         val_every=val_every,

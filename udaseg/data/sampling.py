@@ -254,3 +254,22 @@ class PatchSampler:
         rows, cols = np.nonzero((label[k] > 0) & (label[k] != IGNORE_LABEL))
         j = int(self.rng.integers(0, len(rows)))
         return (k, int(rows[j]), int(cols[j]))
+
+
+class BalancedSampler:
+    """Batches made of a fixed share from each of several samplers (one per store), in order.
+
+    Pooling the slices of a labelled source and a pseudo-labelled target lets whichever has more
+    slices fill the batch (a CT target of thin slices outnumbers an MR source about eight to one);
+    adaptation methods draw equal source and target batches instead, and so does this.
+    """
+
+    def __init__(self, samplers: list[SliceSampler | PatchSampler]) -> None:
+        self.samplers = samplers
+        self.batch_size = sum(s.batch_size for s in samplers)
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray | None]:
+        parts = [sampler() for sampler in self.samplers]
+        images = np.concatenate([images for images, _ in parts])
+        labels = [labels for _, labels in parts]
+        return images, None if any(x is None for x in labels) else np.concatenate(labels)

@@ -65,6 +65,8 @@ class PredictConfig:
     dataset, domain: the manifest and domain of raw ``data`` (unused for a store).
     name: run name (default ``<model folder>__<data name>``). checkpoint: best, final or latest
     (``load_model`` falls back to final, then latest, when it is absent).
+    ensemble: more model directories (same classes, view and layout) whose class probabilities
+    are averaged with ``model_dir``'s before the argmax (their ``checkpoint`` too).
     tta: flip test-time augmentation (2D: H and W axes, 4 passes; 3D: all three axes, 8 passes).
     gaussian: Gaussian window weighting (else uniform). stride: None (half the window), a fraction
     of the window, or voxels per window axis. amp: bfloat16 autocast on CUDA.
@@ -78,6 +80,7 @@ class PredictConfig:
 
     model_dir: Path
     data: Path
+    ensemble: list[Path] = field(default_factory=list)
     dataset: str | None = None
     domain: str | None = None
     name: str | None = None
@@ -263,6 +266,40 @@ def model_segmenter(model, info: dict[str, Any], config: PredictConfig, device: 
     if not config.largest_component:
         return segment
     return lambda volume: keep_largest_component(segment(volume))
+
+
+def ensemble_segmenter(
+    models: list[tuple[Any, dict[str, Any]]], config: PredictConfig, device: str
+) -> Segmenter:
+    """Like :func:`model_segmenter` for several (model, model.json info) pairs of one layout: the
+    argmax of their mean class probabilities, each model with its own window."""
+    from udaseg.inference import keep_largest_component, predict_volume
+
+    def probabilities(model, info: dict[str, Any], volume: np.ndarray) -> np.ndarray:
+        dims = model_dims(info)
+        return predict_volume(
+            model,
+            volume,
+            dims=dims,
+            patch_size=info.get("patch_size"),
+            batch_size=config.batch_size,
+            stride=config.stride,
+            gaussian=config.gaussian,
+            tta_flips=tta_axes(dims) if config.tta else (),
+            device=device,
+            amp=config.amp,
+            in_channels=int(info.get("in_channels", 1)),
+        )
+
+    def segment(volume: np.ndarray) -> np.ndarray:
+        # the sum has the mean's argmax; one (C, S, H, W) buffer at a time
+        total = probabilities(*models[0], volume)
+        for model, info in models[1:]:
+            total += probabilities(model, info, volume)
+        label = total.argmax(0).astype(np.uint8)
+        return keep_largest_component(label) if config.largest_component else label
+
+    return segment
 
 
 def tta_axes(dims: int) -> tuple[int, ...]:
@@ -539,8 +576,14 @@ def _stage_config(
     config: PredictConfig, model: ModelSource, data: DataSource, ids: list[str], device: str
 ) -> dict[str, Any]:
     stride = list(config.stride) if isinstance(config.stride, tuple | list) else config.stride
+    members = {}
+    if config.ensemble:  # only when given, so single-model runs keep their config hash
+        members["ensemble"] = [
+            resolve_model(d, config.checkpoint).record() for d in config.ensemble
+        ]
     return {
         "model": model.record(),
+        **members,
         "data": data.record(ids),
         "cases": ids,
         "dims": model_dims(model.info),
@@ -592,8 +635,10 @@ def run(
     if config.batch_size < 1:
         raise UdasegError(f"--batch-size {config.batch_size}: need >= 1", exit_code=2)
     require_model(model, force)
+    members = _ensemble(config, model, force)
     data = resolve_data(config, force)
-    check_compatible(model, data)
+    for member in (model, *members):
+        check_compatible(member, data)
     name = run_name(config, model, data)
     ids = select_cases(data.case_ids, _wanted(config, data), config.shard)
     device = resolve_device(config.device)
@@ -602,18 +647,52 @@ def run(
         # later `udaseg run`) finds it current instead of predicting everything again
         whole = dataclasses.replace(config, shard=None, merge_shards=False)
         merged_config = _stage_config(whole, model, data, ids, device)
+        merged_inputs = _ensemble_inputs(input_records(model, data), members)
         return merge_shards(
-            work, name, merged_config, input_records(model, data), force=force, progress=progress
+            work, name, merged_config, merged_inputs, force=force, progress=progress
         )
     out = output_dir(work, name, config.shard)
     stage_config = _stage_config(config, model, data, ids, device)
-    inputs = input_records(model, data)
+    inputs = _ensemble_inputs(input_records(model, data), members)
     if not force and artifacts.is_current(out, stage_config, inputs):
         progress.log(f"{out} is up to date (same model, data and options); skipped")
         done = artifacts.load_manifest(out)
         done.summary = {**done.summary, "skipped": True}
         return done
     return _predict(config, model, data, ids, device, out, stage_config, inputs, progress)
+
+
+def _ensemble(config: PredictConfig, model: ModelSource, force: bool) -> list[ModelSource]:
+    """The --ensemble model directories, checked: current, and the same layout as the first."""
+    members = []
+    for directory in config.ensemble:
+        member = resolve_model(directory, config.checkpoint)
+        require_model(member, force)
+        for what, layout in (
+            ("classes", lambda info: info.get("classes")),
+            ("view", lambda info: info.get("view")),
+            ("dimensions", model_dims),
+            ("input channels", lambda info: int(info.get("in_channels", 1))),
+        ):
+            if layout(member.info) != layout(model.info):
+                raise UdasegError(
+                    f"--ensemble {directory}: its {what} ({layout(member.info)}) differ from "
+                    f"--model-dir {config.model_dir}'s ({layout(model.info)})",
+                    hint="ensemble models trained for the same classes, view and input layout",
+                    path=directory,
+                    exit_code=2,
+                )
+        members.append(member)
+    return members
+
+
+def _ensemble_inputs(inputs: dict, members: list[ModelSource]) -> dict:
+    """``inputs`` with the ensemble members that are artifacts as ``ensemble0``, ``ensemble1``..."""
+    for i, member in enumerate(members):
+        if member.artifact:
+            manifest = artifacts.load_manifest(member.directory)
+            inputs[f"ensemble{i}"] = artifacts.input_record(member.directory, manifest)
+    return inputs
 
 
 def _wanted(config: PredictConfig, data: DataSource) -> list[str] | None:
@@ -647,7 +726,14 @@ def _predict(config, model, data, ids, device, out, stage_config, inputs, progre
 
     started = time.perf_counter()
     network, info = load_model(model.directory, config.checkpoint, device)
-    segment = model_segmenter(network, info, config, device)
+    if config.ensemble:
+        members = [
+            (network, info),
+            *(load_model(d, config.checkpoint, device) for d in config.ensemble),
+        ]
+        segment = ensemble_segmenter(members, config, device)
+    else:
+        segment = model_segmenter(network, info, config, device)
     # nothing to resume: a failure leaves no half-written artifact behind
     with artifacts.building(out, discard_on_error=True) as tmp:
         seconds = predict_cases(data.cases(ids), segment, tmp, progress, total=len(ids))

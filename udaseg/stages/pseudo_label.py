@@ -14,8 +14,15 @@ Per voxel of each case, on the store's processed grid (the model's own sliding-w
 1. class probabilities p (C, S, H, W) and their argmax y;
 2. with ``largest_component``: each class of y cut to its largest 26-connected body; the voxels
    cut away become background *with* a label (they are what self-training should unlearn);
-3. every other voxel whose top probability is below ``threshold`` gets ``IGNORE_LABEL`` (255):
-   no loss is computed there (class borders and doubtful regions).
+3. every other voxel whose top probability is below its class's threshold gets ``IGNORE_LABEL``
+   (255): no loss is computed there (class borders and doubtful regions). The threshold is
+   ``threshold`` for every class, or with ``portion`` (class-balanced self-training, CBST: Zou et
+   al., ECCV 2018) one per class: the confidence above which the top ``portion`` of the voxels
+   predicted as that class lie, over all cases labelled. One global threshold lets through the
+   voxels of an organ that a cross-modality model *confidently* calls background (its
+   probabilities rarely pass 0.99, so 0.9 is not strict for the class that covers 90% of a
+   volume), and the student learns to under-segment; a per-class rank keeps only the surest half
+   of the background, and those organ remnants are left unlabelled instead.
 
 Target labels are never read: the store's label datasets (when present) are not opened, so
 running this on a labelled target store keeps the dev cases' labels for evaluation only.
@@ -35,6 +42,7 @@ Output ``W/pseudo/<run>/``::
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +58,9 @@ from udaseg.progress import NullProgress, Progress
 STAGE = "pseudo-label"
 # bump when the same model, store and options would give different labels
 PSEUDO_VERSION = 1
+# confidences are binned this finely to find the class-balanced thresholds (one pass, no sort of
+# tens of millions of values)
+_BINS = 10_000
 
 
 @dataclass
@@ -59,7 +70,9 @@ class PseudoLabelConfig:
     model_dir: a segment-train or adapt model directory; target: the preprocessed target store
     artifact; split: its cases to label (train: the unlabelled training cases; never the dev
     cases you evaluate on); threshold: minimum top-class probability for a voxel to keep its
-    label (0 keeps all); largest_component: cut each class to its largest body first.
+    label (0 keeps all); portion: class-balanced selection instead (each class keeps the most
+    confident ``portion`` of its predicted voxels; CBST's largest portion is 0.5);
+    largest_component: cut each class to its largest body first.
     Runtime-only: batch_size (windows per forward pass), device, amp.
     """
 
@@ -67,6 +80,7 @@ class PseudoLabelConfig:
     target: Path
     split: str = "train"
     threshold: float = 0.9
+    portion: float | None = None
     largest_component: bool = True
     checkpoint: str = "final"
     name: str | None = None
@@ -76,25 +90,70 @@ class PseudoLabelConfig:
 
 
 def pseudo_label(
-    probabilities: np.ndarray, threshold: float, largest_component: bool = True
+    probabilities: np.ndarray, threshold: float | np.ndarray, largest_component: bool = True
 ) -> np.ndarray:
     """(S, H, W) uint8 pseudo-labels from (C, S, H, W) class probabilities (see the module doc).
 
-    Voxels below ``threshold`` get ``IGNORE_LABEL``, except those ``largest_component`` turned into
-    background, which keep label 0 whatever their probability.
+    ``threshold``: one probability, or one per class (C,). Voxels below their predicted class's
+    threshold get ``IGNORE_LABEL``, except those ``largest_component`` turned into background,
+    which keep label 0 whatever their probability.
+    """
+    label, confidence = argmax_and_confidence(probabilities, largest_component)
+    return select(label, confidence, threshold)
+
+
+def argmax_and_confidence(
+    probabilities: np.ndarray, largest_component: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (S, H, W) uint8 argmax of (C, S, H, W) probabilities and its (S, H, W) float32
+    confidence (top probability). With ``largest_component`` each class is cut to its largest
+    body; the voxels cut away become background with confidence +inf, so any threshold keeps them.
     """
     from udaseg.inference import keep_largest_component
 
     if probabilities.ndim != 4:
         raise ValueError(f"probabilities must be (C, S, H, W), got {probabilities.shape}")
     label = probabilities.argmax(0).astype(np.uint8)
-    confident = probabilities.max(0) >= threshold
-    removed = np.zeros(label.shape, dtype=bool)
+    confidence = probabilities.max(0).astype(np.float32)
     if largest_component:
         kept = keep_largest_component(label)
-        removed = kept != label
+        confidence[kept != label] = np.inf
         label = kept
-    return np.where(confident | removed, label, np.uint8(IGNORE_LABEL))
+    return label, confidence
+
+
+def select(label: np.ndarray, confidence: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """``label`` where ``confidence`` reaches the threshold of the voxel's class, else
+    ``IGNORE_LABEL``; ``threshold`` is one value or one per class id."""
+    per_class = np.asarray(threshold, dtype=np.float32)
+    needed = per_class[label] if per_class.ndim else per_class
+    return np.where(confidence >= needed, label, np.uint8(IGNORE_LABEL)).astype(np.uint8)
+
+
+def confidence_histogram(label: np.ndarray, confidence: np.ndarray, classes: int) -> np.ndarray:
+    """(classes, _BINS) counts of the voxels predicted as each class by binned confidence; the
+    voxels the largest-component step relabelled (confidence +inf) are left out."""
+    finite = np.isfinite(confidence)
+    bins = np.minimum((confidence[finite] * _BINS).astype(np.int64), _BINS - 1)
+    flat = label[finite].astype(np.int64) * _BINS + bins
+    return np.bincount(flat, minlength=classes * _BINS)[: classes * _BINS].reshape(classes, _BINS)
+
+
+def class_thresholds(histogram: np.ndarray, portion: float) -> np.ndarray:
+    """(C,) per-class thresholds from (C, _BINS) confidence counts: the lower edge of the bin in
+    which the top ``portion`` of each class's voxels begins (CBST's k_c). A class nobody was
+    predicted as gets threshold 1 (nothing to keep)."""
+    thresholds = np.ones(histogram.shape[0], dtype=np.float32)
+    for cls, counts in enumerate(histogram):
+        total = int(counts.sum())
+        if total == 0:
+            continue
+        # counts from the most confident bin down: the first bin that brings the kept share to
+        # ``portion`` sets the threshold (ties within a bin are all kept)
+        from_top = np.cumsum(counts[::-1])
+        first = int(np.searchsorted(from_top, portion * total))
+        thresholds[cls] = (len(counts) - 1 - min(first, len(counts) - 1)) / len(counts)
+    return thresholds
 
 
 def run_name(config: PseudoLabelConfig) -> str:
@@ -131,6 +190,12 @@ def run(
             hint="0.9 keeps the voxels the model is sure of; 0 keeps every voxel",
             exit_code=2,
         )
+    if config.portion is not None and not 0.0 < config.portion <= 1.0:
+        raise UdasegError(
+            f"--portion {config.portion}: need a fraction in (0, 1]",
+            hint="0.5 keeps the surer half of each class's voxels (CBST's largest portion)",
+            exit_code=2,
+        )
     if config.batch_size < 1:
         raise UdasegError(f"--batch-size {config.batch_size}: need >= 1", exit_code=2)
     model = resolve_model(config.model_dir, config.checkpoint)
@@ -162,6 +227,8 @@ def run(
         "split": config.split,
         "cases": cases,
         "threshold": float(config.threshold),
+        # only when given, so the thresholded stores made before it keep their config hash
+        **({} if config.portion is None else {"portion": float(config.portion)}),
         "largest_component": bool(config.largest_component),
         "bf16": bool(config.amp and device.startswith("cuda")),
         "pseudo_version": PSEUDO_VERSION,
@@ -184,12 +251,43 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
     network, info = load_model(model.directory, config.checkpoint, device)
     classes = list(store.classes)
     names = ["background", *classes]
+    balanced = config.portion is not None
+    histogram = np.zeros((len(names), _BINS), dtype=np.int64)
     counts = np.zeros(len(names), dtype=np.int64)
     total = kept_total = 0
     per_case: dict[str, float] = {}
     task = progress.task(f"pseudo-label {Path(config.model_dir).name}", len(cases))
     # nothing to resume: a failure leaves no half-written artifact behind
     with artifacts.building(out, discard_on_error=True) as tmp:
+        scratch = tmp / "scratch"  # class-balanced: the predictions wait here for the thresholds
+
+        def predicted(case):
+            probabilities = predict_volume(
+                network,
+                store.image(case),
+                dims=model_dims(info),
+                patch_size=info.get("patch_size"),
+                batch_size=config.batch_size,
+                device=device,
+                amp=config.amp,
+                in_channels=int(info.get("in_channels", 1)),
+            )
+            return argmax_and_confidence(probabilities, config.largest_component)
+
+        if balanced:
+            # first pass: every case's prediction, and the confidences of each predicted class
+            scratch.mkdir()
+            first = progress.task("predict (class-balanced: thresholds over all cases)", len(cases))
+            for case in cases:
+                label, confidence = predicted(case)
+                histogram += confidence_histogram(label, confidence, len(names))
+                np.save(scratch / f"{case}.label.npy", label)
+                np.save(scratch / f"{case}.confidence.npy", confidence.astype(np.float16))
+                progress.advance(first, case=case)
+            thresholds = class_thresholds(histogram, float(config.portion))
+        else:
+            thresholds = np.full(len(names), config.threshold, dtype=np.float32)
+        threshold_record = dict(zip(names, [round(float(t), 4) for t in thresholds], strict=True))
         with StoreWriter(
             tmp / "store.h5",
             dataset=store.dataset,
@@ -200,18 +298,12 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
             labelled=True,
         ) as writer:
             for case in cases:
-                image = store.image(case)
-                probabilities = predict_volume(
-                    network,
-                    image,
-                    dims=model_dims(info),
-                    patch_size=info.get("patch_size"),
-                    batch_size=config.batch_size,
-                    device=device,
-                    amp=config.amp,
-                    in_channels=int(info.get("in_channels", 1)),
-                )
-                label = pseudo_label(probabilities, config.threshold, config.largest_component)
+                if balanced:
+                    label = np.load(scratch / f"{case}.label.npy")
+                    confidence = np.load(scratch / f"{case}.confidence.npy").astype(np.float32)
+                else:
+                    label, confidence = predicted(case)
+                label = select(label, confidence, thresholds)
                 # voxels per class id 0..C (the ignored ones, 255, fall outside and are dropped)
                 case_counts = np.bincount(label.ravel(), minlength=256)[: len(names)]
                 counts += case_counts
@@ -222,12 +314,18 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
                     "model": str(model.directory.resolve()),
                     "checkpoint": model.checkpoint.name,
                     "threshold": float(config.threshold),
+                    "portion": config.portion,
+                    "thresholds": threshold_record,
                     "largest_component": bool(config.largest_component),
                     "kept": per_case[case],
                     "voxels": dict(zip(names, case_counts.tolist(), strict=True)),
                 }
-                writer.add_case(case, image, label, {**store.meta(case), "pseudo_label": record})
+                writer.add_case(
+                    case, store.image(case), label, {**store.meta(case), "pseudo_label": record}
+                )
                 progress.advance(task, case=case)
+        if balanced:
+            shutil.rmtree(scratch)
         splits = {"train": cases, "val": [], "test": [], "source": f"pseudo-label {out.name}"}
         (tmp / SPLITS).write_text(json.dumps(splits, indent=2) + "\n")
         summary = {
@@ -237,6 +335,7 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
             "cases": len(cases),
             "kept": round(kept_total / max(total, 1), 4),
             "kept_per_case": per_case,
+            "thresholds": threshold_record,
             "voxels": dict(zip(names, counts.tolist(), strict=True)),
             "seconds": round(time.perf_counter() - started, 2),
             "device": device,

@@ -24,6 +24,7 @@ import torch
 
 from udaseg import artifacts
 from udaseg.data.sampling import (
+    BalancedSampler,
     PatchSampler,
     SliceSampler,
     Source,
@@ -67,6 +68,10 @@ RECIPE_KEYS = (
 class SegmentTrainConfig:
     """One training run. ``recipe`` holds overrides of the model's recipe (None = the paper's).
 
+    balance_stores: each batch takes an equal share from each store of ``train`` (self-training:
+    half labelled source, half pseudo-labelled target) instead of drawing from their pooled slices,
+    where the store with more slices dominates.
+
     train: store artifacts to train on; val: store artifact to validate on (default the first of
     ``train``); monitor: store artifacts whose ``monitor_split`` Dice is logged, never used to pick
     a model; runtime-only: device, amp, channels_last, compile, resume, log_every.
@@ -86,6 +91,7 @@ class SegmentTrainConfig:
     augment: bool = True
     intensity_net: float = 0.0
     foreground_fraction: float = 0.5
+    balance_stores: bool = False
     seed: int = 0
     checkpoint_every: int = 200
     val_every: int = 500
@@ -162,6 +168,8 @@ def _result_config(config: SegmentTrainConfig) -> dict[str, Any]:
         "name",
     ):
         data.pop(key)
+    if not config.balance_stores:  # recorded only when on: older runs keep their config hash
+        data.pop("balance_stores")
     data["train"] = [str(Path(p).resolve()) for p in config.train]
     data["val"] = str(Path(config.val).resolve()) if config.val else None
     return data
@@ -267,7 +275,6 @@ def _sources(paths: list[Path], stores: list[Store], split: str) -> list[Source]
 
 def _sampler(config, recipe, dims, stores, rng):
     sources = _sources(config.train, stores[: len(config.train)], config.train_split)
-    bank = VolumeBank(sources, need_labels=True)
     patch = tuple(int(s) for s in recipe["patch_size"])
     if len(patch) != dims:
         raise UdasegError(
@@ -276,7 +283,24 @@ def _sampler(config, recipe, dims, stores, rng):
             exit_code=2,
         )
     cls = SliceSampler if dims == 2 else PatchSampler
-    return cls(bank, patch, int(recipe["batch_size"]), rng, config.foreground_fraction)
+    batch = int(recipe["batch_size"])
+    if not config.balance_stores or len(sources) == 1:
+        bank = VolumeBank(sources, need_labels=True)
+        return cls(bank, patch, batch, rng, config.foreground_fraction)
+    if batch < len(sources):
+        raise UdasegError(
+            f"--balance-stores: a batch of {batch} cannot take a share from each of "
+            f"{len(sources)} training stores",
+            hint=f"use --batch-size {len(sources)} or more",
+            exit_code=2,
+        )
+    shares = [batch // len(sources) + (i < batch % len(sources)) for i in range(len(sources))]
+    return BalancedSampler(
+        [
+            cls(VolumeBank([source], need_labels=True), patch, n, rng, config.foreground_fraction)
+            for source, n in zip(sources, shares, strict=True)
+        ]
+    )
 
 
 def _step_fn(sampler, criterion, config, dims, runtime):
