@@ -245,14 +245,11 @@ def predict_cases(
     return seconds
 
 
-def model_segmenter(model, info: dict[str, Any], config: PredictConfig, device: str) -> Segmenter:
-    """:func:`udaseg.inference.segment_volume` with the model's layout and the run's options."""
-    from udaseg.inference import keep_largest_component, segment_volume
-
+def inference_options(info: dict[str, Any], config: PredictConfig, device: str) -> dict:
+    """Keyword arguments of :func:`udaseg.inference.predict_volume` / ``segment_volume`` for a
+    model of layout ``info`` (model.json) under the run's options."""
     dims = model_dims(info)
-    segment = functools.partial(
-        segment_volume,
-        model,
+    return dict(
         dims=dims,
         patch_size=info.get("patch_size"),
         batch_size=config.batch_size,
@@ -263,6 +260,13 @@ def model_segmenter(model, info: dict[str, Any], config: PredictConfig, device: 
         amp=config.amp,
         in_channels=int(info.get("in_channels", 1)),
     )
+
+
+def model_segmenter(model, info: dict[str, Any], config: PredictConfig, device: str) -> Segmenter:
+    """:func:`udaseg.inference.segment_volume` with the model's layout and the run's options."""
+    from udaseg.inference import keep_largest_component, segment_volume
+
+    segment = functools.partial(segment_volume, model, **inference_options(info, config, device))
     if not config.largest_component:
         return segment
     return lambda volume: keep_largest_component(segment(volume))
@@ -275,27 +279,13 @@ def ensemble_segmenter(
     argmax of their mean class probabilities, each model with its own window."""
     from udaseg.inference import keep_largest_component, predict_volume
 
-    def probabilities(model, info: dict[str, Any], volume: np.ndarray) -> np.ndarray:
-        dims = model_dims(info)
-        return predict_volume(
-            model,
-            volume,
-            dims=dims,
-            patch_size=info.get("patch_size"),
-            batch_size=config.batch_size,
-            stride=config.stride,
-            gaussian=config.gaussian,
-            tta_flips=tta_axes(dims) if config.tta else (),
-            device=device,
-            amp=config.amp,
-            in_channels=int(info.get("in_channels", 1)),
-        )
+    options = [inference_options(info, config, device) for _, info in models]
 
     def segment(volume: np.ndarray) -> np.ndarray:
         # the sum has the mean's argmax; one (C, S, H, W) buffer at a time
-        total = probabilities(*models[0], volume)
-        for model, info in models[1:]:
-            total += probabilities(model, info, volume)
+        total = predict_volume(models[0][0], volume, **options[0])
+        for (model, _), kwargs in zip(models[1:], options[1:], strict=True):
+            total += predict_volume(model, volume, **kwargs)
         label = total.argmax(0).astype(np.uint8)
         return keep_largest_component(label) if config.largest_component else label
 
