@@ -266,7 +266,6 @@ class BalancedSampler:
 
     def __init__(self, samplers: list[SliceSampler | PatchSampler]) -> None:
         self.samplers = samplers
-        self.batch_size = sum(s.batch_size for s in samplers)
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray | None]:
         parts = [sampler() for sampler in self.samplers]

@@ -245,20 +245,43 @@ def predict_cases(
     return seconds
 
 
-def inference_options(info: dict[str, Any], config: PredictConfig, device: str) -> dict:
+def inference_options(
+    info: dict[str, Any],
+    device: str,
+    *,
+    batch_size: int,
+    amp: bool,
+    stride: float | tuple[int, ...] | None = None,
+    gaussian: bool = True,
+    tta: bool = False,
+) -> dict:
     """Keyword arguments of :func:`udaseg.inference.predict_volume` / ``segment_volume`` for a
-    model of layout ``info`` (model.json) under the run's options."""
+    model of layout ``info`` (model.json): its dimensions, window and input channels, with the
+    run's options (``tta``: the flips of :func:`tta_axes`)."""
     dims = model_dims(info)
     return dict(
         dims=dims,
         patch_size=info.get("patch_size"),
+        batch_size=batch_size,
+        stride=stride,
+        gaussian=gaussian,
+        tta_flips=tta_axes(dims) if tta else (),
+        device=device,
+        amp=amp,
+        in_channels=int(info.get("in_channels", 1)),
+    )
+
+
+def _run_options(info: dict[str, Any], config: PredictConfig, device: str) -> dict:
+    """:func:`inference_options` with a predict run's options."""
+    return inference_options(
+        info,
+        device,
         batch_size=config.batch_size,
+        amp=config.amp,
         stride=config.stride,
         gaussian=config.gaussian,
-        tta_flips=tta_axes(dims) if config.tta else (),
-        device=device,
-        amp=config.amp,
-        in_channels=int(info.get("in_channels", 1)),
+        tta=config.tta,
     )
 
 
@@ -266,7 +289,7 @@ def model_segmenter(model, info: dict[str, Any], config: PredictConfig, device: 
     """:func:`udaseg.inference.segment_volume` with the model's layout and the run's options."""
     from udaseg.inference import keep_largest_component, segment_volume
 
-    segment = functools.partial(segment_volume, model, **inference_options(info, config, device))
+    segment = functools.partial(segment_volume, model, **_run_options(info, config, device))
     if not config.largest_component:
         return segment
     return lambda volume: keep_largest_component(segment(volume))
@@ -279,7 +302,7 @@ def ensemble_segmenter(
     argmax of their mean class probabilities, each model with its own window."""
     from udaseg.inference import keep_largest_component, predict_volume
 
-    options = [inference_options(info, config, device) for _, info in models]
+    options = [_run_options(info, config, device) for _, info in models]
 
     def segment(volume: np.ndarray) -> np.ndarray:
         # the sum has the mean's argmax; one (C, S, H, W) buffer at a time
@@ -563,17 +586,19 @@ def require_model(model: ModelSource, force: bool) -> None:
 
 
 def _stage_config(
-    config: PredictConfig, model: ModelSource, data: DataSource, ids: list[str], device: str
+    config: PredictConfig,
+    model: ModelSource,
+    data: DataSource,
+    ids: list[str],
+    device: str,
+    members: list[ModelSource],
 ) -> dict[str, Any]:
     stride = list(config.stride) if isinstance(config.stride, tuple | list) else config.stride
-    members = {}
-    if config.ensemble:  # only when given, so single-model runs keep their config hash
-        members["ensemble"] = [
-            resolve_model(d, config.checkpoint).record() for d in config.ensemble
-        ]
+    # recorded only when given, so single-model runs keep their config hash
+    ensemble = {"ensemble": [m.record() for m in members]} if members else {}
     return {
         "model": model.record(),
-        **members,
+        **ensemble,
         "data": data.record(ids),
         "cases": ids,
         "dims": model_dims(model.info),
@@ -636,13 +661,13 @@ def run(
         # the merged artifact records what one unsharded run would have, so that run (e.g. a
         # later `udaseg run`) finds it current instead of predicting everything again
         whole = dataclasses.replace(config, shard=None, merge_shards=False)
-        merged_config = _stage_config(whole, model, data, ids, device)
+        merged_config = _stage_config(whole, model, data, ids, device, members)
         merged_inputs = _ensemble_inputs(input_records(model, data), members)
         return merge_shards(
             work, name, merged_config, merged_inputs, force=force, progress=progress
         )
     out = output_dir(work, name, config.shard)
-    stage_config = _stage_config(config, model, data, ids, device)
+    stage_config = _stage_config(config, model, data, ids, device, members)
     inputs = _ensemble_inputs(input_records(model, data), members)
     if not force and artifacts.is_current(out, stage_config, inputs):
         progress.log(f"{out} is up to date (same model, data and options); skipped")

@@ -244,7 +244,7 @@ def run(
 
 def _label(config, model, store, cases, device, out, stage_config, inputs, progress):
     from udaseg.inference import predict_volume
-    from udaseg.stages.predict import model_dims
+    from udaseg.stages.predict import inference_options
     from udaseg.training.checkpoint import load_model
 
     started = time.perf_counter()
@@ -261,17 +261,10 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
     with artifacts.building(out, discard_on_error=True) as tmp:
         scratch = tmp / "scratch"  # class-balanced: the predictions wait here for the thresholds
 
+        options = inference_options(info, device, batch_size=config.batch_size, amp=config.amp)
+
         def predicted(case):
-            probabilities = predict_volume(
-                network,
-                store.image(case),
-                dims=model_dims(info),
-                patch_size=info.get("patch_size"),
-                batch_size=config.batch_size,
-                device=device,
-                amp=config.amp,
-                in_channels=int(info.get("in_channels", 1)),
-            )
+            probabilities = predict_volume(network, store.image(case), **options)
             return argmax_and_confidence(probabilities, config.largest_component)
 
         if balanced:
