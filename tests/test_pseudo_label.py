@@ -125,6 +125,36 @@ def test_class_balanced_selection_never_ignores_the_largest_component_cut():
     assert (pseudo_label.select(label, confidence, thresholds)[1, 6, 6:8] == 0).all()
 
 
+def test_a_margin_leaves_the_background_near_predicted_organs_unlabelled():
+    # a 3x3x3 organ in a sure background; spacing (S, H, W) = (4, 1, 1) mm
+    probabilities = np.zeros((2, 5, 16, 16), np.float32)
+    probabilities[0] = 0.99
+    probabilities[1, 1:4, 5:8, 5:8], probabilities[0, 1:4, 5:8, 5:8] = 0.99, 0.01
+    probabilities[1, 1, 14, 14:16], probabilities[0, 1, 14, 14:16] = 0.6, 0.4  # detached island
+    label, confidence = pseudo_label.argmax_and_confidence(probabilities, largest_component=True)
+    selected = pseudo_label.select(label, confidence, 0.9)
+    assert (selected != IGNORE_LABEL).all()  # everything sure: nothing left out without a margin
+    out = pseudo_label.unlabel_margin(selected, label, confidence, (4.0, 1.0, 1.0), 2.0)
+    assert (out[1:4, 5:8, 5:8] == 1).all()  # the organ keeps its label
+    # in-plane: 2 voxels (2 mm) around the organ unlabelled, the third kept
+    assert (out[2, 3:5, 6] == IGNORE_LABEL).all() and out[2, 2, 6] == 0
+    assert (out[2, 8:10, 6] == IGNORE_LABEL).all() and out[2, 10, 6] == 0
+    # through-plane the next slice lies 4 mm away: beyond a 2 mm margin
+    assert out[0, 6, 6] == 0 and out[4, 6, 6] == 0
+    assert (
+        pseudo_label.unlabel_margin(selected, label, confidence, (4.0, 1.0, 1.0), 4.0)[0, 6, 6]
+        == IGNORE_LABEL
+    )
+    # the largest-component cut stays labelled background, and far background keeps its label
+    assert (out[1, 14, 14:16] == 0).all() and out[0, 0, 0] == 0
+    # per slice: 12 voxels at 1 mm, 12 at 2 mm, 4 diagonal at 1.41 mm (those at 2.24 and 2.83 kept)
+    assert (out == IGNORE_LABEL).sum() == 3 * 28
+    # off, or nothing predicted: unchanged
+    assert pseudo_label.unlabel_margin(selected, label, confidence, (1, 1, 1), 0.0) is selected
+    empty = np.zeros_like(label)
+    assert (pseudo_label.unlabel_margin(empty, empty, confidence, (1, 1, 1), 5.0) == 0).all()
+
+
 def test_ignored_voxels_are_not_foreground_and_reach_the_loss_as_its_ignore_index(tmp_path):
     from udaseg.data.store import StoreWriter
 
@@ -198,6 +228,30 @@ def test_class_balanced_pseudo_labels_keep_the_asked_portion_of_each_class(work)
     assert "portion" not in pseudo_label.run(_config(work, threshold=0.6), work).config
     with pytest.raises(UdasegError, match="--portion 0"):
         pseudo_label.run(_config(work, portion=0.0, name="cb0"), work)
+
+
+def test_a_margin_is_recorded_and_leaves_more_voxels_unlabelled(work, monkeypatch):
+    import udaseg.inference
+
+    def organ_in_the_middle(network, image, **options):
+        # the few-step test model may predict no organ at all; a sure one makes the margin bite
+        probabilities = np.zeros((3, *image.shape), np.float32)
+        probabilities[0] = 1.0
+        s, h, w = image.shape
+        probabilities[:, :, h // 4 : h // 2, w // 4 : w // 2] = np.array([0, 1, 0])[
+            :, None, None, None
+        ]
+        return probabilities
+
+    monkeypatch.setattr(udaseg.inference, "predict_volume", organ_in_the_middle)
+    plain = pseudo_label.run(_config(work, threshold=0.0), work)
+    margin = pseudo_label.run(_config(work, threshold=0.0, margin_mm=3.0, name="m3"), work)
+    assert margin.config["margin_mm"] == 3.0 and "margin_mm" not in plain.config
+    assert margin.summary["margin_mm"] == 3.0 and margin.summary["kept"] < plain.summary["kept"]
+    store = Store(work / "pseudo" / "m3" / "store.h5")
+    assert store.meta(store.case_ids[0])["pseudo_label"]["margin_mm"] == 3.0
+    with pytest.raises(UdasegError, match="--margin -1"):
+        pseudo_label.run(_config(work, margin_mm=-1.0, name="mneg"), work)
 
 
 def test_the_report_draws_the_pseudo_labelled_store(work):

@@ -494,6 +494,16 @@ def pseudo_label(
             rich_help_panel=RESULTS,
         ),
     ] = None,
+    margin: Annotated[
+        float,
+        typer.Option(
+            help="mm: background within this distance of a predicted organ stays unlabelled, "
+            "however sure the model is (a cross-modality model mostly under-segments; the "
+            "student then learns organ extents from the labelled source). 0 is off.",
+            min=0.0,
+            rich_help_panel=RESULTS,
+        ),
+    ] = 0.0,
     largest_component: Annotated[
         bool,
         typer.Option(
@@ -533,6 +543,7 @@ def pseudo_label(
         split=split,
         threshold=threshold,
         portion=portion,
+        margin_mm=margin,
         largest_component=largest_component,
         checkpoint=checkpoint,
         name=name,

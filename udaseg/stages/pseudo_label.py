@@ -81,6 +81,7 @@ class PseudoLabelConfig:
     split: str = "train"
     threshold: float = 0.9
     portion: float | None = None
+    margin_mm: float = 0.0
     largest_component: bool = True
     checkpoint: str = "final"
     name: str | None = None
@@ -128,6 +129,38 @@ def select(label: np.ndarray, confidence: np.ndarray, threshold: float | np.ndar
     per_class = np.asarray(threshold, dtype=np.float32)
     needed = per_class[label] if per_class.ndim else per_class
     return np.where(confidence >= needed, label, np.uint8(IGNORE_LABEL)).astype(np.uint8)
+
+
+def unlabel_margin(
+    selected: np.ndarray,
+    label: np.ndarray,
+    confidence: np.ndarray,
+    spacing_shw: tuple[float, float, float],
+    margin_mm: float,
+) -> np.ndarray:
+    """``selected`` (S, H, W) pseudo-labels with the background voxels within ``margin_mm`` (mm)
+    of an organ of ``label`` (the argmax after the largest-component step, same shape) set to
+    ``IGNORE_LABEL``; the voxels the largest-component step made background (``confidence``
+    +inf) keep their label. ``spacing_shw``: voxel size in mm in array order.
+    """
+    from scipy import ndimage
+
+    organs = label > 0
+    if margin_mm <= 0 or not organs.any():
+        return selected
+    # the distance transform only needs the organs' bounding box grown by the margin: whole CT
+    # volumes would otherwise cost a float64 map and an index map per voxel
+    reach = [int(np.ceil(margin_mm / s)) + 1 for s in spacing_shw]
+    where = np.nonzero(organs)
+    box = tuple(
+        slice(max(int(w.min()) - r, 0), min(int(w.max()) + r + 1, n))
+        for w, r, n in zip(where, reach, organs.shape, strict=True)
+    )
+    distance = ndimage.distance_transform_edt(~organs[box], sampling=spacing_shw)
+    near = (distance <= margin_mm) & (selected[box] == 0) & np.isfinite(confidence[box])
+    out = selected.copy()
+    out[box][near] = IGNORE_LABEL
+    return out
 
 
 def confidence_histogram(label: np.ndarray, confidence: np.ndarray, classes: int) -> np.ndarray:
@@ -196,6 +229,12 @@ def run(
             hint="0.5 keeps the surer half of each class's voxels (CBST's largest portion)",
             exit_code=2,
         )
+    if not 0.0 <= config.margin_mm <= 100.0:
+        raise UdasegError(
+            f"--margin {config.margin_mm}: need a distance in mm in [0, 100]",
+            hint="10 leaves the background within 1 cm of a predicted organ unlabelled; 0 is off",
+            exit_code=2,
+        )
     if config.batch_size < 1:
         raise UdasegError(f"--batch-size {config.batch_size}: need >= 1", exit_code=2)
     model = resolve_model(config.model_dir, config.checkpoint)
@@ -229,6 +268,7 @@ def run(
         "threshold": float(config.threshold),
         # only when given, so the thresholded stores made before it keep their config hash
         **({} if config.portion is None else {"portion": float(config.portion)}),
+        **({"margin_mm": float(config.margin_mm)} if config.margin_mm > 0 else {}),
         "largest_component": bool(config.largest_component),
         "bf16": bool(config.amp and device.startswith("cuda")),
         "pseudo_version": PSEUDO_VERSION,
@@ -296,7 +336,13 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
                     confidence = np.load(scratch / f"{case}.confidence.npy").astype(np.float32)
                 else:
                     label, confidence = predicted(case)
-                label = select(label, confidence, thresholds)
+                selected = select(label, confidence, thresholds)
+                if config.margin_mm > 0:
+                    spacing = store.meta(case)["processed"]["spacing"]  # (x, y, z) mm
+                    selected = unlabel_margin(
+                        selected, label, confidence, tuple(spacing[::-1]), config.margin_mm
+                    )
+                label = selected
                 # voxels per class id 0..C (the ignored ones, 255, fall outside and are dropped)
                 case_counts = np.bincount(label.ravel(), minlength=256)[: len(names)]
                 counts += case_counts
@@ -309,6 +355,7 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
                     "threshold": float(config.threshold),
                     "portion": config.portion,
                     "thresholds": threshold_record,
+                    "margin_mm": float(config.margin_mm),
                     "largest_component": bool(config.largest_component),
                     "kept": per_case[case],
                     "voxels": dict(zip(names, case_counts.tolist(), strict=True)),
@@ -329,6 +376,7 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
             "kept": round(kept_total / max(total, 1), 4),
             "kept_per_case": per_case,
             "thresholds": threshold_record,
+            "margin_mm": float(config.margin_mm),
             "voxels": dict(zip(names, counts.tolist(), strict=True)),
             "seconds": round(time.perf_counter() - started, 2),
             "device": device,
