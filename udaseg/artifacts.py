@@ -32,7 +32,7 @@ import os
 import shutil
 import subprocess
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,6 +308,24 @@ def is_current(artifact_dir: Path, config: dict[str, Any], inputs: dict[str, dic
     recorded = {k: v.get("manifest_hash") for k, v in manifest.inputs.items()}
     wanted = {k: v.get("manifest_hash") for k, v in inputs.items()}
     return recorded == wanted and _stale_reason(Path(artifact_dir), manifest) is None
+
+
+def reuse_if_current(
+    artifact_dir: Path,
+    config: dict[str, Any],
+    inputs: dict[str, dict],
+    log: Callable[[str], None],
+    redo: str = "use --force to recompute",
+) -> Manifest | None:
+    """The finished artifact's manifest, its summary marked ``skipped``, when ``artifact_dir`` is
+    current (:func:`is_current`); None when the stage must (re)build it. ``log`` gets one line
+    saying so and ``redo`` (how to rebuild anyway)."""
+    if not is_current(artifact_dir, config, inputs):
+        return None
+    log(f"{artifact_dir} is up to date; skipped ({redo})")
+    done = load_manifest(artifact_dir)
+    done.summary = {**done.summary, "skipped": True}
+    return done
 
 
 def check_run_name(name: str) -> str:

@@ -112,10 +112,14 @@ def run(
         "model": model,
         "model_kwargs": model_kwargs,
     }
-    if not force and artifacts.is_current(out, stage_config, inputs):
-        progress.log(f"{out} is up to date; skipped (use --force to retrain)")
-        done = artifacts.load_manifest(out)
-        done.summary = {**done.summary, "skipped": True}
+    done = (
+        None
+        if force
+        else artifacts.reuse_if_current(
+            out, stage_config, inputs, progress.log, "use --force to retrain"
+        )
+    )
+    if done:
         return done
     runtime = loop.setup_runtime(config.device, config.amp, config.channels_last, config.compile)
     job = _Job(config, spec, recipe, model, model_kwargs, source, target, init, runtime)

@@ -117,10 +117,8 @@ def run(
     out = Path(work) / "styles" / run_name(config, translate.name)
     device = resolve_device(config.device)
     stage_config = _stage_config(config, translate, target_dir, device)
-    if not force and artifacts.is_current(out, stage_config, inputs):
-        progress.log(f"{out} is up to date; skipped (use --force to recompute)")
-        done = artifacts.load_manifest(out)
-        done.summary = {**done.summary, "skipped": True}
+    done = None if force else artifacts.reuse_if_current(out, stage_config, inputs, progress.log)
+    if done:
         return done
     with artifacts.building(out) as tmp:
         started = time.perf_counter()

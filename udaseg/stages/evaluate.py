@@ -663,10 +663,8 @@ def run(
     options = _options(config, metrics)
     out = output_dir(work, run_name(config))
     stage_config = _stage_config(config, manifest, pred, ref, ids, options)
-    if not force and artifacts.is_current(out, stage_config, inputs):
-        progress.log(f"{out} is up to date (same inputs and options); skipped")
-        done = artifacts.load_manifest(out)
-        done.summary = {**done.summary, "skipped": True}
+    done = None if force else artifacts.reuse_if_current(out, stage_config, inputs, progress.log)
+    if done:
         return done
     started = time.perf_counter()
     jobs = [

@@ -669,10 +669,8 @@ def run(
     out = output_dir(work, name, config.shard)
     stage_config = _stage_config(config, model, data, ids, device, members)
     inputs = _ensemble_inputs(input_records(model, data), members)
-    if not force and artifacts.is_current(out, stage_config, inputs):
-        progress.log(f"{out} is up to date (same model, data and options); skipped")
-        done = artifacts.load_manifest(out)
-        done.summary = {**done.summary, "skipped": True}
+    done = None if force else artifacts.reuse_if_current(out, stage_config, inputs, progress.log)
+    if done:
         return done
     return _predict(config, model, data, ids, device, out, stage_config, inputs, progress)
 
@@ -825,10 +823,8 @@ def merge_shards(
             hint="merge with the same --data, --cases/--split and model as the shards",
         )
     out = output_dir(work, name)
-    if not force and artifacts.is_current(out, config, inputs):
-        progress.log(f"{out} is up to date (same shards); skipped")
-        done = artifacts.load_manifest(out)
-        done.summary = {**done.summary, "skipped": True}
+    done = None if force else artifacts.reuse_if_current(out, config, inputs, progress.log)
+    if done:
         return done
     with artifacts.building(out) as tmp:
         seconds: dict[str, float] = {}

@@ -106,10 +106,8 @@ def _run_domain(manifest, domain, config, work, force, progress) -> artifacts.Ma
     cases = _shard(all_cases, config.shard)
     out = output_dir(work, manifest.name, domain.name, config.shard)
     stage_config = _stage_config(manifest, domain, config, cases)
-    if not force and artifacts.is_current(out, stage_config, {}):
-        progress.log(f"{out} is up to date (same manifest, options and raw files); skipped")
-        done = artifacts.load_manifest(out)
-        done.summary = {**done.summary, "skipped": True}
+    done = None if force else artifacts.reuse_if_current(out, stage_config, {}, progress.log)
+    if done:
         return done
     started = time.perf_counter()
     # nothing to resume: a failure leaves no half-written artifact behind
@@ -256,10 +254,8 @@ def _merge(manifest, domain, config, work, force, progress) -> artifacts.Manifes
             hint="rerun the shards on the current raw data, then merge again",
         )
     out = output_dir(work, manifest.name, domain.name)
-    if not force and artifacts.is_current(out, whole, {}):
-        progress.log(f"{out} is up to date; skipped")
-        done = artifacts.load_manifest(out)
-        done.summary = {**done.summary, "skipped": True}
+    done = None if force else artifacts.reuse_if_current(out, whole, {}, progress.log)
+    if done:
         return done
     with artifacts.building(out) as tmp:
         merge_stores([s / "store.h5" for s in shards], tmp / "store.h5")

@@ -274,10 +274,8 @@ def run(
         "pseudo_version": PSEUDO_VERSION,
     }
     out = Path(work) / "pseudo" / run_name(config)
-    if not force and artifacts.is_current(out, stage_config, inputs):
-        progress.log(f"{out} is up to date; skipped (use --force to recompute)")
-        done = artifacts.load_manifest(out)
-        done.summary = {**done.summary, "skipped": True}
+    done = None if force else artifacts.reuse_if_current(out, stage_config, inputs, progress.log)
+    if done:
         return done
     return _label(config, model, store, cases, device, out, stage_config, inputs, progress)
 

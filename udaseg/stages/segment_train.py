@@ -133,10 +133,14 @@ def run(
     recipe = resolved_recipe(config)
     out = Path(work) / "segment" / run_name(config, stores[0])
     stage_config = {**_result_config(config), "recipe": recipe}
-    if not force and artifacts.is_current(out, stage_config, inputs):
-        progress.log(f"{out} is up to date; skipped (use --force to retrain)")
-        done = artifacts.load_manifest(out)
-        done.summary = {**done.summary, "skipped": True}
+    done = (
+        None
+        if force
+        else artifacts.reuse_if_current(
+            out, stage_config, inputs, progress.log, "use --force to retrain"
+        )
+    )
+    if done:
         return done
     runtime = loop.setup_runtime(config.device, config.amp, config.channels_last, config.compile)
     with artifacts.building(out, keep_partial=True) as tmp:

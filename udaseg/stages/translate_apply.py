@@ -204,10 +204,8 @@ def run(
         inputs["styles"] = artifacts.input_record(styles.run, styles.manifest)
     out = output_dir(work, run_name(config, translate, styles), config.shard)
     stage_config = _stage_config(config, translate, styles, source_dir, ids, device)
-    if not force and artifacts.is_current(out, stage_config, inputs):
-        progress.log(f"{out} is up to date; skipped (use --force to recompute)")
-        done = artifacts.load_manifest(out)
-        done.summary = {**done.summary, "skipped": True}
+    done = None if force else artifacts.reuse_if_current(out, stage_config, inputs, progress.log)
+    if done:
         return done
     job = _Job(config, translate, styles, source, source_dir, ids, device)
     return _apply(job, out, stage_config, inputs, progress)

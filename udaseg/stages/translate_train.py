@@ -186,10 +186,14 @@ def run(
     kwargs = constructor_kwargs(config.method, recipe, config.method_kwargs)
     out = Path(work) / "translate" / run_name(config, source, target)
     stage_config = {**_result_config(config), "recipe": recipe, "kwargs": kwargs}
-    if not force and artifacts.is_current(out, stage_config, inputs):
-        progress.log(f"{out} is up to date; skipped (use --force to retrain)")
-        done = artifacts.load_manifest(out)
-        done.summary = {**done.summary, "skipped": True}
+    done = (
+        None
+        if force
+        else artifacts.reuse_if_current(
+            out, stage_config, inputs, progress.log, "use --force to retrain"
+        )
+    )
+    if done:
         return done
     runtime = _runtime(config)
     with artifacts.building(out, keep_partial=True) as tmp:
