@@ -315,12 +315,14 @@ def reuse_if_current(
     config: dict[str, Any],
     inputs: dict[str, dict],
     log: Callable[[str], None],
+    *,
+    force: bool = False,
     redo: str = "use --force to recompute",
 ) -> Manifest | None:
     """The finished artifact's manifest, its summary marked ``skipped``, when ``artifact_dir`` is
-    current (:func:`is_current`); None when the stage must (re)build it. ``log`` gets one line
-    saying so and ``redo`` (how to rebuild anyway)."""
-    if not is_current(artifact_dir, config, inputs):
+    current (:func:`is_current`) and ``force`` is off; None when the stage must (re)build it.
+    ``log`` gets one line saying so and ``redo`` (how to rebuild anyway)."""
+    if force or not is_current(artifact_dir, config, inputs):
         return None
     log(f"{artifact_dir} is up to date; skipped ({redo})")
     done = load_manifest(artifact_dir)

@@ -112,12 +112,8 @@ def run(
         "model": model,
         "model_kwargs": model_kwargs,
     }
-    done = (
-        None
-        if force
-        else artifacts.reuse_if_current(
-            out, stage_config, inputs, progress.log, "use --force to retrain"
-        )
+    done = artifacts.reuse_if_current(
+        out, stage_config, inputs, progress.log, force=force, redo="use --force to retrain"
     )
     if done:
         return done

@@ -117,7 +117,7 @@ def run(
     out = Path(work) / "styles" / run_name(config, translate.name)
     device = resolve_device(config.device)
     stage_config = _stage_config(config, translate, target_dir, device)
-    done = None if force else artifacts.reuse_if_current(out, stage_config, inputs, progress.log)
+    done = artifacts.reuse_if_current(out, stage_config, inputs, progress.log, force=force)
     if done:
         return done
     with artifacts.building(out) as tmp:

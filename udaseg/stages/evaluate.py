@@ -663,7 +663,7 @@ def run(
     options = _options(config, metrics)
     out = output_dir(work, run_name(config))
     stage_config = _stage_config(config, manifest, pred, ref, ids, options)
-    done = None if force else artifacts.reuse_if_current(out, stage_config, inputs, progress.log)
+    done = artifacts.reuse_if_current(out, stage_config, inputs, progress.log, force=force)
     if done:
         return done
     started = time.perf_counter()

@@ -669,7 +669,7 @@ def run(
     out = output_dir(work, name, config.shard)
     stage_config = _stage_config(config, model, data, ids, device, members)
     inputs = _ensemble_inputs(input_records(model, data), members)
-    done = None if force else artifacts.reuse_if_current(out, stage_config, inputs, progress.log)
+    done = artifacts.reuse_if_current(out, stage_config, inputs, progress.log, force=force)
     if done:
         return done
     return _predict(config, model, data, ids, device, out, stage_config, inputs, progress)
@@ -823,7 +823,7 @@ def merge_shards(
             hint="merge with the same --data, --cases/--split and model as the shards",
         )
     out = output_dir(work, name)
-    done = None if force else artifacts.reuse_if_current(out, config, inputs, progress.log)
+    done = artifacts.reuse_if_current(out, config, inputs, progress.log, force=force)
     if done:
         return done
     with artifacts.building(out) as tmp:

@@ -106,7 +106,7 @@ def _run_domain(manifest, domain, config, work, force, progress) -> artifacts.Ma
     cases = _shard(all_cases, config.shard)
     out = output_dir(work, manifest.name, domain.name, config.shard)
     stage_config = _stage_config(manifest, domain, config, cases)
-    done = None if force else artifacts.reuse_if_current(out, stage_config, {}, progress.log)
+    done = artifacts.reuse_if_current(out, stage_config, {}, progress.log, force=force)
     if done:
         return done
     started = time.perf_counter()
@@ -254,7 +254,7 @@ def _merge(manifest, domain, config, work, force, progress) -> artifacts.Manifes
             hint="rerun the shards on the current raw data, then merge again",
         )
     out = output_dir(work, manifest.name, domain.name)
-    done = None if force else artifacts.reuse_if_current(out, whole, {}, progress.log)
+    done = artifacts.reuse_if_current(out, whole, {}, progress.log, force=force)
     if done:
         return done
     with artifacts.building(out) as tmp:

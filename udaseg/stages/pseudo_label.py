@@ -274,7 +274,7 @@ def run(
         "pseudo_version": PSEUDO_VERSION,
     }
     out = Path(work) / "pseudo" / run_name(config)
-    done = None if force else artifacts.reuse_if_current(out, stage_config, inputs, progress.log)
+    done = artifacts.reuse_if_current(out, stage_config, inputs, progress.log, force=force)
     if done:
         return done
     return _label(config, model, store, cases, device, out, stage_config, inputs, progress)

@@ -133,12 +133,8 @@ def run(
     recipe = resolved_recipe(config)
     out = Path(work) / "segment" / run_name(config, stores[0])
     stage_config = {**_result_config(config), "recipe": recipe}
-    done = (
-        None
-        if force
-        else artifacts.reuse_if_current(
-            out, stage_config, inputs, progress.log, "use --force to retrain"
-        )
+    done = artifacts.reuse_if_current(
+        out, stage_config, inputs, progress.log, force=force, redo="use --force to retrain"
     )
     if done:
         return done

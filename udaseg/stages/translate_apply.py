@@ -204,7 +204,7 @@ def run(
         inputs["styles"] = artifacts.input_record(styles.run, styles.manifest)
     out = output_dir(work, run_name(config, translate, styles), config.shard)
     stage_config = _stage_config(config, translate, styles, source_dir, ids, device)
-    done = None if force else artifacts.reuse_if_current(out, stage_config, inputs, progress.log)
+    done = artifacts.reuse_if_current(out, stage_config, inputs, progress.log, force=force)
     if done:
         return done
     job = _Job(config, translate, styles, source, source_dir, ids, device)

@@ -186,12 +186,8 @@ def run(
     kwargs = constructor_kwargs(config.method, recipe, config.method_kwargs)
     out = Path(work) / "translate" / run_name(config, source, target)
     stage_config = {**_result_config(config), "recipe": recipe, "kwargs": kwargs}
-    done = (
-        None
-        if force
-        else artifacts.reuse_if_current(
-            out, stage_config, inputs, progress.log, "use --force to retrain"
-        )
+    done = artifacts.reuse_if_current(
+        out, stage_config, inputs, progress.log, force=force, redo="use --force to retrain"
     )
     if done:
         return done
