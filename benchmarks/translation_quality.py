@@ -12,11 +12,13 @@ validation cases (or --cases), prints
   in the source (untranslated / translated) and in the target (target labels are used only to
   measure), on the normalised [-1, 1] scale;
 - multi-style (with --styles RUN): mean absolute difference between renderings of the same
-  slices in each pair of the K chosen styles.
+  slices in each pair of the K chosen styles;
+- with --both, the same for the reverse direction (target -> source -> target, on the target's
+  cases, the target segmenter as the cycle instrument): one CycleGAN run checks both ways.
 
     python benchmarks/translation_quality.py --translate W/translate/RUN \\
         --source-segmenter W/segment/unet_ct --target-segmenter W/segment/unet_mr \\
-        [--styles W/styles/RUN]
+        [--styles W/styles/RUN] [--both]
 """
 
 from __future__ import annotations
@@ -57,47 +59,70 @@ def main() -> None:
     parser.add_argument("--styles", type=Path, help="a cluster-styles run (multi-style check)")
     parser.add_argument("--cases", help="source cases (default: the val split)")
     parser.add_argument("--split", default="val")
+    parser.add_argument(
+        "--both",
+        action="store_true",
+        help="also measure the reverse direction (target -> source -> target) on the target's "
+        "--split cases, with the target segmenter as the cycle instrument (needs "
+        "--target-segmenter)",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
+    if args.both and not args.target_segmenter:
+        parser.error("--both needs --target-segmenter")
 
     run = open_run(args.translate)
     translator, _ = load_translator(args.translate)
     source, target = Store(store_path(run.source)), Store(store_path(run.target))
     cases = args.cases.split(",") if args.cases else split_cases(run.source, args.split, source)
-    classes = range(1, len(source.classes) + 1)
-    src_model, src_info = load_model(args.source_segmenter, "final")
+    src = load_model(args.source_segmenter, "final")
     tgt = load_model(args.target_segmenter, "final") if args.target_segmenter else None
 
+    report = {"translate": str(args.translate), "cases": cases}
+    forward = direction_report(translator, source, target, cases, src, tgt, back=False)
+    report.update(forward)
+    if args.styles:
+        originals = [source.image(case) for case in cases]
+        report["style_distances"] = style_distances(translator, args.styles, originals)
+    if args.both:
+        reverse_cases = split_cases(run.target, args.split, target)
+        reverse = direction_report(translator, target, source, reverse_cases, tgt, src, back=True)
+        report["reverse"] = {"cases": reverse_cases, **reverse}
+    print_report(report, source.classes)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def direction_report(translator, origin, other, cases, own, foreign, back: bool) -> dict:
+    """One direction of the translator: ``origin`` volumes of ``cases`` rendered in ``other``'s
+    appearance (``back``: with translate_back) and cycled back. ``own``: (model, info) trained on
+    ``origin`` (the cycle instrument); ``foreign``: trained on ``other`` or None."""
+    classes = range(1, len(origin.classes) + 1)
     rows, originals, translated, labels = [], [], [], []
     for case in cases:
-        image, label = source.image(case), source.label(case)
-        moved = render_volume(translator, image, None, 8, "cpu")
-        cycled = render_volume(translator, moved, None, 8, "cpu", back=True)
+        image, label = origin.image(case), origin.label(case)
+        moved = render_volume(translator, image, None, 8, "cpu", back=back)
+        cycled = render_volume(translator, moved, None, 8, "cpu", back=not back)
         row = {
             "case": case,
-            "dice_original": mean_dice(src_model, src_info, image, label, classes),
-            "dice_cycle": mean_dice(src_model, src_info, cycled, label, classes),
+            "dice_original": mean_dice(*own, image, label, classes),
+            "dice_cycle": mean_dice(*own, cycled, label, classes),
         }
-        if tgt:
-            row["target_model_on_source"] = mean_dice(tgt[0], tgt[1], image, label, classes)
-            row["target_model_on_translated"] = mean_dice(tgt[0], tgt[1], moved, label, classes)
+        if foreign:
+            row["target_model_on_source"] = mean_dice(*foreign, image, label, classes)
+            row["target_model_on_translated"] = mean_dice(*foreign, moved, label, classes)
         rows.append(row)
         originals.append(image)
         translated.append(moved)
         labels.append(label)
-
-    report = {"translate": str(args.translate), "cases": cases, "per_case": rows}
+    report = {"per_case": rows}
     for key in rows[0]:
         if key != "case":
             report[key] = float(np.mean([r[key] for r in rows]))
     report["wasserstein"] = wasserstein_report(
-        source, target, originals, translated, labels, classes
+        origin, other, originals, translated, labels, classes
     )
-    if args.styles:
-        report["style_distances"] = style_distances(translator, args.styles, originals)
-    print_report(report, source.classes)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    return report
 
 
 def wasserstein_report(source, target, originals, translated, labels, classes) -> dict:
@@ -133,25 +158,32 @@ def style_distances(translator, styles_dir: Path, originals) -> dict:
 
 def print_report(report: dict, class_names) -> None:
     print(f"{report['translate']}: {len(report['cases'])} source cases")
+    print_direction(report, class_names, "source", "target")
+    if "style_distances" in report:
+        print(f"  styles: mean pairwise |difference| {report['style_distances']['mean']:.3f}")
+    if "reverse" in report:
+        print(f"reverse direction: {len(report['reverse']['cases'])} target cases")
+        print_direction(report["reverse"], class_names, "target", "source")
+
+
+def print_direction(report: dict, class_names, origin: str, other: str) -> None:
     print(
-        f"  anatomy kept: source segmenter Dice original {report['dice_original']:.3f}, "
+        f"  anatomy kept: {origin} segmenter Dice original {report['dice_original']:.3f}, "
         f"cycle {report['dice_cycle']:.3f} "
         f"(difference {report['dice_original'] - report['dice_cycle']:+.3f})"
     )
     if "target_model_on_translated" in report:
         print(
-            f"  target segmenter Dice: on untranslated source "
+            f"  {other} segmenter Dice: on untranslated {origin} "
             f"{report['target_model_on_source']:.3f}, on translated "
             f"{report['target_model_on_translated']:.3f}"
         )
     for name in class_names:
         w = report["wasserstein"][name]
         print(
-            f"  {name:<14} W1 to target intensities: before {w['before']:.3f}, after "
+            f"  {name:<14} W1 to {other} intensities: before {w['before']:.3f}, after "
             f"{w['after']:.3f}"
         )
-    if "style_distances" in report:
-        print(f"  styles: mean pairwise |difference| {report['style_distances']['mean']:.3f}")
 
 
 if __name__ == "__main__":

@@ -176,6 +176,11 @@ def test_schedules():
     assert lr_factor(100, 100, {"schedule": "cosine"}) == pytest.approx(0.0)
     assert lr_factor(50, 100, {"schedule": "poly", "poly_power": 0.9}) == pytest.approx(0.5**0.9)
     assert lr_factor(1, 100, {"schedule": "poly", "warmup_steps": 4}) == pytest.approx(0.5)
+    # CycleGAN's: constant for the first half, then a straight line to 0
+    linear = {"schedule": "linear"}
+    assert [lr_factor(s, 100, linear) for s in (0, 50, 75, 100)] == pytest.approx([1, 1, 0.5, 0])
+    late = {"schedule": "linear", "decay_from": 0.8}
+    assert lr_factor(80, 100, late) == 1.0 and lr_factor(90, 100, late) == pytest.approx(0.5)
 
 
 def test_3d_model_trains_on_sub_volumes_and_validates_by_sliding_window(stores, tmp_path):

@@ -473,11 +473,14 @@ def test_cli_json_runs_train_then_cluster_and_apply_in_one_go(ws):
     trained = invoke(
         "translate", "train", "--method", "test-styled.v0", "--source", str(ws.source),
         "--target", str(ws.target), "--steps", "2", "--batch-size", "1", "--patch-size", "32,32",
-        "--sample-every", "0", "--name", "cli", "--method-arg", "style_dim=3", *common,
+        "--sample-every", "0", "--name", "cli", "--method-arg", "style_dim=3",
+        "--schedule", "linear", *common,
     )  # fmt: skip
     summary = json.loads(trained.stdout)
     assert summary["steps"] == 2 and summary["samples"] == 1
     run = Path(summary["output"])
+    config = json.loads((run / "manifest.json").read_text())["config"]
+    assert config["recipe"]["schedule"] == "linear"
     assert json.loads((run / "model.json").read_text())["kwargs"]["style_dim"] == 3
     both = invoke("translate", "--translator", str(run), "--styles", "2", "--embedding", "pca",
                   *common)  # fmt: skip

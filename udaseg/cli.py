@@ -1318,6 +1318,14 @@ def translate_train(
         float | None,
         typer.Option("--lr-d", help="Discriminator learning rate.", rich_help_panel=RESULTS),
     ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            help="Learning-rate schedule of both optimisers: constant (the papers'), linear "
+            "(constant for half the steps, then down to 0, as CycleGAN), cosine or poly.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
     method_arg: Annotated[
         list[str] | None,
         typer.Option(
@@ -1380,6 +1388,7 @@ def translate_train(
         "patch_size": _ints(patch_size, "--patch-size"),
         "lr_g": lr_g,
         "lr_d": lr_d,
+        "schedule": schedule,
     }
     config = stage.TranslateTrainConfig(
         method=method,

@@ -57,6 +57,7 @@ RECIPE_KEYS = (
     "betas",
     "schedule",
     "poly_power",
+    "decay_from",
     "warmup_steps",
 )
 PANELS = ("source", "translated", "reconstructed", "target")

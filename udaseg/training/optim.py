@@ -1,7 +1,8 @@
 """Optimisers and learning-rate schedules, built from a model's recipe (overridable per run).
 
 Recipe keys used here: ``optimizer`` (adam | adamw | sgd), ``lr``, ``betas``, ``momentum``,
-``weight_decay``, ``schedule`` (constant | cosine | poly), ``poly_power``, ``warmup_steps``.
+``weight_decay``, ``schedule`` (constant | cosine | poly | linear), ``poly_power``,
+``decay_from``, ``warmup_steps``.
 The schedules step once per optimiser step (not per epoch), so a resumed run continues exactly.
 """
 
@@ -16,7 +17,7 @@ import torch
 from udaseg.errors import look_up_option
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "poly")
+SCHEDULES = ("constant", "cosine", "poly", "linear")
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], recipe: dict[str, Any]):
@@ -37,7 +38,9 @@ def lr_factor(step: int, total: int, recipe: dict[str, Any]) -> float:
     """Multiplier of the base learning rate after ``step`` of ``total`` optimiser steps.
 
     constant: 1; cosine: half a cosine from 1 to 0; poly: (1 - step / total) ** poly_power (the
-    DeepLab/ADVENT schedule). An optional linear warm-up over ``warmup_steps`` comes first.
+    DeepLab/ADVENT schedule); linear: 1 until the fraction ``decay_from`` (0.5) of the steps, then
+    a straight line to 0 (CycleGAN's 100 constant + 100 decaying epochs). An optional linear
+    warm-up over ``warmup_steps`` comes first.
     """
     schedule = look_up_option(recipe.get("schedule", "constant"), SCHEDULES, what="schedule")
     warmup = int(recipe.get("warmup_steps", 0))
@@ -48,6 +51,9 @@ def lr_factor(step: int, total: int, recipe: dict[str, Any]) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "poly":
         return (1.0 - progress) ** float(recipe.get("poly_power", 0.9))
+    if schedule == "linear":
+        start = float(recipe.get("decay_from", 0.5))
+        return 1.0 if progress <= start else max(0.0, (1.0 - progress) / max(1e-12, 1.0 - start))
     return 1.0
 
 
