@@ -8,6 +8,9 @@ validation cases (or --cases), prints
 - anatomy where the label says (translated): mean Dice of a target-trained segmenter (the
   supervised bound, used here only as a measuring instrument) on the translated volumes against
   the source labels, next to the same segmenter on the untranslated source;
+- boundaries where the label says: per organ, the mean gradient magnitude on the label's contours
+  over that on the slices showing the organ, for the original, the translated and the other
+  domain's own labelled images (no segmenter involved);
 - appearance moved: per organ, the 1-Wasserstein distance between the intensities inside the organ
   in the source (untranslated / translated) and in the target (target labels are used only to
   measure), on the normalised [-1, 1] scale;
@@ -28,6 +31,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
 from udaseg.data.sampling import split_cases, store_path
@@ -119,27 +123,63 @@ def direction_report(translator, origin, other, cases, own, foreign, back: bool)
     for key in rows[0]:
         if key != "case":
             report[key] = float(np.mean([r[key] for r in rows]))
-    report["wasserstein"] = wasserstein_report(
-        origin, other, originals, translated, labels, classes
-    )
+    # the other domain's labelled volumes, read only to measure
+    other_cases = [c for c in other.case_ids if other.label(c) is not None]
+    reference = [other.image(c) for c in other_cases], [other.label(c) for c in other_cases]
+    names = origin.classes
+    report["wasserstein"] = wasserstein_report(names, reference, originals, translated, labels)
+    report["edge_ratio"] = edge_report(names, reference, originals, translated, labels)
     return report
 
 
-def wasserstein_report(source, target, originals, translated, labels, classes) -> dict:
-    """Per organ: W1(source organ, target organ) before and after translation."""
-    target_cases = [c for c in target.case_ids if target.label(c) is not None]
-    target_volumes = [target.image(c) for c in target_cases]
-    target_labels = [target.label(c) for c in target_cases]
+def wasserstein_report(names, reference, originals, translated, labels) -> dict:
+    """Per organ: W1(origin organ, other domain's organ) before and after translation."""
     report = {}
-    for class_id in classes:
-        reference = organ_intensities(target_volumes, target_labels, class_id)
+    for class_id, name in enumerate(names, start=1):
+        target = organ_intensities(*reference, class_id)
         before = organ_intensities(originals, labels, class_id)
         after = organ_intensities(translated, labels, class_id)
-        report[source.classes[class_id - 1]] = {
-            "before": float(wasserstein_distance(before, reference)),
-            "after": float(wasserstein_distance(after, reference)),
+        report[name] = {
+            "before": float(wasserstein_distance(before, target)),
+            "after": float(wasserstein_distance(after, target)),
         }
     return report
+
+
+def edge_ratio(volumes, labels, class_id: int) -> float:
+    """Mean in-plane gradient magnitude (Sobel, normalised units per pixel) on the organ's 2D
+    contours over the mean on every slice that shows the organ: > 1 where the image has an edge
+    at the label's boundary, about 1 where the boundary is invisible or has moved."""
+    on_contour, on_slices = [], []
+    for volume, label in zip(volumes, labels, strict=True):
+        mask = label == class_id
+        shown = mask.any(axis=(1, 2))
+        if not shown.any():
+            continue
+        image, mask = volume[shown].astype(np.float64), mask[shown]
+        gradient = np.hypot(ndimage.sobel(image, axis=1), ndimage.sobel(image, axis=2))
+        # the contour: organ pixels with a 4-neighbour outside the organ, slice by slice
+        inner = ndimage.binary_erosion(
+            mask, structure=ndimage.generate_binary_structure(2, 1)[None]
+        )
+        on_contour.append(gradient[mask & ~inner])
+        on_slices.append(gradient.ravel())
+    if not on_contour:
+        return float("nan")
+    return float(np.concatenate(on_contour).mean() / np.concatenate(on_slices).mean())
+
+
+def edge_report(names, reference, originals, translated, labels) -> dict:
+    """Per organ: :func:`edge_ratio` of the original, the translated and the other domain's own
+    images (with their own labels: what an edge there looks like in that modality)."""
+    return {
+        name: {
+            "original": edge_ratio(originals, labels, class_id),
+            "translated": edge_ratio(translated, labels, class_id),
+            "other_domain": edge_ratio(*reference, class_id),
+        }
+        for class_id, name in enumerate(names, start=1)
+    }
 
 
 def style_distances(translator, styles_dir: Path, originals) -> dict:
@@ -179,10 +219,12 @@ def print_direction(report: dict, class_names, origin: str, other: str) -> None:
             f"{report['target_model_on_translated']:.3f}"
         )
     for name in class_names:
-        w = report["wasserstein"][name]
+        w, e = report["wasserstein"][name], report["edge_ratio"][name]
         print(
             f"  {name:<14} W1 to {other} intensities: before {w['before']:.3f}, after "
-            f"{w['after']:.3f}"
+            f"{w['after']:.3f}; edge ratio at the label's contour: original "
+            f"{e['original']:.2f}, translated {e['translated']:.2f} ({other}'s own "
+            f"{e['other_domain']:.2f})"
         )
 
 
