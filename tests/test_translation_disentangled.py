@@ -210,12 +210,19 @@ def test_disentangled_ema_follows_decay_formula():
         id(p) in ema_params for g in optimizers["generator"].param_groups for p in g["params"]
     )
     key = "decoder.mlp.0.weight"
-    before = dict(model.generator_ema.named_parameters())[key].detach().clone()
-    model.train_step(*_batch(0), optimizers, NOAUTOCAST)
-    live = dict(model.generator.named_parameters())[key].detach()
-    ema = dict(model.generator_ema.named_parameters())[key].detach()
-    assert not torch.equal(ema, live)
-    assert torch.allclose(ema, decay * before + (1 - decay) * live, rtol=0, atol=1e-6)
+    # warm-up: (1 + n) / (10 + n) after n updates until that reaches the decay (n = 80 for 0.9)
+    expected = [min(decay, (1 + n) / (10 + n)) for n in range(81)]
+    assert expected[0] == pytest.approx(0.1) and expected[-1] == decay
+    for step, n in enumerate((0, 80)):
+        model.ema_steps.fill_(n)
+        assert model.weight_decay_now() == pytest.approx(expected[n])
+        before = dict(model.generator_ema.named_parameters())[key].detach().clone()
+        model.train_step(*_batch(step), optimizers, NOAUTOCAST)
+        live = dict(model.generator.named_parameters())[key].detach()
+        ema = dict(model.generator_ema.named_parameters())[key].detach()
+        assert not torch.equal(ema, live)
+        mix = expected[n] * before + (1 - expected[n]) * live
+        assert torch.allclose(ema, mix, rtol=0, atol=1e-6)
     assert "generator_ema.decoder.mlp.0.weight" in model.state_dict()
 
 
