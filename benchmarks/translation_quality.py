@@ -113,8 +113,8 @@ def direction_report(translator, origin, other, cases, own, foreign, back: bool)
             "dice_cycle": mean_dice(*own, cycled, label, classes),
         }
         if foreign:
-            row["target_model_on_source"] = mean_dice(*foreign, image, label, classes)
-            row["target_model_on_translated"] = mean_dice(*foreign, moved, label, classes)
+            row["other_model_on_original"] = mean_dice(*foreign, image, label, classes)
+            row["other_model_on_translated"] = mean_dice(*foreign, moved, label, classes)
         rows.append(row)
         originals.append(image)
         translated.append(moved)
@@ -212,11 +212,11 @@ def print_direction(report: dict, class_names, origin: str, other: str) -> None:
         f"cycle {report['dice_cycle']:.3f} "
         f"(difference {report['dice_original'] - report['dice_cycle']:+.3f})"
     )
-    if "target_model_on_translated" in report:
+    if "other_model_on_translated" in report:
         print(
             f"  {other} segmenter Dice: on untranslated {origin} "
-            f"{report['target_model_on_source']:.3f}, on translated "
-            f"{report['target_model_on_translated']:.3f}"
+            f"{report['other_model_on_original']:.3f}, on translated "
+            f"{report['other_model_on_translated']:.3f}"
         )
     for name in class_names:
         w, e = report["wasserstein"][name], report["edge_ratio"][name]
