@@ -215,7 +215,7 @@ def test_disentangled_ema_follows_decay_formula():
     assert expected[0] == pytest.approx(0.1) and expected[-1] == decay
     for step, n in enumerate((0, 80)):
         model.ema_steps.fill_(n)
-        assert model.weight_decay_now() == pytest.approx(expected[n])
+        assert model.ema_decay_now() == pytest.approx(expected[n])
         before = dict(model.generator_ema.named_parameters())[key].detach().clone()
         model.train_step(*_batch(step), optimizers, NOAUTOCAST)
         live = dict(model.generator.named_parameters())[key].detach()

@@ -808,7 +808,11 @@ def segment_train(
         str | None, typer.Option(help="adam, adamw or sgd.", rich_help_panel=RESULTS)
     ] = None,
     schedule: Annotated[
-        str | None, typer.Option(help="constant, cosine or poly.", rich_help_panel=RESULTS)
+        str | None,
+        typer.Option(
+            help="constant, cosine, poly or linear (constant, then down to 0 from half way).",
+            rich_help_panel=RESULTS,
+        ),
     ] = None,
     loss: Annotated[
         str | None,

@@ -53,7 +53,7 @@ def lr_factor(step: int, total: int, recipe: dict[str, Any]) -> float:
         return (1.0 - progress) ** float(recipe.get("poly_power", 0.9))
     if schedule == "linear":
         start = float(recipe.get("decay_from", 0.5))
-        return 1.0 if progress <= start else max(0.0, (1.0 - progress) / max(1e-12, 1.0 - start))
+        return 1.0 if progress <= start else (1.0 - progress) / (1.0 - start)
     return 1.0
 
 

@@ -405,7 +405,7 @@ class DisentangledTranslator(nn.Module):
             DAR-UNet's equations, MUNIT's optional term; 0 skips it).
         lambda_content / lambda_style: L1 content / style code reconstruction (1 / 1).
         lambda_adv / lambda_adv_content: image / content adversarial terms (1 / 1).
-        ema_decay: decay of the generator EMA (after a warm-up, :meth:`weight_decay_now`) and of
+        ema_decay: decay of the generator EMA (after a warm-up, :meth:`ema_decay_now`) and of
             the running mean styles (0.999).
     """
 
@@ -568,11 +568,11 @@ class DisentangledTranslator(nn.Module):
 
     @torch.no_grad()
     def _update_ema(self, source: torch.Tensor, target: torch.Tensor) -> None:
-        """ema <- d * ema + (1 - d) * live with d = :meth:`weight_decay_now`, then fold this
+        """ema <- d * ema + (1 - d) * live with d = :meth:`ema_decay_now`, then fold this
         batch's mean style codes (from the EMA style encoders, the ones ``encode_style`` uses)
         into the running means."""
         live = dict(self.generator.named_parameters())
-        decay = self.weight_decay_now()
+        decay = self.ema_decay_now()
         for name, param in self.generator_ema.named_parameters():
             param.lerp_(live[name], 1.0 - decay)
         ema = self.generator_ema
@@ -580,7 +580,7 @@ class DisentangledTranslator(nn.Module):
         self.style_acc_target.lerp_(ema["style_target"](target).float().mean(0), 1 - self.ema_decay)
         self.ema_steps += 1
 
-    def weight_decay_now(self) -> float:
+    def ema_decay_now(self) -> float:
         """The weights' EMA decay at this update: min(ema_decay, (1 + n) / (10 + n)) after n
         updates (the warm-up of TensorFlow's ExponentialMovingAverage). A constant 0.999 from the
         random initialisation would leave 74% of the initial weights in the EMA copy after 300
