@@ -23,6 +23,7 @@ KEYS = {
         "style_rec",
         "adv_image",
         "adv_content",
+        "style_reg",
         "total",
         "d_source",
         "d_target",
@@ -224,6 +225,31 @@ def test_disentangled_ema_follows_decay_formula():
         mix = expected[n] * before + (1 - expected[n]) * live
         assert torch.allclose(ema, mix, rtol=0, atol=1e-6)
     assert "generator_ema.decoder.mlp.0.weight" in model.state_dict()
+
+
+def test_disentangled_style_regulariser_shrinks_the_codes():
+    # every other weight 0: the step's only generator gradient is the L2 pull on the style codes
+    off = dict.fromkeys(
+        ["lambda_image", "lambda_cycle", "lambda_content", "lambda_style", "lambda_adv"], 0.0
+    )
+    model = _tiny("disentangled.v1", lambda_adv_content=0.0, lambda_style_reg=1.0, **off)
+    optimizers = model.optimizers({**translator_spec("disentangled.v1").recipe, "lr_g": 1e-2})
+    source, target = _batch(0)
+    g = model.generator
+
+    def size() -> float:
+        with torch.no_grad():
+            return float(
+                g["style_source"](source).pow(2).mean() + g["style_target"](target).pow(2).mean()
+            )
+
+    before = size()
+    parts = model.train_step(source, target, optimizers, NOAUTOCAST)
+    assert parts["style_reg"] == pytest.approx(before, rel=1e-5)
+    assert parts["total"] == pytest.approx(before, rel=1e-5)
+    for _ in range(4):
+        model.train_step(source, target, optimizers, NOAUTOCAST)
+    assert size() < 0.5 * before
 
 
 def test_disentangled_shared_content_encoder():
