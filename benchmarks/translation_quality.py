@@ -4,7 +4,8 @@ Not a test: for a translate-train run and the stores it was trained on, over the
 validation cases (or --cases), prints
 - anatomy kept (cycle): mean Dice of a source-trained segmenter on the original source volumes and
   on their cycle reconstructions (source -> target -> source); the issue asks for a difference of
-  at most 0.02;
+  at most 0.02. A translator with style codes returns in each slice's own style, the cycle it
+  is trained on (the cycle through its default, mean style is reported beside it);
 - anatomy where the label says (translated): mean Dice of a target-trained segmenter (the
   supervised bound, used here only as a measuring instrument) on the translated volumes against
   the source labels, next to the same segmenter on the untranslated source;
@@ -31,6 +32,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
@@ -83,35 +85,47 @@ def main() -> None:
     tgt = load_model(args.target_segmenter, "final") if args.target_segmenter else None
 
     report = {"translate": str(args.translate), "cases": cases}
-    forward = direction_report(translator, source, target, cases, src, tgt, back=False)
+    styled = run.has_style_codes
+    forward = direction_report(translator, source, target, cases, src, tgt, False, styled)
     report.update(forward)
     if args.styles:
         originals = [source.image(case) for case in cases]
         report["style_distances"] = style_distances(translator, args.styles, originals)
     if args.both:
         reverse_cases = split_cases(run.target, args.split, target)
-        reverse = direction_report(translator, target, source, reverse_cases, tgt, src, back=True)
+        reverse = direction_report(
+            translator, target, source, reverse_cases, tgt, src, True, styled
+        )
         report["reverse"] = {"cases": reverse_cases, **reverse}
     print_report(report, source.classes)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
 
-def direction_report(translator, origin, other, cases, own, foreign, back: bool) -> dict:
+def direction_report(
+    translator, origin, other, cases, own, foreign, back: bool, styled: bool = False
+) -> dict:
     """One direction of the translator: ``origin`` volumes of ``cases`` rendered in ``other``'s
     appearance (``back``: with translate_back) and cycled back. ``own``: (model, info) trained on
-    ``origin`` (the cycle instrument); ``foreign``: trained on ``other`` or None."""
+    ``origin`` (the cycle instrument); ``foreign``: trained on ``other`` or None. ``styled``: the
+    translator has style codes (the cycle returns in each slice's own style)."""
     classes = range(1, len(origin.classes) + 1)
     rows, originals, translated, labels = [], [], [], []
     for case in cases:
         image, label = origin.image(case), origin.label(case)
         moved = render_volume(translator, image, None, 8, "cpu", back=back)
-        cycled = render_volume(translator, moved, None, 8, "cpu", back=not back)
+        # a translator with style codes closes the cycle in each slice's own style, as it was
+        # trained; its default (mean) style back is reported beside it
+        codes = own_styles(translator, image, "target" if back else "source") if styled else None
+        cycled = render_volume(translator, moved, codes, 8, "cpu", back=not back)
         row = {
             "case": case,
             "dice_original": mean_dice(*own, image, label, classes),
             "dice_cycle": mean_dice(*own, cycled, label, classes),
         }
+        if styled:
+            default = render_volume(translator, moved, None, 8, "cpu", back=not back)
+            row["dice_cycle_default_style"] = mean_dice(*own, default, label, classes)
         if foreign:
             row["other_model_on_original"] = mean_dice(*foreign, image, label, classes)
             row["other_model_on_translated"] = mean_dice(*foreign, moved, label, classes)
@@ -130,6 +144,19 @@ def direction_report(translator, origin, other, cases, own, foreign, back: bool)
     report["wasserstein"] = wasserstein_report(names, reference, originals, translated, labels)
     report["edge_ratio"] = edge_report(names, reference, originals, translated, labels)
     return report
+
+
+def own_styles(translator, volume: np.ndarray, domain: str) -> np.ndarray:
+    """(S, style_dim) style code of each slice of an (S, H, W) volume of ``domain``."""
+    from udaseg.translation.io import PAD_MULTIPLE, pad_to_multiple
+
+    codes = []
+    for start in range(0, len(volume), 8):
+        padded, _ = pad_to_multiple(volume[start : start + 8], PAD_MULTIPLE)
+        with torch.no_grad():
+            batch = torch.from_numpy(padded)[:, None]
+            codes.append(translator.encode_style(batch, domain=domain).float().numpy())
+    return np.concatenate(codes)
 
 
 def wasserstein_report(names, reference, originals, translated, labels) -> dict:
@@ -211,6 +238,11 @@ def print_direction(report: dict, class_names, origin: str, other: str) -> None:
         f"  anatomy kept: {origin} segmenter Dice original {report['dice_original']:.3f}, "
         f"cycle {report['dice_cycle']:.3f} "
         f"(difference {report['dice_original'] - report['dice_cycle']:+.3f})"
+        + (
+            f"; back in the default style {report['dice_cycle_default_style']:.3f}"
+            if "dice_cycle_default_style" in report
+            else ""
+        )
     )
     if "other_model_on_translated" in report:
         print(

@@ -451,6 +451,28 @@ def test_padding_cuts_back_to_the_slice():
     np.testing.assert_array_equal(padded[:, rows, cols], images)
 
 
+def test_render_volume_takes_one_code_or_one_per_slice():
+    from udaseg.translation.registry import create_translator
+
+    render_volume = translate_apply.render_volume
+    torch.manual_seed(0)
+    model = create_translator("disentangled.v1", **translator_spec("disentangled.v1").tiny).eval()
+    volume = np.random.default_rng(0).uniform(-1, 1, (5, 18, 18)).astype(np.float32)
+    with torch.no_grad():
+        own = model.encode_style(torch.from_numpy(volume)[:, None, :16, :16], domain="source")
+    codes = own.numpy()
+    # batches of 2: per-slice codes must follow their slices across batch boundaries
+    each = render_volume(model, volume, codes, 2, "cpu", back=True)
+    for k in (0, 3, 4):
+        one = render_volume(model, volume[k : k + 1], codes[k], 2, "cpu", back=True)
+        np.testing.assert_allclose(each[k], one[0], atol=1e-5)
+    assert (
+        np.abs(each[1] - render_volume(model, volume, codes[0], 2, "cpu", back=True)[1]).max() > 0
+    )
+    with pytest.raises(UdasegError, match="domain"):
+        model.encode_style(torch.zeros(1, 1, 16, 16), domain="mr")
+
+
 # --- command line --------------------------------------------------------------------------------
 
 

@@ -330,9 +330,10 @@ def render_volume(
     amp: bool = True,
     back: bool = False,
 ) -> np.ndarray:
-    """Translate an (S, H, W) float32 volume slice by slice in ``style`` (style_dim,) or the
-    default style (None); returns (S, H, W) float32. ``back``: render a target-domain volume in
-    the source appearance instead (``translate_back``, used to check cycle consistency)."""
+    """Translate an (S, H, W) float32 volume slice by slice in ``style``: one code
+    (style_dim,), one per slice (S, style_dim), or the default style (None); returns (S, H, W)
+    float32. ``back``: render a target-domain volume in the source appearance instead
+    (``translate_back``, used to check cycle consistency)."""
     import torch
 
     from udaseg.translation.io import PAD_MULTIPLE, inference_autocast, pad_to_multiple
@@ -342,7 +343,10 @@ def render_volume(
     for start in range(0, len(volume), batch_size):
         padded, (rows, cols) = pad_to_multiple(volume[start : start + batch_size], PAD_MULTIPLE)
         batch = torch.from_numpy(padded)[:, None].to(device)
-        codes = None if code is None else code.expand(len(batch), -1)
+        if code is None or code.dim() == 2:  # per-slice codes follow the slices
+            codes = None if code is None else code[start : start + len(batch)]
+        else:
+            codes = code.expand(len(batch), -1)
         with torch.no_grad(), inference_autocast(device, amp):
             render = translator.translate_back if back else translator.translate
             result = render(batch, codes)

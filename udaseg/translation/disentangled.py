@@ -618,10 +618,16 @@ class DisentangledTranslator(nn.Module):
         check_images(images, "images")
         return self.generator_ema["content"](images)
 
-    def encode_style(self, target: torch.Tensor) -> torch.Tensor:
-        """(N, 1, H, W) target images -> (N, style_dim) style codes (EMA target style encoder)."""
-        check_images(target, "target")
-        return self.generator_ema["style_target"](target)
+    def encode_style(self, target: torch.Tensor, domain: str = "target") -> torch.Tensor:
+        """(N, 1, H, W) images -> (N, style_dim) style codes (EMA style encoder of ``domain``).
+
+        ``domain="source"`` encodes source images' own styles: with them ``translate_back``
+        closes the cycle the way training does (x -> target style -> the image's own style).
+        """
+        check_images(target, "images")
+        if domain not in ("source", "target"):
+            raise UdasegError(f"domain must be 'source' or 'target', got {domain!r}")
+        return self.generator_ema[f"style_{domain}"](target)
 
     def translate(self, source: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         """Source (N, 1, H, W) -> target appearance (N, 1, H, W) in [-1, 1].
