@@ -343,8 +343,10 @@ def render_volume(
     for start in range(0, len(volume), batch_size):
         padded, (rows, cols) = pad_to_multiple(volume[start : start + batch_size], PAD_MULTIPLE)
         batch = torch.from_numpy(padded)[:, None].to(device)
-        if code is None or code.dim() == 2:  # per-slice codes follow the slices
-            codes = None if code is None else code[start : start + len(batch)]
+        if code is None:
+            codes = None
+        elif code.dim() == 2:  # one code per slice: they follow their slices
+            codes = code[start : start + len(batch)]
         else:
             codes = code.expand(len(batch), -1)
         with torch.no_grad(), inference_autocast(device, amp):
