@@ -32,7 +32,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
@@ -42,7 +41,7 @@ from udaseg.inference import segment_volume
 from udaseg.metrics import compute_dice
 from udaseg.stages.translate_apply import render_volume
 from udaseg.training.checkpoint import load_model
-from udaseg.translation.io import load_translator, open_run
+from udaseg.translation.io import encode_styles, load_translator, open_run
 
 
 def mean_dice(model, info, volume, label, classes) -> float:
@@ -86,7 +85,9 @@ def main() -> None:
 
     report = {"translate": str(args.translate), "cases": cases}
     styled = run.has_style_codes
-    forward = direction_report(translator, source, target, cases, src, tgt, False, styled)
+    forward = direction_report(
+        translator, source, target, cases, src, tgt, back=False, styled=styled
+    )
     report.update(forward)
     if args.styles:
         originals = [source.image(case) for case in cases]
@@ -94,7 +95,7 @@ def main() -> None:
     if args.both:
         reverse_cases = split_cases(run.target, args.split, target)
         reverse = direction_report(
-            translator, target, source, reverse_cases, tgt, src, True, styled
+            translator, target, source, reverse_cases, tgt, src, back=True, styled=styled
         )
         report["reverse"] = {"cases": reverse_cases, **reverse}
     print_report(report, source.classes)
@@ -116,7 +117,8 @@ def direction_report(
         moved = render_volume(translator, image, None, 8, "cpu", back=back)
         # a translator with style codes closes the cycle in each slice's own style, as it was
         # trained; its default (mean) style back is reported beside it
-        codes = own_styles(translator, image, "target" if back else "source") if styled else None
+        domain = "target" if back else "source"
+        codes = encode_styles(translator, image, 8, "cpu", domain=domain) if styled else None
         cycled = render_volume(translator, moved, codes, 8, "cpu", back=not back)
         row = {
             "case": case,
@@ -144,19 +146,6 @@ def direction_report(
     report["wasserstein"] = wasserstein_report(names, reference, originals, translated, labels)
     report["edge_ratio"] = edge_report(names, reference, originals, translated, labels)
     return report
-
-
-def own_styles(translator, volume: np.ndarray, domain: str) -> np.ndarray:
-    """(S, style_dim) style code of each slice of an (S, H, W) volume of ``domain``."""
-    from udaseg.translation.io import PAD_MULTIPLE, pad_to_multiple
-
-    codes = []
-    for start in range(0, len(volume), 8):
-        padded, _ = pad_to_multiple(volume[start : start + 8], PAD_MULTIPLE)
-        with torch.no_grad():
-            batch = torch.from_numpy(padded)[:, None]
-            codes.append(translator.encode_style(batch, domain=domain).float().numpy())
-    return np.concatenate(codes)
 
 
 def wasserstein_report(names, reference, originals, translated, labels) -> dict:

@@ -208,9 +208,7 @@ def encode_target_styles(
     Returns:
         [(case, slice number)] and codes (N, style_dim) float32 in the same order.
     """
-    import torch
-
-    from udaseg.translation.io import PAD_MULTIPLE, inference_autocast, pad_to_multiple
+    from udaseg.translation.io import encode_styles
 
     if not cases:
         raise UdasegError(
@@ -222,16 +220,15 @@ def encode_target_styles(
     slices, codes = [], []
     for case in cases:
         volume = store.image(case)
-        ks = list(middle_slices(len(volume)))
-        for start in range(0, len(ks), config.batch_size):
-            chunk = ks[start : start + config.batch_size]
-            padded, _ = pad_to_multiple(volume[chunk], PAD_MULTIPLE)
-            batch = torch.from_numpy(padded)[:, None].to(device)
-            with torch.no_grad(), inference_autocast(device, config.amp):
-                codes.append(translator.encode_style(batch).float().cpu().numpy())
-            slices += [(case, k) for k in chunk]
+        ks = middle_slices(len(volume))
+        codes.append(
+            encode_styles(
+                translator, volume[ks.start : ks.stop], config.batch_size, device, config.amp
+            )
+        )
+        slices += [(case, k) for k in ks]
         progress.advance(task, case=case)
-    return slices, np.concatenate(codes).astype(np.float32)
+    return slices, np.concatenate(codes)
 
 
 def kmeans(codes: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

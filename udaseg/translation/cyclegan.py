@@ -442,7 +442,7 @@ class CycleTranslator(nn.Module):
         """G_ts: (N, 1, H, W) target images -> source appearance, in [-1, 1]."""
         return self.G_ts(target)
 
-    def encode_style(self, target: torch.Tensor) -> torch.Tensor:
+    def encode_style(self, images: torch.Tensor, domain: str = "target") -> torch.Tensor:
         raise UdasegError(
             f"{type(self).__name__} has no style codes",
             hint="style encoding applies only to translators registered with has_style_codes",

@@ -618,16 +618,16 @@ class DisentangledTranslator(nn.Module):
         check_images(images, "images")
         return self.generator_ema["content"](images)
 
-    def encode_style(self, target: torch.Tensor, domain: str = "target") -> torch.Tensor:
+    def encode_style(self, images: torch.Tensor, domain: str = "target") -> torch.Tensor:
         """(N, 1, H, W) images -> (N, style_dim) style codes (EMA style encoder of ``domain``).
 
         ``domain="source"`` encodes source images' own styles: with them ``translate_back``
         closes the cycle the way training does (x -> target style -> the image's own style).
         """
-        check_images(target, "images")
+        check_images(images, "images")
         if domain not in ("source", "target"):
             raise UdasegError(f"domain must be 'source' or 'target', got {domain!r}")
-        return self.generator_ema[f"style_{domain}"](target)
+        return self.generator_ema[f"style_{domain}"](images)
 
     def translate(self, source: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         """Source (N, 1, H, W) -> target appearance (N, 1, H, W) in [-1, 1].
@@ -827,7 +827,7 @@ class DomainStyleTranslator(nn.Module):
 
     # --- inference ----------------------------------------------------------------------------
 
-    def encode_style(self, target: torch.Tensor) -> torch.Tensor:
+    def encode_style(self, images: torch.Tensor, domain: str = "target") -> torch.Tensor:
         raise UdasegError(
             "translation method domain-style.v1 has no per-image style codes",
             hint="it renders one learned style per domain; use disentangled.v1 for style codes",

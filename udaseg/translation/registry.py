@@ -12,7 +12,7 @@ this contract (images are (N, 1, H, W) float32 in the stores' normalised range [
         losses for metrics.jsonl (each generator term, each discriminator loss, and "total")
     method.translate(source, style=None) -> (N, 1, H, W)         # source -> target appearance
     method.translate_back(target, style=None) -> (N, 1, H, W)    # target -> source appearance
-    method.encode_style(target, domain="target") -> (N, style_dim)   # methods with style codes
+    method.encode_style(images, domain="target") -> (N, style_dim)   # methods with style codes
         only; domain="source" gives source images' own codes (the style a cycle returns to)
     method.samples(source, target) -> dict[str, Tensor]          # panels for the PNG grids:
         at least "source", "translated", "reconstructed" (source -> target -> source), "target"
