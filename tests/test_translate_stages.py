@@ -256,6 +256,16 @@ def test_constructor_kwargs_take_recipe_weights_and_method_args_win():
         assert "lambda_cycle" in train_stage.constructor_kwargs("cyclegan.v1", spec.recipe, {})
 
 
+def test_a_method_arg_loss_weight_is_recorded_in_the_recipe(ws):
+    config = train_config((ws.source, ws.target), method_kwargs={"lambda_cycle": 2.0})
+    recipe = train_stage.resolved_recipe(config)
+    assert recipe["lambda_cycle"] == 2.0 and TEST_RECIPE["lambda_cycle"] != 2.0
+    assert train_stage.constructor_kwargs(config.method, recipe, {}) == {"lambda_cycle": 2.0}
+    # a constructor-only argument is not a recipe key and stays out of it
+    width = train_config((ws.source, ws.target), method_kwargs={"width": 4})
+    assert "width" not in train_stage.resolved_recipe(width)
+
+
 def test_resume_after_a_kill_gives_identical_weights_and_log(ws):
     options = dict(recipe={"steps": 6}, checkpoint_every=3)
     stores = (ws.source, ws.target)

@@ -108,6 +108,12 @@ def resolved_recipe(config: TranslateTrainConfig) -> dict[str, Any]:
         look_up_option(key, allowed, what=f"recipe option of {config.method}")
         if value is not None:
             recipe[key] = value
+    # a constructor argument that is also a recipe key (a loss weight given as --method-arg
+    # lambda_cycle=15) is the value the run trains with: recorded in the recipe too, so
+    # model.json and the manifest never show the recipe's default beside the real weight
+    for key, value in config.method_kwargs.items():
+        if key in recipe and key not in RECIPE_KEYS:
+            recipe[key] = value
     return recipe
 
 
