@@ -337,3 +337,30 @@ def test_small_size_matrix(tmp_path):
     mr_id = summary["case_ids"]["mr"][0]
     assert read(tmp_path / MR_DIR / f"image_{mr_id}.nii.gz")[0].shape == (16, 96, 96)
     assert summary["seconds"] < 10.0
+
+
+def test_command_line_writes_the_asked_number_of_cases(tmp_path, monkeypatch, capsys):
+    """`--n-cases` reaches the generator (the hint for a bad count names it), and the manifest
+    records it, so a phantom of another size is not mistaken for the current one."""
+    import json
+    import sys
+
+    from udaseg.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["udaseg", "phantom", "--out", str(tmp_path), *args])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        captured = capsys.readouterr()
+        return exc.value.code, captured.out + captured.err
+
+    code, out = run("--size", "tiny", "--n-cases", "2", "--json")
+    assert code in (0, None)
+    summary = json.loads(out)
+    assert summary["n_cases"] == {"ct": 2, "mr": 2} and summary["cases"] == 4
+    assert "cases 2" in (tmp_path / "dataset.yaml").read_text(encoding="utf-8")
+    code, out = run("--size", "tiny", "--n-cases", "1", "--json")
+    assert json.loads(out)["n_cases"] == {"ct": 1, "mr": 1}
+    assert not (tmp_path / "sabs_CT_normalized" / "image_1.nii.gz").exists()  # stale case removed
+    code, out = run("--size", "tiny", "--n-cases", "0")
+    assert code == 2 and "--n-cases" in out

@@ -189,6 +189,15 @@ def phantom(
     size: Annotated[
         str, typer.Option(help="small (demo) or tiny (tests).", rich_help_panel=RESULTS)
     ] = "small",
+    n_cases: Annotated[
+        int | None,
+        typer.Option(
+            "--n-cases",
+            help="Cases per domain (default: the size's, 6 small / 3 tiny). Adding cases never "
+            "changes the others; the test split follows the dataset's fixed test ids.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -199,7 +208,7 @@ def phantom(
     """
     from udaseg.stages import phantom as stage
 
-    summary = stage.run(task, out, seed=seed, size=size, force=force)
+    summary = stage.run(task, out, seed=seed, size=size, n_cases=n_cases, force=force)
     _emit(
         summary,
         as_json,
