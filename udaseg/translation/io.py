@@ -154,15 +154,12 @@ def encode_styles(
     batches of ``batch_size``, each padded as :func:`pad_to_multiple` (as rendering pads)."""
     import torch
 
-    # the target domain is the contract's default: translators that only encode target styles
-    # (``encode_style(images)``) are called as the contract allows
-    extra = {} if domain == "target" else {"domain": domain}
     codes = []
     for start in range(0, len(slices), batch_size):
         padded, _ = pad_to_multiple(slices[start : start + batch_size], PAD_MULTIPLE)
         batch = torch.from_numpy(padded)[:, None].to(device)
         with torch.no_grad(), inference_autocast(device, amp):
-            codes.append(translator.encode_style(batch, **extra).float().cpu().numpy())
+            codes.append(translator.encode_style(batch, domain=domain).float().cpu().numpy())
     return np.concatenate(codes).astype(np.float32, copy=False)
 
 
