@@ -6,6 +6,7 @@ Volumes are read back with SimpleITK, as the pipeline's readers do; numpy arrays
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -342,9 +343,6 @@ def test_small_size_matrix(tmp_path):
 def test_command_line_writes_the_asked_number_of_cases(tmp_path, monkeypatch, capsys):
     """`--n-cases` reaches the generator (the hint for a bad count names it), and the manifest
     records it, so a phantom of another size is not mistaken for the current one."""
-    import json
-    import sys
-
     from udaseg.cli import main
 
     def run(*args: str) -> tuple[int, str]:
@@ -364,3 +362,4 @@ def test_command_line_writes_the_asked_number_of_cases(tmp_path, monkeypatch, ca
     assert not (tmp_path / "sabs_CT_normalized" / "image_1.nii.gz").exists()  # stale case removed
     code, out = run("--size", "tiny", "--n-cases", "0")
     assert code == 2 and "--n-cases" in out
+    assert (tmp_path / "dataset.yaml").is_file()  # a refused option leaves the phantom alone

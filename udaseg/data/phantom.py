@@ -610,8 +610,8 @@ def _write_json(path: Path, record: dict) -> None:
     _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def _check_args(task: str, size: str, seed: int, n_cases: int | None) -> int:
-    """Validate the options; return the number of cases per domain."""
+def check_options(task: str, size: str, seed: int, n_cases: int | None) -> int:
+    """Validate the options (UdasegError, exit code 2); return the number of cases per domain."""
     look_up_option(task, TASKS, what="phantom task")
     look_up_option(size, SIZES, what="phantom size")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
@@ -703,7 +703,7 @@ def write_phantom(
         seconds. While writing, phantom.json holds a marker with ``complete: false``.
     """
     start = time.perf_counter()
-    n = _check_args(task, size, seed, n_cases)
+    n = check_options(task, size, seed, n_cases)
     spec, out_dir = _TASKS[task], Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     case_ids = {dom.key: spec.case_ids(dom.key, n) for dom in spec.domains}

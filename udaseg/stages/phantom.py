@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from udaseg.data.phantom import write_phantom
+from udaseg.data.phantom import check_options, write_phantom
 from udaseg.errors import look_up_option
 
 # per task: the built-in manifest its layout follows, and the smaller grid used for the demo
@@ -45,6 +45,8 @@ def run(
     files keep their timestamps and the stages after it stay current.
     """
     look_up_option(task, PHANTOM_MANIFESTS, what="phantom task")
+    # refuse bad options before the marker of a complete phantom already there is removed
+    check_options(task, size, seed, n_cases)
     out = Path(out)
     path = out / "dataset.yaml"
     text = _manifest_text(task, seed, size, n_cases, path, out)
