@@ -12,7 +12,6 @@ from pathlib import Path
 import yaml
 
 from udaseg.data.phantom import check_options, write_phantom
-from udaseg.errors import look_up_option
 
 # per task: the built-in manifest its layout follows, and the smaller grid used for the demo
 PHANTOM_MANIFESTS = {
@@ -44,8 +43,7 @@ def run(
     phantom of these settings: it is then left alone (``skipped``) unless ``force``, so the raw
     files keep their timestamps and the stages after it stay current.
     """
-    look_up_option(task, PHANTOM_MANIFESTS, what="phantom task")
-    # refuse bad options before the marker of a complete phantom already there is removed
+    # refuse bad options (the task included) before a complete phantom's marker is removed
     check_options(task, size, seed, n_cases)
     out = Path(out)
     path = out / "dataset.yaml"
