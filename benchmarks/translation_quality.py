@@ -15,7 +15,9 @@ validation cases (or --cases), prints
   domain's own labelled images (no segmenter involved);
 - appearance moved: per organ, the 1-Wasserstein distance between the intensities inside the organ
   in the source (untranslated / translated) and in the target (target labels are used only to
-  measure), on the normalised [-1, 1] scale;
+  measure), on the normalised [-1, 1] scale; beside it the target's own spread, the same distance
+  between the target's val and train cases: a source organ already closer than that is as near as
+  the target's cases are to each other, and "closer than untranslated" is below the noise there;
 - multi-style (with --styles RUN): mean absolute difference between renderings of the same
   slices in each pair of the K chosen styles;
 - with --both, the same for the reverse direction (target -> source -> target, on the target's
@@ -38,6 +40,7 @@ from scipy.stats import wasserstein_distance
 
 from udaseg.data.sampling import split_cases, store_path
 from udaseg.data.store import Store
+from udaseg.errors import UdasegError
 from udaseg.inference import segment_volume
 from udaseg.metrics import compute_dice
 from udaseg.stages.translate_apply import render_volume
@@ -92,7 +95,15 @@ def main() -> None:
     report = {"translate": str(args.translate), "cases": cases}
     styled = run.has_style_codes
     forward = direction_report(
-        translator, source, target, cases, src, tgt, back=False, styled=styled
+        translator,
+        source,
+        target,
+        cases,
+        src,
+        tgt,
+        back=False,
+        styled=styled,
+        spread=split_pairs(run.target, target),
     )
     report.update(forward)
     if args.styles:
@@ -101,7 +112,15 @@ def main() -> None:
     if args.both:
         reverse_cases = split_cases(run.target, args.split, target)
         reverse = direction_report(
-            translator, target, source, reverse_cases, tgt, src, back=True, styled=styled
+            translator,
+            target,
+            source,
+            reverse_cases,
+            tgt,
+            src,
+            back=True,
+            styled=styled,
+            spread=split_pairs(run.source, source),
         )
         report["reverse"] = {"cases": reverse_cases, **reverse}
     print_report(report, source.classes)
@@ -109,13 +128,31 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=2))
 
 
+def split_pairs(artifact: Path, store: Store):
+    """(val, train) lists of (image, label) of a store's labelled cases, or None where a split
+    is missing or unlabelled: the two halves whose distance is the store's own spread."""
+    halves = []
+    for split in ("val", "train"):
+        try:
+            ids = split_cases(artifact, split, store)
+        except UdasegError:
+            return None
+        pairs = [(store.image(c), store.label(c)) for c in ids]
+        pairs = [(image, label) for image, label in pairs if label is not None]
+        if not pairs:
+            return None
+        halves.append(([image for image, _ in pairs], [label for _, label in pairs]))
+    return tuple(halves)
+
+
 def direction_report(
-    translator, origin, other, cases, own, foreign, back: bool, styled: bool = False
+    translator, origin, other, cases, own, foreign, back: bool, styled: bool = False, spread=None
 ) -> dict:
     """One direction of the translator: ``origin`` volumes of ``cases`` rendered in ``other``'s
     appearance (``back``: with translate_back) and cycled back. ``own``: (model, info) trained on
     ``origin`` (the cycle instrument); ``foreign``: trained on ``other`` or None. ``styled``: the
-    translator has style codes (the cycle returns in each slice's own style)."""
+    translator has style codes (the cycle returns in each slice's own style). ``spread``:
+    :func:`split_pairs` of ``other``, for its own val-to-train distance per organ."""
     classes = range(1, len(origin.classes) + 1)
     rows, organs, originals, translated, labels = [], [], [], [], []
     for case in cases:
@@ -160,13 +197,17 @@ def direction_report(
     other_cases = [c for c in other.case_ids if other.label(c) is not None]
     reference = [other.image(c) for c in other_cases], [other.label(c) for c in other_cases]
     names = origin.classes
-    report["wasserstein"] = wasserstein_report(names, reference, originals, translated, labels)
+    report["wasserstein"] = wasserstein_report(
+        names, reference, originals, translated, labels, spread
+    )
     report["edge_ratio"] = edge_report(names, reference, originals, translated, labels)
     return report
 
 
-def wasserstein_report(names, reference, originals, translated, labels) -> dict:
-    """Per organ: W1(origin organ, other domain's organ) before and after translation."""
+def wasserstein_report(names, reference, originals, translated, labels, spread=None) -> dict:
+    """Per organ: W1(origin organ, other domain's organ) before and after translation, and
+    with ``spread`` ((val images, labels), (train images, labels) of the other domain) the other
+    domain's own W1 between its val and train cases."""
     report = {}
     for class_id, name in enumerate(names, start=1):
         target = organ_intensities(*reference, class_id)
@@ -176,6 +217,10 @@ def wasserstein_report(names, reference, originals, translated, labels) -> dict:
             "before": float(wasserstein_distance(before, target)),
             "after": float(wasserstein_distance(after, target)),
         }
+        if spread is not None:
+            halves = [organ_intensities(*half, class_id) for half in spread]
+            if all(len(h) for h in halves):
+                report[name]["target_spread"] = float(wasserstein_distance(*halves))
     return report
 
 
@@ -262,7 +307,9 @@ def print_direction(report: dict, class_names, origin: str, other: str) -> None:
         print(
             f"  {name:<14} cycle Dice {d['original']:.3f} -> {d['cycle']:.3f}; "
             f"W1 to {other} intensities: before {w['before']:.3f}, after "
-            f"{w['after']:.3f}; edge ratio at the label's contour: original "
+            f"{w['after']:.3f}"
+            + (f" ({other}'s own spread {w['target_spread']:.3f})" if "target_spread" in w else "")
+            + "; edge ratio at the label's contour: original "
             f"{e['original']:.2f}, translated {e['translated']:.2f} ({other}'s own "
             f"{e['other_domain']:.2f})"
         )
