@@ -301,6 +301,18 @@ def print_direction(report: dict, class_names, origin: str, other: str) -> None:
             f"{report['other_model_on_original']:.3f}, on translated "
             f"{report['other_model_on_translated']:.3f}"
         )
+    # the two checks in one line, so a sweep's logs can be grepped
+    gap = report["dice_original"] - report["dice_cycle"]
+    closer = [
+        n
+        for n in class_names
+        if report["wasserstein"][n]["after"] < report["wasserstein"][n]["before"]
+    ]
+    print(
+        f"  checks: cycle difference {gap:+.3f} ({'within' if abs(gap) <= 0.02 else 'beyond'} "
+        f"0.02); {len(closer)} of {len(class_names)} organs closer to {other}'s intensities"
+        + (f" ({', '.join(closer)})" if closer else "")
+    )
     for name in class_names:
         w, e = report["wasserstein"][name], report["edge_ratio"][name]
         d = report["organ_dice"][name]
