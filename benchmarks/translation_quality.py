@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -93,35 +94,15 @@ def main() -> None:
     tgt = load_model(args.target_segmenter, "final") if args.target_segmenter else None
 
     report = {"translate": str(args.translate), "cases": cases}
-    styled = run.has_style_codes
-    forward = direction_report(
-        translator,
-        source,
-        target,
-        cases,
-        src,
-        tgt,
-        back=False,
-        styled=styled,
-        spread=split_pairs(run.target, target),
-    )
+    measure = partial(direction_report, translator, styled=run.has_style_codes)
+    forward = measure(source, target, cases, src, tgt, back=False, other_dir=run.target)
     report.update(forward)
     if args.styles:
         originals = [source.image(case) for case in cases]
         report["style_distances"] = style_distances(translator, args.styles, originals)
     if args.both:
         reverse_cases = split_cases(run.target, args.split, target)
-        reverse = direction_report(
-            translator,
-            target,
-            source,
-            reverse_cases,
-            tgt,
-            src,
-            back=True,
-            styled=styled,
-            spread=split_pairs(run.source, source),
-        )
+        reverse = measure(target, source, reverse_cases, tgt, src, back=True, other_dir=run.source)
         report["reverse"] = {"cases": reverse_cases, **reverse}
     print_report(report, source.classes)
     if args.json:
@@ -146,13 +127,13 @@ def split_pairs(artifact: Path, store: Store):
 
 
 def direction_report(
-    translator, origin, other, cases, own, foreign, back: bool, styled: bool = False, spread=None
+    translator, origin, other, cases, own, foreign, back: bool, styled: bool = False, other_dir=None
 ) -> dict:
     """One direction of the translator: ``origin`` volumes of ``cases`` rendered in ``other``'s
     appearance (``back``: with translate_back) and cycled back. ``own``: (model, info) trained on
     ``origin`` (the cycle instrument); ``foreign``: trained on ``other`` or None. ``styled``: the
-    translator has style codes (the cycle returns in each slice's own style). ``spread``:
-    :func:`split_pairs` of ``other``, for its own val-to-train distance per organ."""
+    translator has style codes (the cycle returns in each slice's own style). ``other_dir``:
+    ``other``'s artifact directory, whose splits give its own val-to-train distance per organ."""
     classes = range(1, len(origin.classes) + 1)
     rows, organs, originals, translated, labels = [], [], [], [], []
     for case in cases:
@@ -197,6 +178,7 @@ def direction_report(
     other_cases = [c for c in other.case_ids if other.label(c) is not None]
     reference = [other.image(c) for c in other_cases], [other.label(c) for c in other_cases]
     names = origin.classes
+    spread = split_pairs(other_dir, other) if other_dir is not None else None
     report["wasserstein"] = wasserstein_report(
         names, reference, originals, translated, labels, spread
     )
