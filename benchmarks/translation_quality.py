@@ -109,21 +109,14 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=2))
 
 
-def split_pairs(artifact: Path, store: Store):
-    """(val, train) lists of (image, label) of a store's labelled cases, or None where a split
-    is missing or unlabelled: the two halves whose distance is the store's own spread."""
-    halves = []
-    for split in ("val", "train"):
-        try:
-            ids = split_cases(artifact, split, store)
-        except UdasegError:
-            return None
-        pairs = [(store.image(c), store.label(c)) for c in ids]
-        pairs = [(image, label) for image, label in pairs if label is not None]
-        if not pairs:
-            return None
-        halves.append(([image for image, _ in pairs], [label for _, label in pairs]))
-    return tuple(halves)
+def spread_halves(artifact: Path, store: Store) -> tuple[list[str], list[str]] | None:
+    """(val, train) case ids of a store, the two halves whose distance is its own spread, or
+    None where either split is missing or empty."""
+    try:
+        halves = tuple(split_cases(artifact, split, store) for split in ("val", "train"))
+    except UdasegError:
+        return None
+    return halves if all(halves) else None
 
 
 def direction_report(
@@ -175,10 +168,14 @@ def direction_report(
         for i, name in enumerate(origin.classes)
     }
     # the other domain's labelled volumes, read only to measure
-    other_cases = [c for c in other.case_ids if other.label(c) is not None]
-    reference = [other.image(c) for c in other_cases], [other.label(c) for c in other_cases]
+    loaded = {c: (other.image(c), other.label(c)) for c in other.case_ids}
+    loaded = {c: pair for c, pair in loaded.items() if pair[1] is not None}
+    reference = [image for image, _ in loaded.values()], [label for _, label in loaded.values()]
     names = origin.classes
-    spread = split_pairs(other_dir, other) if other_dir is not None else None
+    halves = spread_halves(other_dir, other) if other_dir is not None else None
+    spread = None
+    if halves and all(c in loaded for half in halves for c in half):
+        spread = [tuple(zip(*(loaded[c] for c in half), strict=True)) for half in halves]
     report["wasserstein"] = wasserstein_report(
         names, reference, originals, translated, labels, spread
     )
