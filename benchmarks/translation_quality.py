@@ -48,6 +48,9 @@ from udaseg.stages.translate_apply import render_volume
 from udaseg.training.checkpoint import load_model
 from udaseg.translation.io import encode_styles, load_translator, open_run
 
+# the anatomy check: cycle Dice at most this far below the originals' (issue #5)
+CYCLE_TOLERANCE = 0.02
+
 
 def organ_dice(model, info, volume, label, classes) -> list[float]:
     """Dice of each class in ``classes`` (segmenter ``model`` on ``volume`` against ``label``)."""
@@ -109,14 +112,16 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=2))
 
 
-def spread_halves(artifact: Path, store: Store) -> tuple[list[str], list[str]] | None:
-    """(val, train) case ids of a store, the two halves whose distance is its own spread, or
-    None where either split is missing or empty."""
+def spread_halves(artifact: Path, store: Store, loaded: dict) -> list | None:
+    """The store's own spread halves, [(val images, labels), (train images, labels)], taken from
+    ``loaded`` ({case: (image, label)} of its labelled cases); None where either split is missing
+    or has no labelled case."""
     try:
-        halves = tuple(split_cases(artifact, split, store) for split in ("val", "train"))
+        ids = [split_cases(artifact, split, store) for split in ("val", "train")]
     except UdasegError:
         return None
-    return halves if all(halves) else None
+    halves = [[loaded[c] for c in half if c in loaded] for half in ids]
+    return [tuple(zip(*half, strict=True)) for half in halves] if all(halves) else None
 
 
 def direction_report(
@@ -172,10 +177,7 @@ def direction_report(
     loaded = {c: pair for c, pair in loaded.items() if pair[1] is not None}
     reference = [image for image, _ in loaded.values()], [label for _, label in loaded.values()]
     names = origin.classes
-    halves = spread_halves(other_dir, other) if other_dir is not None else None
-    spread = None
-    if halves and all(c in loaded for half in halves for c in half):
-        spread = [tuple(zip(*(loaded[c] for c in half), strict=True)) for half in halves]
+    spread = spread_halves(other_dir, other, loaded) if other_dir is not None else None
     report["wasserstein"] = wasserstein_report(
         names, reference, originals, translated, labels, spread
     )
@@ -282,15 +284,16 @@ def print_direction(report: dict, class_names, origin: str, other: str) -> None:
         )
     # the two checks in one line, so a sweep's logs can be grepped
     gap = report["dice_original"] - report["dice_cycle"]
+    kept = abs(gap) <= CYCLE_TOLERANCE
     closer = [
         n
         for n in class_names
         if report["wasserstein"][n]["after"] < report["wasserstein"][n]["before"]
     ]
     print(
-        f"  checks: cycle difference {gap:+.3f} ({'within' if abs(gap) <= 0.02 else 'beyond'} "
-        f"0.02); {len(closer)} of {len(class_names)} organs closer to {other}'s intensities"
-        + (f" ({', '.join(closer)})" if closer else "")
+        f"  checks: cycle difference {gap:+.3f} ({'within' if kept else 'beyond'} "
+        f"{CYCLE_TOLERANCE}); {len(closer)} of {len(class_names)} organs closer to {other}'s "
+        "intensities" + (f" ({', '.join(closer)})" if closer else "")
     )
     for name in class_names:
         w, e = report["wasserstein"][name], report["edge_ratio"][name]
