@@ -132,6 +132,88 @@ def test_identity_term_reported_and_weighted():
     assert set(out) == STEP_KEYS | {"identity"}
 
 
+# --- opt-in semantic consistency (CyCADA) --------------------------------------------------
+
+
+def tiny_segmenter(seed: int = 3, classes: int = 2) -> torch.nn.Module:
+    from udaseg.models.registry import create_model, model_spec
+
+    torch.manual_seed(seed)
+    kwargs = {**model_spec("unet2d.v1").tiny, "in_channels": 1, "num_classes": classes}
+    return create_model("unet2d.v1", **kwargs)
+
+
+def anatomy_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source, its label (the bright half of each slice: anatomy the image shows) and target."""
+    source, target = batch(seed)
+    return source, (source[:, 0] > 0).long(), target
+
+
+def test_semantic_term_is_weighted_and_its_segmenter_stays_frozen_outside_the_state():
+    model = tiny("attention-cyclegan.v1", lambda_semantic=2.0)
+    assert model.needs_source_labels and not tiny("cyclegan.v1").needs_source_labels
+    segmenter = tiny_segmenter()
+    model.use_semantic_model(segmenter)
+    frozen = snapshot([segmenter])
+    source, labels, target = anatomy_batch(4)
+    losses, _, _ = model.generator_losses(source, target, no_autocast, labels)
+    expected = (
+        losses["g_adv_t"]
+        + losses["g_adv_s"]
+        + 10.0 * (losses["cycle_s"] + losses["cycle_t"])
+        + 2.0 * (losses["semantic_s"] + losses["semantic_t"])
+    )
+    torch.testing.assert_close(losses["total"], expected)
+    model.train()  # the translator's mode never reaches the attached segmenter
+    opts = model.optimizers(spec("attention-cyclegan.v1").recipe)
+    out = model.train_step(source, target, opts, no_autocast, source_labels=labels)
+    assert set(out) == STEP_KEYS | {"semantic_s", "semantic_t"}
+    assert not segmenter.training
+    assert all(torch.equal(a, b) for a, b in zip(frozen, snapshot([segmenter]), strict=True))
+    # checkpoints hold the translator only: translate apply needs no segmenter
+    assert not any("semantic" in key for key in model.state_dict())
+
+
+def test_semantic_term_refuses_without_its_segmenter_or_the_labels():
+    model = tiny("cyclegan.v1", lambda_semantic=1.0)
+    source, labels, target = anatomy_batch(5)
+    opts = model.optimizers(spec("cyclegan.v1").recipe)
+    with pytest.raises(UdasegError, match="no frozen segmenter"):
+        model.train_step(source, target, opts, no_autocast, source_labels=labels)
+    model.use_semantic_model(tiny_segmenter())
+    with pytest.raises(UdasegError, match="no source labels"):
+        model.train_step(source, target, opts, no_autocast)
+
+
+class InvertedReader(torch.nn.Module):
+    """A fixed segmenter that reads class 1 where the image is dark: the label (bright in the
+    source) only reads right once G_st inverts the contrast, as CT -> MR must for some organs."""
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return {"logits": torch.cat([4 * x, -4 * x], dim=1)}
+
+
+def test_semantic_term_makes_the_segmenter_read_the_translation_as_the_label():
+    """The same start and batches with and without the term: with it, the frozen segmenter's
+    cross-entropy on G_st(s) against the source label ends far lower (the term does its job)."""
+
+    def final_semantic_error(weight: float) -> float:
+        model = tiny("attention-cyclegan.v1", seed=1, lambda_cycle=1.0, lambda_semantic=weight)
+        model.use_semantic_model(InvertedReader())
+        opts = model.optimizers(spec("attention-cyclegan.v1").recipe)
+        torch.manual_seed(0)
+        for step in range(60):
+            source, labels, target = anatomy_batch(step % 3)
+            model.train_step(source, target, opts, no_autocast, source_labels=labels)
+        source, labels, _ = anatomy_batch(0)
+        with torch.no_grad():
+            logits = InvertedReader()(model.translate(source))["logits"]
+        return float(torch.nn.functional.cross_entropy(logits, labels))
+
+    without, with_term = final_semantic_error(0.0), final_semantic_error(5.0)
+    assert with_term < 0.7 * without, (with_term, without)
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_translate_shapes_and_range(name):
     model = tiny(name)

@@ -1353,6 +1353,16 @@ def translate_train(
     target_split: Annotated[
         str, typer.Option(help="Target cases to train on.", rich_help_panel=RESULTS)
     ] = "train",
+    semantic_segmenter: Annotated[
+        Path | None,
+        typer.Option(
+            help="Opt-in, beyond the papers (CycleGAN-family methods): a segment-train run on "
+            "the source labels (best trained with --intensity-net) that must read translated "
+            "slices as the originals; its weight lambda_semantic is 1 unless --method-arg sets "
+            "it. Keeps anatomy at a lower cycle weight.",
+            rich_help_panel=RESULTS,
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option(help="Random seed (CPU runs repeat exactly).", rich_help_panel=RESULTS)
     ] = 0,
@@ -1412,6 +1422,7 @@ def translate_train(
         recipe={k: v for k, v in recipe.items() if v is not None},
         source_split=source_split,
         target_split=target_split,
+        semantic_segmenter=semantic_segmenter,
         seed=seed,
         sample_every=sample_every,
         checkpoint_every=checkpoint_every,

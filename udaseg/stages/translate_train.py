@@ -20,7 +20,14 @@ Output ``W/translate/<run>/`` (``<run>`` defaults to
                          sample slices each time; rows source, translated, reconstructed, target,
                          any other panel the method shows, and for methods with style codes one
                          row per style encoded from a few (seeded) random target slices
-    manifest.json        stage "translate-train"; inputs: the source and target stores
+    manifest.json        stage "translate-train"; inputs: the source and target stores (and
+                         the semantic segmenter's run when there is one)
+
+``semantic_segmenter`` (opt-in, CycleGAN-family methods; see :mod:`udaseg.translation.cyclegan`):
+a segment-train run on the source labels, frozen, whose reading of the translated slices keeps the
+anatomy (CyCADA's semantic consistency). The source slices are then drawn with their labels; the
+target's labels are still never read, and a segmenter trained on the target's own labels is
+refused (that would no longer be unsupervised adaptation).
 
 There is no validation (no labels), so no ``checkpoint_best.pt``: later stages use the final one.
 """
@@ -63,6 +70,10 @@ RECIPE_KEYS = (
 PANELS = ("source", "translated", "reconstructed", "target")
 # seeds the fixed sample slices and the random sample styles apart from the training draws
 SAMPLE_SEED = 7919
+# CyCADA's weight of the semantic-consistency term, used when --semantic-segmenter is given alone
+SEMANTIC_WEIGHT = 1.0
+# model directories --semantic-segmenter accepts
+SEGMENTER_STAGES = ("segment-train", "adapt")
 
 
 @dataclass
@@ -89,6 +100,7 @@ class TranslateTrainConfig:
     sample_every: int = 500
     sample_count: int = 4
     sample_styles: int = 3
+    semantic_segmenter: Path | None = None
     checkpoint_every: int = 200
     log_every: int = 10
     device: str = "auto"
@@ -146,6 +158,44 @@ def accepted_kwargs(builder: Any) -> set[str]:
     return names
 
 
+def semantic_overrides(config: TranslateTrainConfig) -> dict[str, Any]:
+    """``method_kwargs`` with the semantic-consistency weight settled: 1 (CyCADA's) when a
+    segmenter is given without a weight; refused where the method has no such term, or where a
+    positive weight comes without a segmenter."""
+    from udaseg.translation.registry import list_translators, translator_spec
+
+    def has_term(name: str) -> bool:
+        return "lambda_semantic" in accepted_kwargs(translator_spec(name).builder)
+
+    overrides = dict(config.method_kwargs)
+    weight = float(overrides.get("lambda_semantic", 0.0))
+    if config.semantic_segmenter is None:
+        if weight > 0:
+            raise UdasegError(
+                f"--method-arg lambda_semantic={weight:g} needs a frozen segmenter",
+                hint="pass --semantic-segmenter W/segment/<run> (trained on the source labels)",
+                exit_code=2,
+            )
+        return overrides
+    if not has_term(config.method):
+        with_term = [name for name in list_translators() if has_term(name)]
+        raise UdasegError(
+            f"{config.method} has no semantic-consistency term, so --semantic-segmenter does "
+            "not apply",
+            hint=f"use one of {', '.join(with_term)}, or drop --semantic-segmenter",
+            exit_code=2,
+        )
+    if weight <= 0:
+        if "lambda_semantic" in overrides:
+            raise UdasegError(
+                f"--semantic-segmenter is given but --method-arg lambda_semantic={weight:g}",
+                hint="give the term a positive weight, or drop --semantic-segmenter",
+                exit_code=2,
+            )
+        overrides["lambda_semantic"] = SEMANTIC_WEIGHT
+    return overrides
+
+
 def _plain(value: Any) -> Any:
     # tuples come back from JSON (model.json) and checkpoints as lists; store them as lists
     return list(value) if isinstance(value, tuple) else value
@@ -190,7 +240,7 @@ def run(
     inputs, source, target = _inputs(config, force)
     recipe = resolved_recipe(config)
     _patch_size(recipe)  # refuse a bad size before any folder is made
-    kwargs = constructor_kwargs(config.method, recipe, config.method_kwargs)
+    kwargs = constructor_kwargs(config.method, recipe, semantic_overrides(config))
     out = Path(work) / "translate" / run_name(config, source, target)
     stage_config = {**_result_config(config), "recipe": recipe, "kwargs": kwargs}
     done = artifacts.reuse_if_current(
@@ -232,6 +282,11 @@ def _result_config(config: TranslateTrainConfig) -> dict[str, Any]:
         data.pop(key)
     data["source"] = str(Path(config.source).resolve())
     data["target"] = str(Path(config.target).resolve())
+    if config.semantic_segmenter is None:
+        # absent rather than null: runs made before the option existed keep their config hash
+        data.pop("semantic_segmenter")
+    else:
+        data["semantic_segmenter"] = str(Path(config.semantic_segmenter).resolve())
     return data
 
 
@@ -259,7 +314,47 @@ def _inputs(config: TranslateTrainConfig, force: bool) -> tuple[dict, Store, Sto
             hint="preprocess both domains with the same view (the manifests' view key)",
             exit_code=2,
         )
+    if config.semantic_segmenter is not None:
+        inputs["semantic_segmenter"] = _segmenter_input(
+            Path(config.semantic_segmenter), source, target, force
+        )
     return inputs, source, target
+
+
+def _segmenter_input(path: Path, source: Store, target: Store, force: bool) -> dict:
+    """Check --semantic-segmenter: a current 2D model directory over the source's classes that
+    was not trained on the target's own labels; its input record for the manifest."""
+    from udaseg.training.checkpoint import read_model_json
+
+    stage = artifacts.load_manifest(path).stage if path.is_dir() else None
+    if stage not in SEGMENTER_STAGES:
+        raise UdasegError(
+            f"--semantic-segmenter {path} is not a model directory",
+            hint="pass a run of `udaseg segment-train` on the source store, ideally trained "
+            "with --intensity-net so it also reads the target modality",
+            path=path,
+            exit_code=2,
+        )
+    manifest = artifacts.require_input(path, stage=stage, force=force, rerun=f"udaseg {stage}")
+    info = read_model_json(path)
+    problem = None
+    if int(info.get("dims", 2)) != 2:
+        problem = f"it is a {info['dims']}D model; translators work on 2D slices"
+    elif list(info.get("classes", [])) != list(source.classes):
+        problem = f"its classes {info.get('classes')} are not the source's {list(source.classes)}"
+    elif (info.get("dataset"), info.get("domain")) == (target.dataset, target.domain):
+        problem = (
+            f"it was trained on {target.dataset} {target.domain}, the target's own labels, "
+            "which unsupervised adaptation never reads"
+        )
+    if problem:
+        raise UdasegError(
+            f"--semantic-segmenter {path}: {problem}",
+            hint="train one with `udaseg segment-train` on the source store",
+            path=path,
+            exit_code=2,
+        )
+    return artifacts.input_record(path, manifest)
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -272,23 +367,31 @@ def _train(config, recipe, kwargs, stores, tmp, runtime, progress, stage_config)
     loop.seed_everything(config.seed, runtime.rank)
     fmt = loop.memory_format(runtime, 2)
     translator = create_translator(config.method, **kwargs).to(runtime.device, memory_format=fmt)
+    if config.semantic_segmenter is not None:
+        from udaseg.training.checkpoint import load_model
+
+        # not part of the state: a resumed run attaches the same frozen weights again
+        segmenter, _ = load_model(Path(config.semantic_segmenter), "final", runtime.device)
+        translator.use_semantic_model(segmenter.to(memory_format=fmt))
+    labelled = bool(getattr(translator, "needs_source_labels", False))
     state = _state(config, recipe, translator, kwargs, runtime)
     state.extra["config_hash"] = artifacts.config_hash(stage_config)
     if config.resume and loop.resume_from(state, tmp):
         progress.log(f"resumed from step {state.step}")
     patch = _patch_size(recipe)
     samplers = [
-        _sampler(path, split, store, patch, int(recipe["batch_size"]), state.numpy_rng)
-        for path, split, store in zip(
+        _sampler(path, split, store, patch, int(recipe["batch_size"]), state.numpy_rng, labels)
+        for path, split, store, labels in zip(
             (config.source, config.target),
             (config.source_split, config.target_split),
             stores,
+            (labelled, False),  # the target's labels are never read
             strict=True,
         )
     ]
     write = _sample_writer(config, spec.has_style_codes, samplers, tmp / "samples", runtime)
     step_fn = _with_samples(
-        _step_fn(samplers, runtime), write, config.sample_every, int(recipe["steps"])
+        _step_fn(samplers, runtime, labelled), write, config.sample_every, int(recipe["steps"])
     )
     write_model_json(tmp, _model_info(config, recipe, kwargs, spec, stores))
     schedule = loop.LoopSchedule(
@@ -340,27 +443,33 @@ def _patch_size(recipe: dict[str, Any]) -> tuple[int, int]:
     return patch
 
 
-def _sampler(path, split, store, patch, batch_size, rng) -> SliceSampler:
-    """Random (B, 1, H, W) slices of the split's cases; no labels, no foreground preference."""
-    bank = VolumeBank([Source(store, tuple(split_cases(path, split, store)))], need_labels=False)
+def _sampler(path, split, store, patch, batch_size, rng, labels=False) -> SliceSampler:
+    """Random (B, 1, H, W) slices of the split's cases, no foreground preference; with their
+    (B, H, W) labels only when ``labels`` (the semantic-consistency term's source batch)."""
+    cases = tuple(split_cases(path, split, store))
+    bank = VolumeBank([Source(store, cases)], need_labels=labels)
     # empty (constant) slices would send instance-norm gradients to inf (see sampling)
     return SliceSampler(bank, patch, batch_size, rng, foreground_fraction=0.0, skip_empty=True)
 
 
-def _step_fn(samplers: list[SliceSampler], runtime: loop.Runtime):
+def _step_fn(samplers: list[SliceSampler], runtime: loop.Runtime, labelled: bool = False):
     fmt = loop.memory_format(runtime, 2)
     # the translator contract: a zero-argument callable giving a fresh context per update
     autocast = functools.partial(loop.autocast, runtime)
 
-    def batch(sampler: SliceSampler) -> torch.Tensor:
-        images, _ = sampler()
-        return torch.from_numpy(images).to(runtime.device, memory_format=fmt, non_blocking=True)
+    def batch(sampler: SliceSampler) -> tuple[torch.Tensor, torch.Tensor | None]:
+        images, labels = sampler()
+        device = runtime.device
+        images = torch.from_numpy(images).to(device, memory_format=fmt, non_blocking=True)
+        labels = None if labels is None else torch.from_numpy(labels).to(device)
+        return images, labels
 
     def step(state: loop.TrainState) -> dict[str, float]:
-        source, target = batch(samplers[0]), batch(samplers[1])
+        (source, source_labels), (target, _) = batch(samplers[0]), batch(samplers[1])
         translator = state.modules["model"]
         translator.train()
-        parts = translator.train_step(source, target, state.optimizers, autocast)
+        extra = {"source_labels": source_labels} if labelled else {}
+        parts = translator.train_step(source, target, state.optimizers, autocast, **extra)
         # methods may report tensors; detach so float() does not warn about gradients
         parts = {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in parts.items()}
         if not all(np.isfinite(v) for v in parts.values()):

@@ -12,8 +12,16 @@ the stores' normalised range [-1, 1]; every generator ends in tanh, so outputs s
   and Sec. IV-A.3): the same CycleGAN training with U-Net-shaped generators whose skip
   connections pass through additive attention gates (Attention U-Net).
 
-Per step (:meth:`CycleTranslator.train_step`): generators first (adversarial + cycle (+ identity),
-discriminators frozen), then the discriminators on real images against pooled fakes.
+Per step (:meth:`CycleTranslator.train_step`): generators first (adversarial + cycle (+ identity)
+(+ semantic), discriminators frozen), then the discriminators on real images against pooled fakes.
+
+Opt-in, beyond the papers: semantic consistency (``lambda_semantic`` > 0, after CyCADA, Hoffman et
+al. 2018). A frozen segmenter f trained on source labels (and able to read both modalities, e.g.
+trained with GIN intensity augmentation) must read G_st(s) as the source label says and G_ts(t) as
+it reads t itself. The anatomy is then kept by what the segmenter sees rather than only by the
+pixel cycle, so the cycle weight can stay low enough for each organ to take its own target tone.
+The segmenter is attached with :meth:`CycleTranslator.use_semantic_model`; it is not part of the
+translator's state (checkpoints and ``translate apply`` never need it).
 
 Loss weights and the pool size are constructor kwargs (``lambda_cycle``, ``lambda_identity``,
 ``pool_size``) so they are saved with the checkpoint's kwargs; the translate stage passes the
@@ -31,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from udaseg.data.sampling import IGNORE_INDEX
 from udaseg.errors import UdasegError
 from udaseg.losses.gan import discriminator_loss, gan_loss, set_requires_grad
 from udaseg.models.discriminators import PatchDiscriminator
@@ -286,6 +295,9 @@ class CycleTranslator(nn.Module):
         lambda_identity: weight of each L1 identity term ``|G_st(t) - t| + |G_ts(s) - s|`` (0 as
             SIFA; CycleGAN uses 0.5 * lambda_cycle); the term is skipped when 0.
         pool_size: images in each discriminator's history pool (50; 0 disables the pool).
+        lambda_semantic: weight of each semantic-consistency cross-entropy (0: off; CyCADA uses
+            1). Needs a segmenter attached with :meth:`use_semantic_model` and the source labels
+            in :meth:`train_step`.
         generator_kwargs: passed to :meth:`build_generator`.
     """
 
@@ -296,11 +308,16 @@ class CycleTranslator(nn.Module):
         lambda_cycle: float = 10.0,
         lambda_identity: float = 0.0,
         pool_size: int = 50,
+        lambda_semantic: float = 0.0,
         **generator_kwargs: Any,
     ) -> None:
         super().__init__()
         self.lambda_cycle = float(lambda_cycle)
         self.lambda_identity = float(lambda_identity)
+        self.lambda_semantic = float(lambda_semantic)
+        # kept in __dict__, not as a submodule: the frozen segmenter is no part of the
+        # translator's state_dict, and train()/eval() of the translator leave it in eval mode
+        self.__dict__["semantic_model"] = None
         self.G_st = self.build_generator(channels, **generator_kwargs)
         self.G_ts = self.build_generator(channels, **generator_kwargs)
         self.D_t = PatchDiscriminator(channels, width=disc_width)  # real target vs G_st(source)
@@ -310,6 +327,20 @@ class CycleTranslator(nn.Module):
 
     def build_generator(self, channels: int, **kwargs: Any) -> nn.Module:
         raise NotImplementedError
+
+    @property
+    def needs_source_labels(self) -> bool:
+        """Whether :meth:`train_step` needs the source batch's labels (semantic consistency)."""
+        return self.lambda_semantic > 0
+
+    def use_semantic_model(self, segmenter: nn.Module) -> None:
+        """Attach the frozen segmenter of the semantic-consistency term: a registered segmentation
+        model (input (N, 1, H, W) as the stores, output dict with "logits" (N, K+1, H, W)),
+        already on the translator's device. It is put in eval mode and its weights frozen;
+        gradients still flow through it to the generators."""
+        segmenter.eval()
+        set_requires_grad([segmenter], False)
+        self.__dict__["semantic_model"] = segmenter
 
     @property
     def generators(self) -> list[nn.Module]:
@@ -340,16 +371,22 @@ class CycleTranslator(nn.Module):
         target: torch.Tensor,
         optimizers: dict[str, torch.optim.Optimizer],
         autocast: Autocast,
+        source_labels: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """One CycleGAN iteration on unpaired (N, 1, H, W) batches: generators, then D_t and D_s.
 
+        ``source_labels`` (N, H, W) int64 class indices of ``source`` (ignored voxels
+        ``IGNORE_INDEX``) are needed only with semantic consistency (:attr:`needs_source_labels`).
+
         Returns floats: ``g_adv_t``, ``g_adv_s`` (LSGAN terms of G_st and G_ts), ``cycle_s``
         (|G_ts(G_st(s)) - s|), ``cycle_t`` (|G_st(G_ts(t)) - t|), ``identity`` (unweighted sum of
-        both identity terms, only when lambda_identity > 0), ``d_t``, ``d_s`` (discriminator
+        both identity terms, only when lambda_identity > 0), ``semantic_s`` and ``semantic_t``
+        (cross-entropies of f(G_st(s)) against the source label and of f(G_ts(t)) against
+        f's reading of t, only when lambda_semantic > 0), ``d_t``, ``d_s`` (discriminator
         losses) and ``total`` (the weighted generator objective).
         """
         losses, fake_t, fake_s = self.update_generators(
-            source, target, optimizers["generator"], autocast
+            source, target, optimizers["generator"], autocast, source_labels
         )
         d_losses = self.update_discriminators(
             source, target, fake_t, fake_s, optimizers["discriminator"], autocast
@@ -357,7 +394,11 @@ class CycleTranslator(nn.Module):
         return {k: float(v.detach()) for k, v in {**losses, **d_losses}.items()}
 
     def generator_losses(
-        self, source: torch.Tensor, target: torch.Tensor, autocast: Autocast
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        autocast: Autocast,
+        source_labels: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """The generator objective's terms (float32 scalars, ``total`` weighted) and the fakes."""
         with autocast():
@@ -378,8 +419,45 @@ class CycleTranslator(nn.Module):
         if self.lambda_identity > 0:
             losses["identity"] = self._identity_loss(source, target, autocast)
             total = total + self.lambda_identity * losses["identity"]
+        if self.lambda_semantic > 0:
+            semantic = self._semantic_losses(fake_t, fake_s, target, source_labels, autocast)
+            losses.update(semantic)
+            total = total + self.lambda_semantic * (semantic["semantic_s"] + semantic["semantic_t"])
         losses["total"] = total
         return losses, fake_t, fake_s
+
+    def _semantic_losses(
+        self,
+        fake_t: torch.Tensor,
+        fake_s: torch.Tensor,
+        target: torch.Tensor,
+        source_labels: torch.Tensor | None,
+        autocast: Autocast,
+    ) -> dict[str, torch.Tensor]:
+        """CyCADA's semantic consistency with the frozen segmenter f: CE(f(G_st(s)), y_s) and
+        CE(f(G_ts(t)), argmax f(t)), float32 scalars."""
+        segmenter = self.semantic_model
+        if segmenter is None or source_labels is None:
+            missing = "no frozen segmenter" if segmenter is None else "no source labels"
+            raise UdasegError(
+                f"lambda_semantic is {self.lambda_semantic:g} but the translator was given "
+                f"{missing}",
+                hint="pass --semantic-segmenter RUN (a segment-train run on the source labels) "
+                "to `udaseg translate train`, or set --method-arg lambda_semantic=0",
+                exit_code=2,
+            )
+        with autocast():
+            with torch.no_grad():
+                # f's own reading of the real target slices: the pseudo-label G_ts must keep
+                reading = _logits(segmenter(target)).argmax(1)
+            on_translated = _logits(segmenter(fake_t))
+            on_back = _logits(segmenter(fake_s))
+        return {
+            "semantic_s": F.cross_entropy(
+                on_translated.float(), source_labels.long(), ignore_index=IGNORE_INDEX
+            ),
+            "semantic_t": F.cross_entropy(on_back.float(), reading),
+        }
 
     def _identity_loss(
         self, source: torch.Tensor, target: torch.Tensor, autocast: Autocast
@@ -395,12 +473,13 @@ class CycleTranslator(nn.Module):
         target: torch.Tensor,
         optimizer: torch.optim.Optimizer,
         autocast: Autocast,
+        source_labels: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """One generator step with the discriminators frozen (no gradients reach them)."""
         set_requires_grad(self.discriminators, False)
         try:
             optimizer.zero_grad(set_to_none=True)
-            losses, fake_t, fake_s = self.generator_losses(source, target, autocast)
+            losses, fake_t, fake_s = self.generator_losses(source, target, autocast, source_labels)
             losses["total"].backward()
             optimizer.step()
         finally:
@@ -462,6 +541,11 @@ class CycleTranslator(nn.Module):
             "target_reconstructed": self.G_st(target_translated),
         }
         return {k: v.detach().float().cpu() for k, v in panels.items()}
+
+
+def _logits(output: Any) -> torch.Tensor:
+    """A registered segmentation model's logits (its forward returns a dict)."""
+    return output["logits"] if isinstance(output, dict) else output
 
 
 @register_translator(

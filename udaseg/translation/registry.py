@@ -9,7 +9,9 @@ this contract (images are (N, 1, H, W) float32 in the stores' normalised range [
     method.optimizers(recipe) -> dict[str, Optimizer]    # {"generator": .., "discriminator": ..}
     method.train_step(source, target, optimizers, autocast) -> dict[str, float]
         one iteration on an unpaired batch, all updates in the method's order; returns the
-        losses for metrics.jsonl (each generator term, each discriminator loss, and "total")
+        losses for metrics.jsonl (each generator term, each discriminator loss, and "total").
+        A method whose ``needs_source_labels`` attribute is true (CycleGAN-family translators
+        with semantic consistency) also takes ``source_labels=`` (N, H, W) int64
     method.translate(source, style=None) -> (N, 1, H, W)         # source -> target appearance
     method.translate_back(target, style=None) -> (N, 1, H, W)    # target -> source appearance
     method.encode_style(images, domain="target") -> (N, style_dim)   # methods with style codes
