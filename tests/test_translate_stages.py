@@ -309,23 +309,9 @@ def test_train_refuses_bad_options(ws):
 # --- opt-in semantic consistency ----------------------------------------------------------------
 
 
-def tiny_segmenter_run(ws, store: Path, name: str) -> Path:
-    config = segment_train.SegmentTrainConfig(
-        model="unet2d.v1",
-        train_on="source",
-        train=[store],
-        model_kwargs=dict(model_spec("unet2d.v1").tiny),
-        recipe={"steps": 2, "batch_size": 2, "patch_size": [32, 32]},
-        val_every=0,
-        device="cpu",
-        name=name,
-    )
-    return Path(segment_train.run(config, ws.work).summary["output"])
-
-
 @pytest.fixture(scope="module")
 def source_segmenter(ws) -> Path:
-    return tiny_segmenter_run(ws, ws.source, "seg-src")
+    return Path(tiny_segment_train(ws.work, ws.source, "source", "seg-src")["output"])
 
 
 def semantic_config(ws, segmenter, **overrides):
@@ -499,20 +485,26 @@ def test_apply_writes_k_styled_copies_with_the_source_labels(ws):
         )
 
 
-def test_segment_train_trains_on_a_translated_store(ws):
-    config = translate_apply.TranslateApplyConfig(translator=ws.plain, device="cpu")
-    out = Path(translate_apply.run(config, ws.work).summary["output"])
-    assert out.name == f"{ws.plain.name}__k1"
-    segment = segment_train.SegmentTrainConfig(
+def tiny_segment_train(work: Path, store: Path, train_on: str, name: str | None = None) -> dict:
+    """Two steps of a tiny unet2d.v1 on ``store``; the run's summary."""
+    config = segment_train.SegmentTrainConfig(
         model="unet2d.v1",
-        train_on="translated",
-        train=[out],
+        train_on=train_on,
+        train=[store],
         model_kwargs=dict(model_spec("unet2d.v1").tiny),
         recipe={"steps": 2, "batch_size": 2, "patch_size": [32, 32]},
         val_every=0,
         device="cpu",
+        name=name,
     )
-    summary = segment_train.run(segment, ws.work).summary
+    return segment_train.run(config, work).summary
+
+
+def test_segment_train_trains_on_a_translated_store(ws):
+    config = translate_apply.TranslateApplyConfig(translator=ws.plain, device="cpu")
+    out = Path(translate_apply.run(config, ws.work).summary["output"])
+    assert out.name == f"{ws.plain.name}__k1"
+    summary = tiny_segment_train(ws.work, out, "translated")
     assert summary["steps"] == 2 and summary["train_on"] == "translated"
 
 
