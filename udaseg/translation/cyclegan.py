@@ -18,8 +18,10 @@ Per step (:meth:`CycleTranslator.train_step`): generators first (adversarial + c
 Opt-in, beyond the papers: semantic consistency (``lambda_semantic`` > 0, after CyCADA, Hoffman et
 al. 2018). A frozen segmenter f trained on source labels (and able to read both modalities, e.g.
 trained with GIN intensity augmentation) must read G_st(s) as the source label says and G_ts(t) as
-it reads t itself. The anatomy is then kept by what the segmenter sees rather than only by the
-pixel cycle, so the cycle weight can stay low enough for each organ to take its own target tone.
+it reads t itself. The aim is to keep the anatomy by what the segmenter sees rather than only by
+the pixel cycle, so that a lower cycle weight leaves each organ free to take its own target tone;
+measured with GIN-trained segmenters (README, session 14) it keeps shapes but does not steer the
+organs' intensities, since such a segmenter accepts any tone.
 The segmenter is attached with :meth:`CycleTranslator.use_semantic_model`; it is not part of the
 translator's state (checkpoints and ``translate apply`` never need it).
 
