@@ -255,6 +255,34 @@ def _stale_reason(artifact_dir: Path, manifest: Manifest) -> str | None:
     return None
 
 
+def require_input_from(
+    artifact_dir: Path,
+    stages: dict[str, str],
+    *,
+    option: str,
+    what: str,
+    hint: str,
+    force: bool = False,
+) -> Manifest:
+    """:func:`require_input` for an option that accepts the output of any of several stages.
+
+    ``stages`` maps each accepted stage to the command that reruns it (``{"segment-train":
+    "udaseg segment-train"}``). A folder made by another stage, or no artifact at all, is refused
+    with exit code 2 as "``option`` ``artifact_dir`` is not ``what``" and ``hint``.
+    """
+    artifact_dir = Path(artifact_dir)
+    stage = load_manifest(artifact_dir).stage if artifact_dir.is_dir() else None
+    if stage not in stages:
+        raise UdasegError(
+            f"{option} {artifact_dir} is not {what}"
+            + (f" (it was made by '{stage}')" if stage else ""),
+            hint=hint,
+            path=artifact_dir,
+            exit_code=2,
+        )
+    return require_input(artifact_dir, stage=stage, rerun=stages[stage], force=force)
+
+
 def require_input(artifact_dir: Path, *, stage: str, rerun: str, force: bool = False) -> Manifest:
     """Load an input artifact and check it is complete and current.
 

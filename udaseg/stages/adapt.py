@@ -34,12 +34,11 @@ from udaseg.data.store import Store
 from udaseg.errors import UdasegError, look_up_option
 from udaseg.progress import NullProgress, Progress
 from udaseg.training import loop
+from udaseg.training.checkpoint import MODEL_STAGES
 
 STAGE = "adapt"
 # a labelled source may come from these stages (translated stores carry the source labels)
 SOURCE_STAGES = {"preprocess": "preprocess", "translate-apply": "translate apply"}
-# model directories --init accepts
-INIT_STAGES = ("segment-train", "adapt")
 EXTRAS = "extras"
 
 
@@ -163,20 +162,16 @@ def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store]
     """Check every input artifact is complete and current; return their records and stores."""
     inputs: dict[str, Any] = {}
     source_dir, target_dir = Path(config.source), Path(config.target)
-    stage = artifacts.load_manifest(source_dir).stage if source_dir.is_dir() else None
-    if stage not in SOURCE_STAGES:
-        raise UdasegError(
-            f"--source {source_dir} is not a store artifact"
-            + (f" (it was made by '{stage}')" if stage else ""),
-            hint="pass a preprocessed store or a translated store from `udaseg translate apply`",
-            path=source_dir,
-            exit_code=2,
-        )
-    manifest = artifacts.require_input(
-        source_dir, stage=stage, force=force, rerun=f"udaseg {SOURCE_STAGES[stage]}"
+    manifest = artifacts.require_input_from(
+        source_dir,
+        {stage: f"udaseg {command}" for stage, command in SOURCE_STAGES.items()},
+        option="--source",
+        what="a store artifact",
+        hint="pass a preprocessed store or a translated store from `udaseg translate apply`",
+        force=force,
     )
     inputs["source"] = artifacts.input_record(source_dir, manifest)
-    _check_translation(spec, stage, manifest, source_dir)
+    _check_translation(spec, manifest.stage, manifest, source_dir)
     target_manifest = artifacts.require_input(
         target_dir, stage="preprocess", force=force, rerun="udaseg preprocess"
     )
@@ -208,16 +203,13 @@ def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store]
         inputs["translator"] = open_run(config.translator, force=force).record()
     if config.init is not None:
         init_dir = Path(config.init)
-        stage_name = artifacts.load_manifest(init_dir).stage if init_dir.is_dir() else None
-        if stage_name not in INIT_STAGES:
-            raise UdasegError(
-                f"--init {init_dir} is not a model directory",
-                hint="pass a run of `udaseg segment-train` (or `udaseg adapt`)",
-                path=init_dir,
-                exit_code=2,
-            )
-        manifest = artifacts.require_input(
-            init_dir, stage=stage_name, force=force, rerun=f"udaseg {stage_name}"
+        manifest = artifacts.require_input_from(
+            init_dir,
+            {stage: f"udaseg {stage}" for stage in MODEL_STAGES},
+            option="--init",
+            what="a model directory",
+            hint="pass a run of `udaseg segment-train` (or `udaseg adapt`)",
+            force=force,
         )
         inputs["init"] = artifacts.input_record(init_dir, manifest)
     return inputs, source, target

@@ -72,8 +72,6 @@ PANELS = ("source", "translated", "reconstructed", "target")
 SAMPLE_SEED = 7919
 # CyCADA's weight of the semantic-consistency term, used when --semantic-segmenter is given alone
 SEMANTIC_WEIGHT = 1.0
-# model directories --semantic-segmenter accepts
-SEGMENTER_STAGES = ("segment-train", "adapt")
 
 
 @dataclass
@@ -324,18 +322,17 @@ def _inputs(config: TranslateTrainConfig, force: bool) -> tuple[dict, Store, Sto
 def _segmenter_input(path: Path, source: Store, target: Store, force: bool) -> dict:
     """Check --semantic-segmenter: a current 2D model directory over the source's classes that
     was not trained on the target's own labels; its input record for the manifest."""
-    from udaseg.training.checkpoint import read_model_json
+    from udaseg.training.checkpoint import MODEL_STAGES, read_model_json
 
-    stage = artifacts.load_manifest(path).stage if path.is_dir() else None
-    if stage not in SEGMENTER_STAGES:
-        raise UdasegError(
-            f"--semantic-segmenter {path} is not a model directory",
-            hint="pass a run of `udaseg segment-train` on the source store, ideally trained "
-            "with --intensity-net so it also reads the target modality",
-            path=path,
-            exit_code=2,
-        )
-    manifest = artifacts.require_input(path, stage=stage, force=force, rerun=f"udaseg {stage}")
+    manifest = artifacts.require_input_from(
+        path,
+        {stage: f"udaseg {stage}" for stage in MODEL_STAGES},
+        option="--semantic-segmenter",
+        what="a model directory",
+        hint="pass a run of `udaseg segment-train` on the source store, ideally trained "
+        "with --intensity-net so it also reads the target modality",
+        force=force,
+    )
     info = read_model_json(path)
     problem = None
     if int(info.get("dims", 2)) != 2:

@@ -36,6 +36,8 @@ from udaseg.errors import UdasegError
 FORMAT = "udaseg-checkpoint"
 VERSION = 1
 MODEL_JSON = "model.json"
+# stages whose output is a model directory (checkpoints + model.json) that others may load
+MODEL_STAGES = ("segment-train", "adapt")
 
 
 def rng_state(numpy_rng: np.random.Generator | None = None) -> dict[str, Any]:
