@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from udaseg.errors import UdasegError
-from udaseg.models.blocks import coordinate_channels
 from udaseg.translation import registry
 from udaseg.translation.cyclegan import (
     AttentionGate,
@@ -396,53 +395,3 @@ def test_toy_inverted_contrast_is_learned():
     for _ in range(200):
         model.train_step(_blobs(2, gen), -_blobs(2, gen), opts, no_autocast)
     assert error() < 0.75 * initial
-
-
-def test_coordinate_channels_span_the_frame():
-    grid = coordinate_channels(torch.zeros(3, 1, 4, 6))
-    assert grid.shape == (3, 2, 4, 6)
-    rows, cols = grid[0]
-    assert torch.equal(rows[:, 0], torch.linspace(-1, 1, 4)) and torch.all(rows == rows[:, :1])
-    assert torch.equal(cols[0], torch.linspace(-1, 1, 6)) and torch.all(cols == cols[:1])
-
-
-@pytest.mark.parametrize("name", METHODS)
-def test_coords_make_every_network_see_where_it_looks(name):
-    """On a uniform slice a generator with reflection padding and instance norm gives the same
-    output in every window of its period (4 pixels: the ResNet's two stride-2 transposed convs
-    draw a checkerboard), so it cannot tell where it is; with ``coords`` the windows differ."""
-    flat = torch.full((1, 1, 32, 32), 0.3)
-    plain, placed = tiny(name), tiny(name, coords=True)
-
-    def shift_difference(generator) -> float:
-        with torch.no_grad():
-            out = generator(flat)
-        return float((out[..., 8:16, 8:16] - out[..., 16:24, 12:20]).abs().max())
-
-    for g_plain, g_placed in zip(plain.generators, placed.generators, strict=True):
-        assert shift_difference(g_plain) < 1e-5
-        assert shift_difference(g_placed) > 1e-3
-    # PatchGANs pad with zeros, which already leaks some position; with coords they read it too
-    for d in placed.discriminators:
-        assert d.net.net[0].in_channels == 3
-
-
-@pytest.mark.parametrize("name", METHODS)
-def test_coords_train_and_rebuild_from_their_kwargs(name):
-    """The option is a constructor kwarg: it trains, and a model rebuilt from the same kwargs
-    (as checkpoints are loaded) takes the state; without it the parameter names are unchanged."""
-    model = tiny(name, coords=True)
-    opts = model.optimizers(spec(name).recipe)
-    before = snapshot(model.generators + model.discriminators)
-    out = model.train_step(*batch(4), opts, no_autocast)
-    assert set(out) == STEP_KEYS
-    assert changed(before, model.generators + model.discriminators)
-    rebuilt = tiny(name, seed=5, coords=True)
-    rebuilt.load_state_dict(model.state_dict())
-    source, _ = batch(5)
-    with torch.no_grad():
-        assert torch.equal(rebuilt.translate(source), model.translate(source))
-    plain = tiny(name)
-    assert not any(key.startswith(("D_t.net.net", "D_s.net.net")) for key in plain.state_dict())
-    with pytest.raises(RuntimeError):
-        plain.load_state_dict(model.state_dict())

@@ -63,32 +63,3 @@ def as_int_tuple(values: Sequence[int] | int, length: int, what: str) -> tuple[i
     if len(out) != length:
         raise UdasegError(f"{what} needs {length} values, got {len(out)}: {list(out)}", exit_code=2)
     return out
-
-
-def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
-    """(N, 2, H, W) row and column coordinates in [-1, 1] (top/left -1) for a (N, C, H, W) batch.
-
-    CoordConv's extra inputs (Liu et al. 2018): with reflection padding and instance norm a
-    convolutional network has almost no cue to where in the frame it looks; these give it one.
-    """
-    n, _, h, w = x.shape
-    rows = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
-    cols = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
-    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"))
-    return grid.unsqueeze(0).expand(n, -1, -1, -1)
-
-
-def append_coordinates(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C + 2, H, W): ``x`` with :func:`coordinate_channels` after it."""
-    return torch.cat([x, coordinate_channels(x)], dim=1)
-
-
-class CoordInput(nn.Module):
-    """Run ``net`` on its input with :func:`coordinate_channels` appended (C -> C + 2 channels)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(append_coordinates(x))

@@ -44,7 +44,6 @@ from torch import nn
 from udaseg.data.sampling import IGNORE_INDEX
 from udaseg.errors import UdasegError
 from udaseg.losses.gan import discriminator_loss, gan_loss, set_requires_grad
-from udaseg.models.blocks import CoordInput, append_coordinates
 from udaseg.models.discriminators import PatchDiscriminator
 from udaseg.translation.registry import register_translator
 
@@ -174,17 +173,12 @@ class ResnetGenerator(nn.Module):
 
     Layers c7s1-w, d2w, d4w, ``blocks`` x R4w, u2w, uw, c7s1-1 + tanh, with w = ``width`` (64):
     (N, C, H, W) in [-1, 1] -> (N, C, H, W) in [-1, 1]; H and W should be multiples of 4.
-    ``coords``: the first layer also reads the
-    :func:`~udaseg.models.blocks.coordinate_channels` (opt-in, not SIFA's).
     """
 
-    def __init__(
-        self, channels: int = 1, width: int = 64, blocks: int = 9, coords: bool = False
-    ) -> None:
+    def __init__(self, channels: int = 1, width: int = 64, blocks: int = 9) -> None:
         super().__init__()
-        self.coords = bool(coords)
         layers = [
-            *_conv_in_relu(channels + 2 * self.coords, width, 7),
+            *_conv_in_relu(channels, width, 7),
             *_conv_in_relu(width, 2 * width, 3, stride=2),
             *_conv_in_relu(2 * width, 4 * width, 3, stride=2),
         ]
@@ -200,7 +194,7 @@ class ResnetGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(append_coordinates(x) if self.coords else x)
+        return self.net(x)
 
 
 # --- AttENT's attention-gated U-Net generator -------------------------------------------------
@@ -261,17 +255,12 @@ class AttentionUNetGenerator(nn.Module):
     widths w, 2w, ..., 2^depth w (64 ... 1024 at the defaults, the Attention U-Net layout).
     Decoder: per level an :class:`UpLevel` with one :class:`AttentionGate` on its skip, then a 1x1
     conv and tanh. (N, C, H, W) in [-1, 1] -> (N, C, H, W) in [-1, 1].
-    ``coords``: the stem also reads the :func:`~udaseg.models.blocks.coordinate_channels`
-    (opt-in, not AttENT's).
     """
 
-    def __init__(
-        self, channels: int = 1, width: int = 64, depth: int = 4, coords: bool = False
-    ) -> None:
+    def __init__(self, channels: int = 1, width: int = 64, depth: int = 4) -> None:
         super().__init__()
-        self.coords = bool(coords)
         widths = [width * 2**i for i in range(depth + 1)]
-        self.stem = ConvBlock(channels + 2 * self.coords, widths[0])
+        self.stem = ConvBlock(channels, widths[0])
         self.down = nn.ModuleList(
             ConvBlock(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
@@ -282,7 +271,7 @@ class AttentionUNetGenerator(nn.Module):
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Translated image; with ``return_attention`` also the gates' maps, coarsest first."""
-        skips = [self.stem(append_coordinates(x) if self.coords else x)]
+        skips = [self.stem(x)]
         for block in self.down:
             skips.append(block(F.max_pool2d(skips[-1], 2)))
         y, maps = skips.pop(), []
@@ -311,14 +300,6 @@ class CycleTranslator(nn.Module):
         lambda_semantic: weight of each semantic-consistency cross-entropy (0: off; CyCADA uses
             1). Needs a segmenter attached with :meth:`use_semantic_model` and the source labels
             in :meth:`train_step`.
-        coords: give both generators and both discriminators the pixel's position in the slice
-            as two extra input channels (CoordConv; opt-in, beyond the papers). Their reflection
-            padding and instance norm leave them almost blind to where in the frame they look,
-            so organs of equal source intensity (the real CT's liver and spleen) can only be
-            told apart by shape; position is a cheap, strong cue on preprocessed slices, whose
-            field of view is centred on the body. The coordinates span the network's input, so
-            train on whole slices (patch size = the store's slice size) for them to mean the
-            same place in training and in ``translate apply``.
         generator_kwargs: passed to :meth:`build_generator`.
     """
 
@@ -330,7 +311,6 @@ class CycleTranslator(nn.Module):
         lambda_identity: float = 0.0,
         pool_size: int = 50,
         lambda_semantic: float = 0.0,
-        coords: bool = False,
         **generator_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -340,23 +320,15 @@ class CycleTranslator(nn.Module):
         # kept in __dict__, not as a submodule: the frozen segmenter is no part of the
         # translator's state_dict, and train()/eval() of the translator leave it in eval mode
         self.__dict__["semantic_model"] = None
-        if coords:  # only when on: the default's parameter names stay those of older checkpoints
-            generator_kwargs["coords"] = True
         self.G_st = self.build_generator(channels, **generator_kwargs)
         self.G_ts = self.build_generator(channels, **generator_kwargs)
-        self.D_t = self._discriminator(channels, disc_width, coords)  # target vs G_st(source)
-        self.D_s = self._discriminator(channels, disc_width, coords)  # source vs G_ts(target)
+        self.D_t = PatchDiscriminator(channels, width=disc_width)  # real target vs G_st(source)
+        self.D_s = PatchDiscriminator(channels, width=disc_width)  # real source vs G_ts(target)
         self.pool_t = ImagePool(pool_size, channels)  # fakes shown to D_t
         self.pool_s = ImagePool(pool_size, channels)  # fakes shown to D_s
 
     def build_generator(self, channels: int, **kwargs: Any) -> nn.Module:
         raise NotImplementedError
-
-    @staticmethod
-    def _discriminator(channels: int, width: int, coords: bool) -> nn.Module:
-        if coords:
-            return CoordInput(PatchDiscriminator(channels + 2, width=width))
-        return PatchDiscriminator(channels, width=width)
 
     @property
     def needs_source_labels(self) -> bool:
