@@ -26,6 +26,12 @@ validation cases (or --cases), prints
     python benchmarks/translation_quality.py --translate W/translate/RUN \\
         --source-segmenter W/segment/unet_ct --target-segmenter W/segment/unet_mr \\
         [--styles W/styles/RUN] [--both]
+
+``--checkpoint latest`` reads a run that is still training (or was killed) from its last
+checkpoint in ``W/translate/RUN.partial``: whether the organs' tones are moving the right way
+shows long before a CPU run ends. Its stores are taken from ``model.json`` by the workspace's
+layout (``W/preprocessed/<dataset>__<domain>``) unless ``--source-store`` / ``--target-store``
+name them.
 """
 
 from __future__ import annotations
@@ -34,16 +40,19 @@ import argparse
 import json
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
+from udaseg.artifacts import PARTIAL_SUFFIX
 from udaseg.data.sampling import split_cases, store_path
 from udaseg.data.store import Store
 from udaseg.errors import UdasegError
 from udaseg.inference import segment_volume
 from udaseg.metrics import compute_dice
+from udaseg.stages.preprocess import output_dir
 from udaseg.stages.translate_apply import render_volume
 from udaseg.training.checkpoint import load_model
 from udaseg.translation.io import encode_styles, load_translator, open_run
@@ -85,18 +94,26 @@ def main() -> None:
         "--target-segmenter)",
     )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument(
+        "--checkpoint",
+        choices=["final", "latest"],
+        default="final",
+        help="latest: a run still training or killed, read from RUN.partial's last checkpoint",
+    )
+    parser.add_argument("--source-store", type=Path, help="with --checkpoint latest")
+    parser.add_argument("--target-store", type=Path, help="with --checkpoint latest")
     args = parser.parse_args()
     if args.both and not args.target_segmenter:
         parser.error("--both needs --target-segmenter")
 
-    run = open_run(args.translate)
-    translator, _ = load_translator(args.translate)
+    run = open_run(args.translate) if args.checkpoint == "final" else unfinished_run(args)
+    translator, _ = load_translator(run.directory, args.checkpoint)
     source, target = Store(store_path(run.source)), Store(store_path(run.target))
     cases = args.cases.split(",") if args.cases else split_cases(run.source, args.split, source)
     src = load_model(args.source_segmenter, "final")
     tgt = load_model(args.target_segmenter, "final") if args.target_segmenter else None
 
-    report = {"translate": str(args.translate), "cases": cases}
+    report = {"translate": str(args.translate), "checkpoint": args.checkpoint, "cases": cases}
     measure = partial(direction_report, translator, styled=run.has_style_codes)
     forward = measure(source, target, cases, src, tgt, back=False, other_dir=run.target)
     report.update(forward)
@@ -110,6 +127,41 @@ def main() -> None:
     print_report(report, source.classes)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+
+
+def unfinished_run(args: argparse.Namespace) -> SimpleNamespace:
+    """What the report needs of a translate run that has no manifest yet: its folder (the
+    ``.partial`` one where it exists), its stores and whether it has style codes."""
+    directory = Path(args.translate)
+    if not directory.name.endswith(PARTIAL_SUFFIX):
+        unfinished = directory.with_name(directory.name + PARTIAL_SUFFIX)
+        directory = unfinished if unfinished.is_dir() else directory
+    model_json = directory / "model.json"
+    if not model_json.is_file():
+        raise UdasegError(
+            f"{directory} holds no model.json",
+            hint="pass the folder `udaseg translate train` writes (W/translate/RUN)",
+            path=directory,
+        )
+    info = json.loads(model_json.read_text(encoding="utf-8"))
+    # the run's own folder is W/translate/RUN[.partial]: its stores sit in W/preprocessed
+    work = directory.resolve().parent.parent
+    stores = []
+    for side, given in (("source", args.source_store), ("target", args.target_store)):
+        store_dir = given or output_dir(work, info[side]["dataset"], info[side]["domain"])
+        if not Path(store_path(store_dir)).is_file():
+            raise UdasegError(
+                f"the {side} store of {directory.name} is not at {store_dir}",
+                hint=f"name it with --{side}-store W/preprocessed/<dataset>__<domain>",
+                path=store_dir,
+            )
+        stores.append(Path(store_dir))
+    return SimpleNamespace(
+        directory=directory,
+        source=stores[0],
+        target=stores[1],
+        has_style_codes=bool(info.get("has_style_codes")),
+    )
 
 
 def spread_halves(artifact: Path, store: Store, loaded: dict) -> list | None:
