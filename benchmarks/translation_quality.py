@@ -55,7 +55,7 @@ from udaseg.metrics import compute_dice
 from udaseg.stages.preprocess import output_dir
 from udaseg.stages.translate_apply import render_volume
 from udaseg.training.checkpoint import load_model
-from udaseg.translation.io import encode_styles, load_translator, open_run
+from udaseg.translation.io import encode_styles, load_translator, open_run, read_model_json
 
 # the anatomy check: cycle Dice at most this far below the originals' (issue #5)
 CYCLE_TOLERANCE = 0.02
@@ -136,14 +136,7 @@ def unfinished_run(args: argparse.Namespace) -> SimpleNamespace:
     if not directory.name.endswith(PARTIAL_SUFFIX):
         unfinished = directory.with_name(directory.name + PARTIAL_SUFFIX)
         directory = unfinished if unfinished.is_dir() else directory
-    model_json = directory / "model.json"
-    if not model_json.is_file():
-        raise UdasegError(
-            f"{directory} holds no model.json",
-            hint="pass the folder `udaseg translate train` writes (W/translate/RUN)",
-            path=directory,
-        )
-    info = json.loads(model_json.read_text(encoding="utf-8"))
+    info = read_model_json(directory)
     # the run's own folder is W/translate/RUN[.partial]: its stores sit in W/preprocessed
     work = directory.resolve().parent.parent
     stores = []

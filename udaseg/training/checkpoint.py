@@ -97,14 +97,15 @@ def write_model_json(directory: Path, info: dict[str, Any]) -> None:
     (Path(directory) / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def read_model_json(directory: Path) -> dict[str, Any]:
+def read_model_json(
+    directory: Path,
+    hint: str = "pass a model directory written by `udaseg segment-train` or `udaseg adapt`",
+) -> dict[str, Any]:
+    """A run folder's ``model.json`` (a segmenter's, or a translator's, also while it trains in
+    its ``.partial`` folder); ``hint`` says which folder the caller wants."""
     path = Path(directory) / MODEL_JSON
     if not path.is_file():
-        raise UdasegError(
-            f"{directory} holds no {MODEL_JSON}",
-            hint="pass a model directory written by `udaseg segment-train` or `udaseg adapt`",
-            path=directory,
-        )
+        raise UdasegError(f"{directory} holds no {MODEL_JSON}", hint=hint, path=directory)
     return json.loads(path.read_text(encoding="utf-8"))
 
 

@@ -13,7 +13,6 @@ state), grey-scale on one intensity window per picture so panels compare with ea
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from udaseg import artifacts
-from udaseg.errors import UdasegError
 
 STAGE = "translate-train"
 CHECKPOINTS = ("final", "latest")
@@ -70,10 +68,7 @@ def open_run(directory: Path, *, force: bool = False) -> TranslateRun:
     manifest = artifacts.require_input(
         directory, stage=STAGE, rerun="udaseg translate train", force=force
     )
-    model_json = directory / "model.json"
-    if not model_json.is_file():
-        raise UdasegError(f"{directory} holds no model.json", path=directory)
-    info = json.loads(model_json.read_text(encoding="utf-8"))
+    info = read_model_json(directory)
     return TranslateRun(
         directory,
         manifest,
@@ -81,6 +76,14 @@ def open_run(directory: Path, *, force: bool = False) -> TranslateRun:
         Path(manifest.inputs["source"]["path"]),
         Path(manifest.inputs["target"]["path"]),
     )
+
+
+def read_model_json(directory: Path) -> dict[str, Any]:
+    """A translate run's ``model.json`` (method, kwargs, the stores' identities), also while the
+    run still trains in its ``.partial`` folder."""
+    from udaseg.training.checkpoint import read_model_json as read
+
+    return read(directory, hint="pass the folder `udaseg translate train` writes (W/translate/RUN)")
 
 
 def checkpoint_path(directory: Path, which: str = "final") -> Path:
