@@ -40,13 +40,12 @@ import argparse
 import json
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from scipy import ndimage
 from scipy.stats import wasserstein_distance
 
-from udaseg.artifacts import PARTIAL_SUFFIX
+from udaseg.artifacts import PARTIAL_SUFFIX, partial_dir
 from udaseg.data.sampling import split_cases, store_path
 from udaseg.data.store import Store
 from udaseg.errors import UdasegError
@@ -55,7 +54,13 @@ from udaseg.metrics import compute_dice
 from udaseg.stages.preprocess import output_dir
 from udaseg.stages.translate_apply import render_volume
 from udaseg.training.checkpoint import load_model
-from udaseg.translation.io import encode_styles, load_translator, open_run, read_model_json
+from udaseg.translation.io import (
+    TranslateRun,
+    encode_styles,
+    load_translator,
+    open_run,
+    read_model_json,
+)
 
 # the anatomy check: cycle Dice at most this far below the originals' (issue #5)
 CYCLE_TOLERANCE = 0.02
@@ -129,32 +134,27 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=2))
 
 
-def unfinished_run(args: argparse.Namespace) -> SimpleNamespace:
-    """What the report needs of a translate run that has no manifest yet: its folder (the
-    ``.partial`` one where it exists), its stores and whether it has style codes."""
+def unfinished_run(args: argparse.Namespace) -> TranslateRun:
+    """A translate run that has no manifest yet: its folder (the ``.partial`` one where it
+    exists), ``model.json`` and its stores (``--source-store`` / ``--target-store``, else by the
+    workspace layout)."""
     directory = Path(args.translate)
-    if not directory.name.endswith(PARTIAL_SUFFIX):
-        unfinished = directory.with_name(directory.name + PARTIAL_SUFFIX)
-        directory = unfinished if unfinished.is_dir() else directory
+    if not directory.name.endswith(PARTIAL_SUFFIX) and partial_dir(directory).is_dir():
+        directory = partial_dir(directory)
     info = read_model_json(directory)
     # the run's own folder is W/translate/RUN[.partial]: its stores sit in W/preprocessed
     work = directory.resolve().parent.parent
     stores = []
     for side, given in (("source", args.source_store), ("target", args.target_store)):
         store_dir = given or output_dir(work, info[side]["dataset"], info[side]["domain"])
-        if not Path(store_path(store_dir)).is_file():
+        if not store_path(store_dir).is_file():
             raise UdasegError(
                 f"the {side} store of {directory.name} is not at {store_dir}",
                 hint=f"name it with --{side}-store W/preprocessed/<dataset>__<domain>",
                 path=store_dir,
             )
-        stores.append(Path(store_dir))
-    return SimpleNamespace(
-        directory=directory,
-        source=stores[0],
-        target=stores[1],
-        has_style_codes=bool(info.get("has_style_codes")),
-    )
+        stores.append(store_dir)
+    return TranslateRun(directory, None, info, *stores)
 
 
 def spread_halves(artifact: Path, store: Store, loaded: dict) -> list | None:

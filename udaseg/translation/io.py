@@ -31,11 +31,12 @@ PAD_MULTIPLE = 32
 
 @dataclass
 class TranslateRun:
-    """A complete translate-train artifact: its folder, manifest, ``model.json`` and the paths of
-    the source and target store artifacts it was trained on (from the manifest's inputs)."""
+    """A translate-train artifact: its folder, manifest, ``model.json`` and the paths of the
+    source and target store artifacts it was trained on (from the manifest's inputs). A run
+    still training (its ``.partial`` folder, read only to measure it) has no manifest: None."""
 
     directory: Path
-    manifest: artifacts.Manifest
+    manifest: artifacts.Manifest | None
     info: dict[str, Any]
     source: Path
     target: Path
