@@ -19,6 +19,8 @@ import json
 import math
 from pathlib import Path
 
+from udaseg import layout
+
 THRESHOLDS = {"bce": (0.05, 5.0), "lsgan": (0.01, 1.0)}
 
 
@@ -37,10 +39,10 @@ def verdict(first: float, last: float, kind: str) -> str:
 
 
 def summarise(run: Path) -> dict:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / layout.METRICS).read_text().splitlines()]
     rows = [row for row in rows if "val" not in row]
-    recipe = json.loads((run / "model.json").read_text()).get("recipe", {})
-    kind = recipe.get("gan_loss", "bce")
+    hparams = json.loads((run / layout.MODEL_JSON).read_text()).get("hparams", {})
+    kind = hparams.get("gan_loss", "bce")
     fifth = max(1, len(rows) // 5)
     result = {"run": run.name, "steps": rows[-1]["step"] if rows else 0, "gan_loss": kind}
     for key in discriminator_keys(rows):
@@ -56,8 +58,9 @@ def main() -> None:
     parser.add_argument("work", type=Path)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    runs = sorted(p for p in (args.work / "adapt").glob("*") if (p / "metrics.jsonl").is_file())
-    results = [summarise(run) for run in runs if not run.name.endswith(".partial")]
+    adapt = layout.stage_dir(args.work, layout.ADAPT)
+    runs = sorted(p for p in adapt.glob("*") if (p / layout.METRICS).is_file())
+    results = [summarise(run) for run in runs if not run.name.endswith(layout.PARTIAL_SUFFIX)]
     if args.json:
         print(json.dumps(results, indent=2))
         return

@@ -19,8 +19,8 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from udaseg.data.manifest import load_manifest
+from udaseg.data.pipeline import write_store
 from udaseg.data.readers import find_cases
-from udaseg.stages.preprocess import write_store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "abdominal"

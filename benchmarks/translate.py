@@ -1,7 +1,7 @@
 """Translator throughput and peak memory on this machine, for every registered translation method.
 
 Not a test: for each method at its full (paper) width and 256 x 256 slices it measures, in one run,
-- training iterations per second: ``train_step`` on an unpaired batch of the recipe's batch size
+- training iterations per second: ``train_step`` on an unpaired batch of the hparams' batch size
   (all of the method's updates: generators, discriminators, EMA), after one warm-up iteration;
 - translate-apply slices per second: batched ``translate`` under ``torch.no_grad()`` as
   ``udaseg translate apply`` runs it (in the encoded style of a target batch for methods with
@@ -24,22 +24,23 @@ import time
 def measure(name: str, size: tuple[int, int], batch: int | None, steps: int, apply_batch: int,
             apply_batches: int, device: str) -> dict:  # fmt: skip
     """Run in a fresh process (so ru_maxrss is this method's peak): time training and apply."""
+    import functools
     import resource
 
     import torch
 
-    from udaseg.stages.translate_train import AutocastContext, constructor_kwargs
-    from udaseg.training.loop import setup_runtime
-    from udaseg.translation.registry import create_translator, translator_spec
+    from udaseg.training import loop
+    from udaseg.translation.registry import constructor_kwargs, create_translator, translator_spec
 
     torch.manual_seed(0)
     spec = translator_spec(name)
-    recipe = dict(spec.recipe)
-    batch = batch or int(recipe["batch_size"])
-    runtime = setup_runtime(device, amp=True, channels_last=False)
-    translator = create_translator(name, **constructor_kwargs(name, recipe, {})).to(device)
-    optimizers = translator.optimizers(recipe)
-    autocast = AutocastContext(runtime)
+    hparams = dict(spec.hparams)
+    batch = batch or int(hparams["batch_size"])
+    runtime = loop.setup_runtime(device, amp=True, channels_last=False)
+    translator = create_translator(name, **constructor_kwargs(name, hparams, {})).to(device)
+    optimizers = translator.optimizers(hparams)
+    # the translator contract: a zero-argument callable giving a fresh context per update
+    autocast = functools.partial(loop.autocast, runtime)
 
     def images(n: int) -> torch.Tensor:
         return torch.rand(n, 1, *size, device=device) * 2 - 1  # the stores' range [-1, 1]
@@ -61,7 +62,7 @@ def measure(name: str, size: tuple[int, int], batch: int | None, steps: int, app
 
     translator.eval()
     slices = images(apply_batch)
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast():
         style = translator.encode_style(images(apply_batch)) if spec.has_style_codes else None
         translator.translate(slices, style)  # warm-up
         sync()
@@ -91,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="*", help="default: every registered method")
     parser.add_argument("--size", default="256,256", help="slice size H,W (default 256,256)")
-    parser.add_argument("--batch", type=int, help="override the recipes' training batch size")
+    parser.add_argument("--batch", type=int, help="override the hparams' training batch size")
     parser.add_argument("--steps", type=int, default=2, help="timed training iterations")
     parser.add_argument("--apply-batch", type=int, default=16, help="slices per apply pass")
     parser.add_argument("--apply-batches", type=int, default=3, help="timed apply passes")

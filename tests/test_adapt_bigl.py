@@ -18,7 +18,7 @@ from udaseg.losses.gan import gan_loss
 from udaseg.training.loop import Runtime
 
 TINY_MODEL = {"in_channels": 1, "num_classes": 3, "base_channels": 4, "depth": 3}
-TINY_RECIPE = {"steps": 20, "batch_size": 2, "patch_size": [32, 32], "d_width": 4}
+TINY_HPARAMS = {"steps": 20, "batch_size": 2, "patch_size": [32, 32], "d_width": 4}
 DISCRIMINATORS = [f"d_{rep}_{domain}" for rep in ("feat", "pos", "cha") for domain in "st"]
 SEGMENTER_TERMS = ["seg_source", "seg_translated", "consistency", "adv_feat", "adv_pos", "adv_cha"]
 LOG4 = math.log(4.0)  # BCE of a discriminator that cannot tell real from fake, at its best
@@ -46,13 +46,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def build(translator: nn.Module | None = None, seed: int = 0, **recipe) -> AdaptMethod:
+def build(translator: nn.Module | None = None, seed: int = 0, **hparams) -> AdaptMethod:
     torch.manual_seed(seed)  # the networks' initial weights
     ctx = AdaptContext(
         model="dual-attention-unet.v1",
         model_kwargs=dict(TINY_MODEL),
         num_classes=3,
-        recipe=COMMON_DEFAULTS | bigl.BIGL_ADAPT_RECIPE | TINY_RECIPE | recipe,
+        hparams=COMMON_DEFAULTS | bigl.BIGL_ADAPT_HPARAMS | TINY_HPARAMS | hparams,
         runtime=Runtime(device="cpu"),
         generator=torch.Generator().manual_seed(seed),
         translator=StandIn() if translator is None else translator,
@@ -183,7 +183,7 @@ def test_refuses_a_missing_translator():
         "dual-attention-unet.v1",
         dict(TINY_MODEL),
         3,
-        COMMON_DEFAULTS | bigl.BIGL_ADAPT_RECIPE | TINY_RECIPE,
+        COMMON_DEFAULTS | bigl.BIGL_ADAPT_HPARAMS | TINY_HPARAMS,
         Runtime(device="cpu"),
         torch.Generator(),
     )

@@ -31,12 +31,12 @@ SMALL = {"d1_width": 16, "d2_width": 8, "batch_size": 2, "patch_size": [32, 32],
 
 def build(model: str = "unet2d.v1", **overrides):
     torch.manual_seed(0)
-    recipe = COMMON_DEFAULTS | glua.GLUA_RECIPE | SMALL | overrides
+    hparams = COMMON_DEFAULTS | glua.GLUA_HPARAMS | SMALL | overrides
     ctx = AdaptContext(
         model=model,
         model_kwargs=dict(TINY_MODELS[model]),
         num_classes=NUM_CLASSES,
-        recipe=recipe,
+        hparams=hparams,
         runtime=Runtime(device="cpu"),
         generator=torch.Generator().manual_seed(0),
     )

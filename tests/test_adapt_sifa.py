@@ -34,12 +34,12 @@ NETWORKS = ("model", "g_t", "decoder", "d_t", "d_s", "d_p1", "d_p2")
 
 def build(**overrides):
     """sifa.v1 with tiny networks, initialised from seed 0."""
-    recipe = {**registry.COMMON_DEFAULTS, **sifa.SIFA_ADAPT_RECIPE, **TINY, **overrides}
+    hparams = {**registry.COMMON_DEFAULTS, **sifa.SIFA_ADAPT_HPARAMS, **TINY, **overrides}
     context = AdaptContext(
         model="sifa-encoder.v1",
         model_kwargs=dict(MODEL_KWARGS),
         num_classes=3,
-        recipe=recipe,
+        hparams=hparams,
         runtime=Runtime(device="cpu"),
         generator=torch.Generator().manual_seed(0),
     )
@@ -68,11 +68,17 @@ def test_registered_for_the_sifa_segmenter_with_the_paper_weights():
     spec = registry._REGISTRY["sifa.v1"]  # no loader: the other methods may not exist yet
     assert spec.models == ("sifa-encoder.v1",)
     assert spec.source_translator is None  # SIFA translates online with its own G_t
-    recipe = spec.recipe
-    weights = [recipe[f"lambda_{k}"] for k in ("adv_s", "cycle", "adv_p1", "adv_p2", "adv_s_tilde")]
+    hparams = spec.hparams
+    weights = [
+        hparams[f"lambda_{k}"] for k in ("adv_s", "cycle", "adv_p1", "adv_p2", "adv_s_tilde")
+    ]
     assert weights == [0.1, 10.0, 0.1, 0.01, 0.1]
-    assert (recipe["aux_weight"], recipe["lambda_adv_t"], recipe["loss"]) == (0.1, 1.0, "ce_dice")
-    assert (recipe["lr"], recipe["batch_size"], recipe["pool_size"]) == (2e-4, 8, 50)
+    assert (hparams["aux_weight"], hparams["lambda_adv_t"], hparams["loss"]) == (
+        0.1,
+        1.0,
+        "ce_dice",
+    )
+    assert (hparams["lr"], hparams["batch_size"], hparams["pool_size"]) == (2e-4, 8, 50)
 
 
 def test_step_returns_every_loss_finite():

@@ -24,7 +24,7 @@ from udaseg.stages import translate_train as translate_stage
 from udaseg.training.checkpoint import load_checkpoint, load_model
 from udaseg.translation.registry import translator_spec
 
-# tiny segmenters and recipe overrides per method (paper widths are far too big for tests)
+# tiny segmenters and hparams overrides per method (paper widths are far too big for tests)
 TINY = {
     "sifa.v1": ("sifa-encoder.v1", {"g_width": 4, "g_blocks": 1, "u_width": 4, "d_width": 4}),
     "adaptsegnet.v1": ("unet2d.v1", {"d_width": 4}),
@@ -49,9 +49,13 @@ def ws(tmp_path_factory):
         segment_train.SegmentTrainConfig(
             model="unet2d.v1",
             train_on="source",
-            train=[source],
-            model_kwargs=dict(model_spec("unet2d.v1").tiny),
-            recipe={"steps": 2, "batch_size": 2, "patch_size": [32, 32]},
+            source=source,
+            hparams={
+                **model_spec("unet2d.v1").tiny,
+                "steps": 2,
+                "batch_size": 2,
+                "patch_size": [32, 32],
+            },
             name="src",
             device="cpu",
         ),
@@ -62,8 +66,12 @@ def ws(tmp_path_factory):
             method="cyclegan.v1",
             source=source,
             target=target,
-            method_kwargs=dict(translator_spec("cyclegan.v1").tiny),
-            recipe={"steps": 2, "batch_size": 1, "patch_size": [32, 32]},
+            hparams={
+                **translator_spec("cyclegan.v1").tiny,
+                "steps": 2,
+                "batch_size": 1,
+                "patch_size": [32, 32],
+            },
             name="cyc",
             device="cpu",
         ),
@@ -74,14 +82,19 @@ def ws(tmp_path_factory):
 
 def config(ws, method: str, **overrides) -> adapt.AdaptConfig:
     work, source, target = ws
-    model, recipe = TINY[method]
+    model, hparams = TINY[method]
     base = dict(
         method=method,
         source=source,
         target=target,
         model=model,
-        model_kwargs=dict(model_spec(model).tiny),
-        recipe={"steps": 4, "batch_size": 2, "patch_size": [32, 32], **recipe},
+        hparams={
+            **model_spec(model).tiny,
+            "steps": 4,
+            "batch_size": 2,
+            "patch_size": [32, 32],
+            **hparams,
+        },
         translator=work / "translate" / "cyc" if method_spec(method).needs_translator else None,
         checkpoint_every=2,
         val_every=2,
@@ -98,11 +111,12 @@ def log_rows(run) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
-def test_every_issue_method_is_registered_with_a_tiny_configuration():
-    assert set(TINY) <= set(list_methods())
+def test_every_registered_method_has_a_tiny_configuration():
+    """A newly registered method must say how it trains small here, so the test below trains it."""
+    assert set(list_methods()) == set(TINY)
 
 
-@pytest.mark.parametrize("method", sorted(TINY))
+@pytest.mark.parametrize("method", list_methods())
 def test_each_method_trains_and_writes_a_model_dir_predict_loads(ws, method, recwarn):
     work = ws[0]
     manifest = adapt.run(config(ws, method, name=f"m-{method}"), work)
@@ -158,7 +172,7 @@ def test_init_warm_starts_the_segmenter_and_a_rerun_is_skipped(ws):
     work = ws[0]
     cfg = config(ws, "adaptsegnet.v1", name="warm", init=work / "segment" / "src", model=None)
     cfg.model_kwargs = {}
-    cfg.recipe = {**cfg.recipe, "steps": 1, "lr": 0.0, "weight_decay": 0.0}
+    cfg.hparams = {**cfg.hparams, "steps": 1, "lr": 0.0, "weight_decay": 0.0}
     adapt.run(cfg, work)
     start = load_checkpoint(work / "segment" / "src" / "checkpoint_final.pt")["state_dict"]
     adapted = load_checkpoint(work / "adapt" / "warm" / "checkpoint_final.pt")["state_dict"]
@@ -172,14 +186,23 @@ def test_init_warm_starts_the_segmenter_and_a_rerun_is_skipped(ws):
 def test_a_model_that_extends_the_init_one_keeps_its_new_modules(ws):
     work = ws[0]
     cfg = config(ws, "bigl.v1", name="ext", init=work / "segment" / "src")
-    cfg.recipe = {**cfg.recipe, "steps": 1}
+    cfg.hparams = {**cfg.hparams, "steps": 1}
     adapt.run(cfg, work)  # unet2d.v1 weights into dual-attention-unet.v1
+    start = load_checkpoint(work / "segment" / "src" / "checkpoint_final.pt")["state_dict"]
+    model, info = load_model(work / "adapt" / "ext", "final")
+    adapted = model.state_dict()
+    assert info["name"] == "dual-attention-unet.v1"
+    new = set(adapted) - set(start)
+    assert any("attention" in key for key in new), sorted(new)[:5]
+    # the shared layers came from the init model: same names and shapes
+    shared = set(start) & set(adapted)
+    assert shared and all(start[k].shape == adapted[k].shape for k in shared)
 
 
 def test_refusals_name_the_problem(ws):
     work, source, target = ws
     with pytest.raises(UdasegError, match="did you mean"):
-        adapt.run(config(ws, "advent.v1", recipe={"stpes": 3}), work)
+        adapt.run(config(ws, "advent.v1", hparams={"stpes": 3}), work)
     with pytest.raises(UdasegError, match="needs --translator"):
         adapt.run(config(ws, "bigl.v1", translator=None), work)
     with pytest.raises(UdasegError, match="trains sifa-encoder.v1"):
@@ -206,7 +229,7 @@ def test_intensity_net_re_renders_the_labelled_slices_only(ws, monkeypatch):
     monkeypatch.setattr(adapt, "_batch", spy)
     work = ws[0]
     cfg = config(ws, "advent.v1", name="gin", intensity_net=1.0)
-    cfg.recipe = {**cfg.recipe, "steps": 2}
+    cfg.hparams = {**cfg.hparams, "steps": 2}
     adapt.run(cfg, work)
     assert seen and all(b.original_source is not None for b in seen)
     assert not torch.equal(seen[0].source, seen[0].original_source)
@@ -217,7 +240,7 @@ def test_intensity_net_re_renders_the_labelled_slices_only(ws, monkeypatch):
 def test_methods_trained_on_translated_slices_warn_on_raw_source(ws):
     work = ws[0]
     cfg = config(ws, "attent.v1", name="warn")
-    cfg.recipe = {**cfg.recipe, "steps": 1}
+    cfg.hparams = {**cfg.hparams, "steps": 1}
     with pytest.warns(UserWarning, match="attention-cyclegan.v1"):
         adapt.run(cfg, work)
 
@@ -229,27 +252,28 @@ def test_entropy_map_is_normalised():
     assert entropy_map(certain).sum() < 1e-6
 
 
-def test_cli_adapt_runs_and_shows_the_recipe(ws):
+def test_cli_adapt_runs_and_shows_the_hparams(ws):
     work, source, target = ws
     runner = CliRunner()
     shown = runner.invoke(
-        app, ["adapt", "--work", str(work), "--method", "advent.v1", "--show-recipe", "--json"]
+        app, ["adapt", "--work", str(work), "--method", "advent.v1", "--show-defaults", "--json"]
     )
     assert shown.exit_code == 0, shown.output
-    assert json.loads(shown.stdout)["recipe"]["adv_weights"] == [1e-3, 2e-4]
+    assert json.loads(shown.stdout)["hparams"]["adv_weights"] == [1e-3, 2e-4]
     args = ["adapt", "--work", str(work), "--method", "advent.v1", "--source", str(source)]
     args += ["--target", str(target), "--model", "unet2d.v1"]
-    args += ["--model-arg", "base_channels=4", "--model-arg", "depth=3"]
-    args += ["--steps", "2", "--batch-size", "2", "--patch-size", "32,32", "--set", "d_width=4"]
+    args += ["--set", "base_channels=4", "--set", "depth=3"]
+    args += ["--set", "steps=2", "--set", "batch_size=2", "--set", "patch_size=32,32"]
+    args += ["--set", "d_width=4"]
     args += ["--device", "cpu", "--json", "--name", "cli"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["steps"] == 2 and (work / "adapt" / "cli" / "model.json").is_file()
-    wrong = runner.invoke(app, [*args[:-1], "bad", "--model-arg", "widht=3"])
+    wrong = runner.invoke(app, [*args[:-1], "bad", "--set", "widht=3"])
     # (the console script turns these into their exit codes; CliRunner hands them back)
     assert isinstance(wrong.exception, UdasegError) and wrong.exception.exit_code == 2
-    assert "takes no argument widht" in str(wrong.exception)
+    assert 'unknown --set key "widht"' in str(wrong.exception)
     missing = runner.invoke(app, ["adapt", "--work", str(work), "--method", "advent.v1"])
     assert isinstance(missing.exception, UdasegError) and missing.exception.exit_code == 2
     assert "--source and --target" in str(missing.exception)

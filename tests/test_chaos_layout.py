@@ -33,7 +33,7 @@ def test_chaos_mr_slices_and_masks_line_up_by_position_and_instance(tmp_path):
     config = preprocess.PreprocessConfig(
         dataset="chaos",
         raw=raw,
-        domains=["mr"],
+        domain=["mr"],
         overrides=[
             "geometry.inplane_mm=null",
             "geometry.inplane_size=null",

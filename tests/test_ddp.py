@@ -35,7 +35,7 @@ def stores(tmp_path_factory):
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "udaseg.cli", *args],
+        + ["-m", "udaseg", *args],
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -47,12 +47,12 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("method", "model", "extra"),
     [
-        ("advent.v1", "unet2d.v1", ["--model-arg", "base_channels=4", "--model-arg", "depth=3"]),
+        ("advent.v1", "unet2d.v1", ["--set", "base_channels=4", "--set", "depth=3"]),
         (
             "sifa.v1",
             "sifa-encoder.v1",
             [
-                "--model-arg",
+                "--set",
                 "base_channels=2",
                 "--set",
                 "g_width=4",
@@ -68,9 +68,9 @@ def test_two_ranks_adapt_and_rerun_over_a_killed_run(stores, method, model, extr
     work, source, target = stores
     args = [
         "adapt", "--work", str(work), "--method", method, "--source", str(source),
-        "--target", str(target), "--model", model, *extra, "--steps", "3", "--batch-size", "2",
-        "--patch-size", "32,32", "--set", "d_width=4", "--device", "cpu", "--name", method,
-        "--checkpoint-every", "1",
+        "--target", str(target), "--model", model, *extra, "--set", "steps=3", "--set",
+        "batch_size=2", "--set", "patch_size=32,32", "--set", "d_width=4", "--device", "cpu",
+        "--name", method, "--checkpoint-every", "1",
     ]  # fmt: skip
     done = torchrun(*args)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 def udaseg(*args: str) -> dict | list:
     done = subprocess.run(
-        [sys.executable, "-m", "udaseg.cli", *args, "--json"],
+        [sys.executable, "-m", "udaseg", *args, "--json"],
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -85,16 +85,16 @@ def test_train_predict_evaluate_and_resume_after_a_kill(tmp_path):
         "unet2d.v1",
         "--source",
         str(ct),
-        "--model-arg",
+        "--set",
         "base_channels=4",
-        "--model-arg",
+        "--set",
         "depth=3",
-        "--steps",
-        "60",
-        "--batch-size",
-        "4",
-        "--patch-size",
-        "32,32",
+        "--set",
+        "steps=60",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "patch_size=32,32",
         "--checkpoint-every",
         "5",
         "--val-every",
@@ -108,7 +108,7 @@ def test_train_predict_evaluate_and_resume_after_a_kill(tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "udaseg.cli", *train],
+        [sys.executable, "-m", "udaseg", *train],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -160,7 +160,7 @@ def test_train_predict_evaluate_and_resume_after_a_kill(tmp_path):
         assert require_input(out, stage=stage, rerun=f"udaseg {stage}").inputs
 
 
-def test_the_demo_recipe_runs_every_stage_then_skips_then_reruns_what_changed(tmp_path):
+def test_the_demo_pipeline_runs_every_stage_then_skips_then_reruns_what_changed(tmp_path):
     """`udaseg run phantom-demo --preset smoke`: phantom, preprocess, translate train + apply,
     three segment-train runs, adapt, predict and evaluate, a few iterations each."""
     work = tmp_path / "w"
@@ -189,7 +189,7 @@ def test_the_demo_recipe_runs_every_stage_then_skips_then_reruns_what_changed(tm
     assert {s["status"] for s in second["stages"]} == {"skipped"}
     # longer adaptation: adapt and what reads its model rerun, nothing upstream does
     third = udaseg(
-        "run", "phantom-demo", "--work", str(work), "--preset", "smoke", "--set", "adapt_steps=3"
+        "run", "phantom-demo", "--work", str(work), "--preset", "smoke", "--var", "adapt_steps=3"
     )
     ran = {s["stage"] for s in third["stages"] if s["status"] == "ran"}
     assert ran == {"adapt-advent", "predict-advent", "evaluate-advent"}

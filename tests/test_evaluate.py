@@ -24,6 +24,7 @@ from udaseg.cli import app, main
 from udaseg.data.manifest import load_manifest
 from udaseg.data.store import StoreWriter
 from udaseg.errors import UdasegError
+from udaseg.evaluation.labels import GRID_HINT
 from udaseg.metrics import evaluate_case, image_diagonal
 from udaseg.stages import evaluate as stage
 
@@ -315,6 +316,8 @@ def test_unmatched_cases_are_listed_and_cases_selects_a_subset(toy):
     assert only.summary["cases"] == ["c1", "c2"]
     manifest = stage.run(config(toy, cases=["c2", "c1"]), toy.work)
     assert manifest.summary["cases"] == ["c1", "c2"]
+    # the comma list of --cases is the same selection
+    assert stage.run(config(toy, cases="c2, c1"), toy.work).summary["skipped"]
     with pytest.raises(UdasegError, match="not in the predictions .*: c7") as exc:
         stage.run(config(toy, cases=["c1", "c7"]), toy.work)
     assert exc.value.exit_code == 2
@@ -375,7 +378,7 @@ def test_workers_give_the_serial_result(toy):
     write(toy.ref / "c2.nii.gz", reference(1), spacing=(1.0, 0.875, 2.5))
     with pytest.raises(UdasegError, match="case c2") as exc:
         stage.run(config(toy, name="parallel", workers=2), toy.work)
-    assert exc.value.hint == stage.GRID_HINT
+    assert exc.value.hint == GRID_HINT
 
 
 def test_rerun_is_skipped_unless_forced_or_changed(toy):
@@ -398,7 +401,7 @@ def test_rerun_is_skipped_unless_forced_or_changed(toy):
 
 
 def test_table_layout(toy):
-    manifest = stage.run(config(toy, metrics=["hd95", "asd", "dice", "assd"]), toy.work)
+    manifest = stage.run(config(toy, metric="hd95,asd, dice,assd"), toy.work)
     lines = (
         (toy.work / "evaluate" / "sifa_preds" / "table.md").read_text(encoding="utf-8").splitlines()
     )

@@ -17,8 +17,8 @@ from udaseg.models.sifa import ResidualBlock
 from udaseg.models.unet import DualAttention
 
 NUM_CLASSES = 3
-RECIPE_KEYS = {"optimizer", "lr", "weight_decay", "schedule", "loss", "aux_weight"}
-RECIPE_KEYS |= {"batch_size", "patch_size", "steps"}
+HPARAM_KEYS = {"optimizer", "lr", "weight_decay", "schedule", "loss", "aux_weight"}
+HPARAM_KEYS |= {"batch_size", "patch_size", "steps"}
 
 
 def tiny_model(name: str, seed: int = 0) -> nn.Module:
@@ -78,18 +78,18 @@ def test_rebuilt_from_name_and_kwargs_gives_identical_output(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_recipe_is_complete(name: str) -> None:
+def test_hparams_is_complete(name: str) -> None:
     spec = model_spec(name)
-    recipe = spec.recipe
-    assert set(recipe) >= RECIPE_KEYS
-    assert recipe["optimizer"] in ("adam", "adamw", "sgd")
-    assert ("betas" in recipe) == (recipe["optimizer"] in ("adam", "adamw"))
-    assert ("momentum" in recipe) == (recipe["optimizer"] == "sgd")
-    assert recipe["schedule"] in ("constant", "cosine", "poly")
-    assert ("poly_power" in recipe) == (recipe["schedule"] == "poly")
-    assert recipe["loss"] in ("ce_dice", "dice_focal", "gdice_ce", "ce")
-    assert len(recipe["patch_size"]) == spec.dims
-    assert recipe["lr"] > 0 and recipe["batch_size"] > 0 and recipe["steps"] > 0
+    hparams = spec.hparams
+    assert set(hparams) >= HPARAM_KEYS
+    assert hparams["optimizer"] in ("adam", "adamw", "sgd")
+    assert ("betas" in hparams) == (hparams["optimizer"] in ("adam", "adamw"))
+    assert ("momentum" in hparams) == (hparams["optimizer"] == "sgd")
+    assert hparams["schedule"] in ("constant", "cosine", "poly")
+    assert ("poly_power" in hparams) == (hparams["schedule"] == "poly")
+    assert hparams["loss"] in ("ce_dice", "dice_focal", "gdice_ce", "ce")
+    assert len(hparams["patch_size"]) == spec.dims
+    assert hparams["lr"] > 0 and hparams["batch_size"] > 0 and hparams["steps"] > 0
 
 
 def test_unknown_model_name_suggests_the_closest() -> None:

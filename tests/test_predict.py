@@ -25,7 +25,9 @@ from typer.testing import CliRunner
 from tests.conftest import TINY_MANIFEST, tiny_volume, write_nifti
 from udaseg import artifacts
 from udaseg.cli import app, main
+from udaseg.config.predict import parse_stride
 from udaseg.data.store import Store
+from udaseg.device import resolve_device
 from udaseg.errors import UdasegError
 from udaseg.inference import (
     flip_sets,
@@ -35,6 +37,7 @@ from udaseg.inference import (
     segment_volume,
     window_starts,
 )
+from udaseg.inference.sources import CaseInput
 from udaseg.models import registry
 from udaseg.stages import predict as stage
 from udaseg.stages import preprocess
@@ -63,7 +66,7 @@ class TinyConv(nn.Module):
 
 for _dims in (2, 3):
     if f"test-conv{_dims}d.v0" not in registry._REGISTRY:
-        registry.register_model(f"test-conv{_dims}d.v0", dims=_dims, recipe={})(
+        registry.register_model(f"test-conv{_dims}d.v0", dims=_dims, hparams={})(
             functools.partial(TinyConv, dims=_dims)
         )
 
@@ -355,9 +358,7 @@ def test_round_trip_writes_the_original_label_exactly_on_the_original_grid(
     preprocess.run(config, tmp_path / "w")
     store = Store(tmp_path / "w" / "preprocessed" / "rt__src" / "store.h5")
     # the model sees the stored label instead of the image
-    cases = [
-        stage.CaseInput(c, store.label(c).astype(np.float32), store.meta(c)) for c in store.case_ids
-    ]
+    cases = [CaseInput(c, store.label(c).astype(np.float32), store.meta(c)) for c in store.case_ids]
     assert cases[0].image.shape[1:] == (16, 40)  # rows cropped to 16, columns padded to 40
     assert (cases[0].meta["assumed_direction"] is None) == (assume is None)
     segment = functools.partial(segment_volume, OneHot(3), dims=dims, patch_size=patch)
@@ -391,7 +392,7 @@ def write_model_dir(
     artifact: bool = True,
     seed: int = 0,
 ) -> Path:
-    """A model directory as segment-train writes: model.json, checkpoint_best.pt (+ manifest)."""
+    """A model directory as segment-train writes: model.json, checkpoint_final.pt (+ manifest)."""
     name = f"test-conv{dims}d.v0"
     kwargs = {"in_channels": 1, "num_classes": len(classes) + 1, "width": 4}
     torch.manual_seed(seed)
@@ -407,7 +408,7 @@ def write_model_dir(
         payload = {"model": {"name": name, "kwargs": kwargs}, "state_dict": model.state_dict(),
                    "optimizer": None, "scheduler": None, "step": 0, "best": None, "rng": None,
                    "extra": {}}  # fmt: skip
-        save_checkpoint(folder / "checkpoint_best.pt", payload)
+        save_checkpoint(folder / "checkpoint_final.pt", payload)
 
     if not artifact:
         path.mkdir(parents=True)
@@ -558,7 +559,7 @@ def test_ensemble_averages_the_members_probabilities(tiny_store, tmp_path):
                              meta["assumed_direction"])  # fmt: skip
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(expected))
     single = run_stage(first, tiny_store["store"], work, cases=["c1"], name="one")
-    assert "ensemble" not in single.config  # single-model runs keep their config hash
+    assert single.config["ensemble"] == []
     assert [m["path"] for m in manifest.config["ensemble"]] == [str(second.resolve())]
     assert manifest.inputs["ensemble0"]["path"] == str(second.resolve())
     # a member for other classes is refused, naming it
@@ -605,13 +606,23 @@ def test_rerun_skips_unless_forced_and_options_rebuild(tiny_store, tmp_path):
     assert changed.summary["skipped"] is False
 
 
+def test_bf16_after_fp32_predicts_again(tiny_store, tmp_path):
+    """amp changes the numbers where it takes effect, so it is part of the result's identity."""
+    model_dir = write_model_dir(tmp_path / "m")
+    work = tmp_path / "w"
+    fp32 = run_stage(model_dir, tiny_store["store"], work, amp=False)
+    bf16 = run_stage(model_dir, tiny_store["store"], work, amp=True)
+    assert fp32.summary["skipped"] is False and bf16.summary["skipped"] is False
+    assert fp32.config_hash != bf16.config_hash and bf16.config["amp"] is True
+
+
 def test_stale_model_directory_is_refused(tiny_store, tmp_path):
     model_dir = write_model_dir(tmp_path / "m")
     with open(
-        model_dir / "checkpoint_best.pt", "ab"
+        model_dir / "checkpoint_final.pt", "ab"
     ) as handle:  # the file no longer matches its manifest record
         handle.write(b"0")
-    with pytest.raises(artifacts.StaleInputError, match="out of date: checkpoint_best.pt changed"):
+    with pytest.raises(artifacts.StaleInputError, match="out of date: checkpoint_final.pt changed"):
         run_stage(model_dir, tiny_store["store"], tmp_path / "w")
 
 
@@ -622,7 +633,7 @@ def test_model_directory_without_manifest_is_fingerprinted(tiny_store, tmp_path)
     assert "model" not in done.inputs and done.config["model"]["fingerprint"]
     assert run_stage(model_dir, tiny_store["store"], work).summary["skipped"] is True
     write_model_dir(tmp_path / "m2", artifact=False, seed=1)  # new weights in the same place
-    shutil.copy(tmp_path / "m2" / "checkpoint_best.pt", model_dir / "checkpoint_best.pt")
+    shutil.copy(tmp_path / "m2" / "checkpoint_final.pt", model_dir / "checkpoint_final.pt")
     assert run_stage(model_dir, tiny_store["store"], work).summary["skipped"] is False
 
 
@@ -674,21 +685,34 @@ def test_bad_options_are_named(tiny_store, tmp_path):
         run_stage(tmp_path, store, tmp_path / "w")
     with pytest.raises(UdasegError, match="not a plain folder name"):
         run_stage(model_dir, store, tmp_path / "w", name="a/b")
-    assert stage.parse_stride("0.25") == 0.25 and stage.parse_stride("8,16") == (8, 16)
+    assert parse_stride("0.25") == 0.25 and parse_stride("8,16") == (8, 16)
     with pytest.raises(UdasegError, match='--device "gpu"'):
-        stage.resolve_device("gpu")
+        resolve_device("gpu")
     if not torch.cuda.is_available():
         with pytest.raises(UdasegError, match="sees no CUDA GPU"):
-            stage.resolve_device("cuda")
-        assert stage.resolve_device("auto") == "cpu"
+            resolve_device("cuda")
+        assert resolve_device("auto") == "cpu"
     with pytest.raises(UdasegError, match="fraction of the window"):
-        stage.parse_stride("16")
+        parse_stride("16")
+
+
+def test_text_options_become_the_values_the_stage_uses(tmp_path):
+    def config(**options) -> stage.PredictConfig:
+        return stage.PredictConfig(model_dir=tmp_path, data=tmp_path, **options)
+
+    text = config(stride="8,16", cases="c1, c2", shard="1/2")
+    assert text.stride == (8, 16) and text.cases == ["c1", "c2"] and text.shard == (1, 2)
+    assert text == config(stride=(8, 16), cases=["c1", "c2"], shard=(1, 2))
+    assert config(stride="0.25").stride == 0.25 and config(cases="").cases is None
+    with pytest.raises(UdasegError, match='--shard "1-2" must look like i/n') as caught:
+        config(shard="1-2")
+    assert caught.value.exit_code == 2
 
 
 def test_checkpoint_falls_back_like_load_model(tiny_store, tmp_path):
     model_dir = write_model_dir(tmp_path / "m", artifact=False)
-    (model_dir / "checkpoint_best.pt").rename(model_dir / "checkpoint_latest.pt")
-    done = run_stage(model_dir, tiny_store["store"], tmp_path / "w", checkpoint="final")
+    (model_dir / "checkpoint_final.pt").rename(model_dir / "checkpoint_latest.pt")
+    done = run_stage(model_dir, tiny_store["store"], tmp_path / "w", checkpoint="best")
     assert done.summary["checkpoint"] == "checkpoint_latest.pt"
 
 
@@ -757,7 +781,7 @@ def test_real_unet_when_it_exists(tiny_store, tmp_path):
         "in_channels": 1, "dataset": "tiny", "view": "axial", "patch_size": [32, 32],
     }  # fmt: skip
     write_model_json(folder, info)
-    save_checkpoint(folder / "checkpoint_best.pt",
+    save_checkpoint(folder / "checkpoint_final.pt",
                     {"model": {"name": "unet2d.v1", "kwargs": kwargs},
                      "state_dict": model.state_dict()})  # fmt: skip
     done = run_stage(folder, tiny_store["store"], tmp_path / "w")

@@ -77,7 +77,7 @@ def test_domains_face_the_same_way_whatever_their_direction_matrix(tmp_path):
         "    label_map: {5: organ_a, 7: organ_b, 9: background}\n"
         "  target: {images: 'src/{case}_image.nii.gz'}\ngeometry: {crop: {method: none}}\n"
     )
-    run(raw, manifest, tmp_path / "w", domains=["source"])
+    run(raw, manifest, tmp_path / "w", domain=["source"])
     store = Store(tmp_path / "w" / "preprocessed" / "flip__source" / "store.h5")
     np.testing.assert_array_equal(store.label("a"), store.label("b"))
     np.testing.assert_allclose(store.image("a"), store.image("b"), atol=1e-6)
@@ -85,7 +85,7 @@ def test_domains_face_the_same_way_whatever_their_direction_matrix(tmp_path):
 
 def test_labels_go_back_onto_the_original_grid(tiny_dataset, tmp_path):
     raw, manifest = tiny_dataset
-    run(raw, manifest, tmp_path / "w", domains=["src"])
+    run(raw, manifest, tmp_path / "w", domain=["src"])
     store = Store(tmp_path / "w" / "preprocessed" / "tiny__src" / "store.h5")
     meta = store.meta("c1")
     restored = restore_label(store.label("c1"), meta["processed"], meta["original"])
@@ -101,29 +101,32 @@ def test_labels_go_back_onto_the_original_grid(tiny_dataset, tmp_path):
 def test_rerun_skips_unless_forced_or_changed(tiny_dataset, tmp_path):
     raw, manifest = tiny_dataset
     work = tmp_path / "w"
-    first = run(raw, manifest, work, domains=["src"])[0]
-    again = run(raw, manifest, work, domains=["src"], workers=3)[0]
+    first = run(raw, manifest, work, domain=["src"])[0]
+    again = run(raw, manifest, work, domain=["src"], workers=3)[0]
     assert again.summary["skipped"] and again.config_hash == first.config_hash
-    forced = run(raw, manifest, work, domains=["src"], force=True)[0]
+    forced = run(raw, manifest, work, domain=["src"], force=True)[0]
     assert not forced.summary["skipped"]
-    changed = run(raw, manifest, work, domains=["src"], overrides=["geometry.inplane_mm=3.0"])[0]
+    changed = run(raw, manifest, work, domain=["src"], overrides=["geometry.inplane_mm=3.0"])[0]
     assert not changed.summary["skipped"] and changed.config_hash != first.config_hash
+    # the overrides as --set gives them (a dict of YAML values) are the same overrides
+    same = run(raw, manifest, work, domain="src", overrides={"geometry.inplane_mm": 3.0})[0]
+    assert same.summary["skipped"] and same.config_hash == changed.config_hash
     write_nifti(tiny_volume(7)[0], raw / "src" / "c0_image.nii.gz")  # raw data changed
-    assert not run(raw, manifest, work, domains=["src"], overrides=["geometry.inplane_mm=3.0"])[
+    assert not run(raw, manifest, work, domain=["src"], overrides=["geometry.inplane_mm=3.0"])[
         0
     ].summary["skipped"]
 
 
 def test_parallel_workers_and_shards_give_the_same_store(tiny_dataset, tmp_path):
     raw, manifest = tiny_dataset
-    run(raw, manifest, tmp_path / "serial", domains=["src"])
-    run(raw, manifest, tmp_path / "parallel", domains=["src"], workers=2)
+    run(raw, manifest, tmp_path / "serial", domain=["src"])
+    run(raw, manifest, tmp_path / "parallel", domain=["src"], workers=2)
     for i in range(2):
-        run(raw, manifest, tmp_path / "sharded", domains=["src"], shard=(i, 2))
-    merged = run(raw, manifest, tmp_path / "sharded", domains=["src"], merge_shards=True)[0]
+        run(raw, manifest, tmp_path / "sharded", domain=["src"], shard=(i, 2))
+    merged = run(raw, manifest, tmp_path / "sharded", domain=["src"], merge_shards=True)[0]
     assert merged.summary["cases"] == 4
     # an unsharded run finds the merged store current, so the stages after it stay current too
-    assert run(raw, manifest, tmp_path / "sharded", domains=["src"])[0].summary["skipped"]
+    assert run(raw, manifest, tmp_path / "sharded", domain=["src"])[0].summary["skipped"]
     stores = [
         Store(tmp_path / w / "preprocessed" / "tiny__src" / "store.h5")
         for w in ("serial", "parallel", "sharded")
@@ -136,16 +139,26 @@ def test_parallel_workers_and_shards_give_the_same_store(tiny_dataset, tmp_path)
         np.testing.assert_array_equal(store.index()["slice"], stores[0].index()["slice"])
 
 
+def test_shard_text_is_checked_like_the_command_line(tiny_dataset):
+    raw, manifest = tiny_dataset
+    config = preprocess.PreprocessConfig(dataset=str(manifest), raw=raw, shard="1/3")
+    assert config.shard == (1, 3) and config.domain == []
+    for text, match in (("1-3", "must look like i/n"), ("3/3", "need 0 <= i < n")):
+        with pytest.raises(UdasegError, match=match) as caught:
+            preprocess.PreprocessConfig(dataset=str(manifest), raw=raw, shard=text)
+        assert caught.value.exit_code == 2
+
+
 def test_merge_refuses_missing_shards(tiny_dataset, tmp_path):
     raw, manifest = tiny_dataset
-    run(raw, manifest, tmp_path / "w", domains=["src"], shard=(0, 3))
+    run(raw, manifest, tmp_path / "w", domain=["src"], shard=(0, 3))
     with pytest.raises(UdasegError, match="shards missing: .*shard-1-of-3"):
-        run(raw, manifest, tmp_path / "w", domains=["src"], merge_shards=True)
+        run(raw, manifest, tmp_path / "w", domain=["src"], merge_shards=True)
 
 
 def _expect_failure(raw, manifest, work, match, domains=("src",)):
     with pytest.raises(UdasegError, match=match):
-        run(raw, manifest, work, domains=list(domains))
+        run(raw, manifest, work, domain=list(domains))
     out = work / "preprocessed" / f"tiny__{domains[0]}"
     assert not out.exists() and not out.with_name(out.name + ".partial").exists()
 
@@ -201,7 +214,7 @@ def test_empty_volume(tiny_dataset, tmp_path):
 
 def test_cli_reports_errors_with_nonzero_exit_and_json(tiny_dataset, tmp_path):
     raw, manifest = tiny_dataset
-    cli = [sys.executable, "-m", "udaseg.cli"]
+    cli = [sys.executable, "-m", "udaseg"]
     bad = subprocess.run(
         [*cli, "preprocess", "no-such-set", "--raw", str(raw), "--work", str(tmp_path / "w")],
         capture_output=True,
@@ -219,7 +232,7 @@ def test_cli_reports_errors_with_nonzero_exit_and_json(tiny_dataset, tmp_path):
             "--work",
             str(tmp_path / "w"),
             "--json",
-            "-d",
+            "--domain",
             "tgt",
         ],
         capture_output=True,

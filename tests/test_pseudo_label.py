@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from tests.test_segment_train import config as train_config
 from udaseg.cli import app
+from udaseg.config.report import ReportConfig
 from udaseg.data.sampling import IGNORE_INDEX, SliceSampler, Source, VolumeBank, split_cases
 from udaseg.data.store import IGNORE_LABEL, Store, foreground_voxels
 from udaseg.errors import UdasegError
@@ -32,7 +33,7 @@ def work(tiny_dataset, tmp_path):
 def _train_config(train, train_on, name, **overrides):
     """test_segment_train's tiny U-Net run on ``train``, as ``name``."""
     settings = {
-        "recipe": {"steps": 4, "batch_size": 2, "patch_size": [32, 32], "lr": 1e-3},
+        "hparams": {"steps": 4, "batch_size": 2, "patch_size": [32, 32], "lr": 1e-3},
         "checkpoint_every": 2,
         "val_every": 0,
         "seed": 1,
@@ -224,8 +225,8 @@ def test_class_balanced_pseudo_labels_keep_the_asked_portion_of_each_class(work)
     store = Store(work / "pseudo" / "cb" / "store.h5")
     record = store.meta(store.case_ids[0])["pseudo_label"]
     assert record["portion"] == 0.5 and record["thresholds"] == summary["thresholds"]
-    # the thresholded store's config keeps no portion key (its hash is unchanged)
-    assert "portion" not in pseudo_label.run(_config(work, threshold=0.6), work).config
+    # a thresholded run records that no portion was asked for
+    assert pseudo_label.run(_config(work, threshold=0.6), work).config["portion"] is None
     with pytest.raises(UdasegError, match="--portion 0"):
         pseudo_label.run(_config(work, portion=0.0, name="cb0"), work)
 
@@ -245,20 +246,20 @@ def test_a_margin_is_recorded_and_leaves_more_voxels_unlabelled(work, monkeypatc
 
     monkeypatch.setattr(udaseg.inference, "predict_volume", organ_in_the_middle)
     plain = pseudo_label.run(_config(work, threshold=0.0), work)
-    margin = pseudo_label.run(_config(work, threshold=0.0, margin_mm=3.0, name="m3"), work)
-    assert margin.config["margin_mm"] == 3.0 and "margin_mm" not in plain.config
+    margin = pseudo_label.run(_config(work, threshold=0.0, margin=3.0, name="m3"), work)
+    assert margin.config["margin"] == 3.0 and plain.config["margin"] == 0.0
     assert margin.summary["margin_mm"] == 3.0 and margin.summary["kept"] < plain.summary["kept"]
     store = Store(work / "pseudo" / "m3" / "store.h5")
     assert store.meta(store.case_ids[0])["pseudo_label"]["margin_mm"] == 3.0
     with pytest.raises(UdasegError, match="--margin -1"):
-        pseudo_label.run(_config(work, margin_mm=-1.0, name="mneg"), work)
+        pseudo_label.run(_config(work, margin=-1.0, name="mneg"), work)
 
 
 def test_the_report_draws_the_pseudo_labelled_store(work):
     from udaseg.stages import report
 
     pseudo_label.run(_config(work, threshold=0.6), work)
-    report.run(work)
+    report.run(ReportConfig(), work)
     text = (work / "report" / "report.md").read_text()
     data = text[text.index("## Data") : text.index("## Translator")]
     assert "Pseudo-labelled target stores" in data and "pseudo/pl*" in data
@@ -333,11 +334,11 @@ def test_self_training_with_balanced_stores_records_it_and_needs_a_share_for_eac
     )
     assert manifest.config["balance_stores"] is True and manifest.summary["steps"] == 4
     pooled = segment_train.run(_train_config(train, "pseudo", "pooled"), work)
-    assert "balance_stores" not in pooled.config  # off: the config hash of older runs holds
-    one = dict(_train_config(train, "pseudo", "b1", balance_stores=True).recipe, batch_size=1)
+    assert pooled.config["balance_stores"] is False
+    one = dict(_train_config(train, "pseudo", "b1", balance_stores=True).hparams, batch_size=1)
     with pytest.raises(UdasegError, match="a batch of 1 cannot take a share"):
         segment_train.run(
-            _train_config(train, "pseudo", "b1", balance_stores=True, recipe=one), work
+            _train_config(train, "pseudo", "b1", balance_stores=True, hparams=one), work
         )
 
 
@@ -369,15 +370,15 @@ def test_cli_pseudo_label_then_train_on_pseudo(work):
         "pseudo",
         "--work",
         str(work),
-        "--steps",
-        "2",
-        "--batch-size",
-        "2",
-        "--patch-size",
-        "32,32",
+        "--set",
+        "steps=2",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "patch_size=32,32",
         "--device",
         "cpu",
-        *[a for k, v in tiny.items() for a in ("--model-arg", f"{k}={v}")],
+        *[a for k, v in tiny.items() for a in ("--set", f"{k}={v}")],
     ]
     missing = runner.invoke(app, args)
     assert isinstance(missing.exception, UdasegError) and missing.exception.exit_code == 2

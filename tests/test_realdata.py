@@ -93,7 +93,7 @@ def test_totalseg_examples_through_a_custom_manifest(tmp_path):
         "    other_codes: background\n"
         "  target:\n    images: '{case}_image.nii.gz'\n"
     )
-    config = preprocess.PreprocessConfig(dataset=str(manifest), raw=raw, domains=["source"])
+    config = preprocess.PreprocessConfig(dataset=str(manifest), raw=raw, domain=["source"])
     assert preprocess.run(config, tmp_path / "w")[0].summary["cases"] == 2
     store = Store(tmp_path / "w" / "preprocessed" / "totalseg__source" / "store.h5")
     assert store.meta("ct")["original"]["orientation"] == "RAS"

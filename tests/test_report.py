@@ -1,6 +1,6 @@
 """`udaseg report`: a self-contained HTML page and a Markdown file of a whole workspace.
 
-The workspace is the phantom-demo recipe's smoke preset: every stage for 2 iterations on the
+The workspace is the phantom-demo pipeline's smoke preset: every stage for 2 iterations on the
 tiny phantom (~15 s on 2 CPU cores), built once for the module.
 """
 
@@ -19,7 +19,10 @@ from typer.testing import CliRunner
 
 from udaseg.artifacts import load_manifest
 from udaseg.cli import app, main
-from udaseg.stages import recipe as recipes
+from udaseg.config.report import ReportConfig
+from udaseg.pipeline import runner as pipelines
+from udaseg.reporting.discovery import read_metrics
+from udaseg.reporting.figures import curves_png
 from udaseg.stages import report
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -38,15 +41,17 @@ CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("report") / "W"
-    loaded = recipes.load_recipe("phantom-demo", work, preset="smoke", overrides={"device": "cpu"})
-    recipes.run(loaded, loaded.stages, echo=lambda line: None)
+    loaded = pipelines.load_pipeline(
+        "phantom-demo", work, preset="smoke", overrides={"device": "cpu"}
+    )
+    pipelines.run(loaded, loaded.stages, echo=lambda line: None)
     return work
 
 
 @pytest.fixture(scope="module")
 def built(work) -> dict:
     """The CLI's --json summary of the workspace's report."""
-    done = CliRunner().invoke(app, ["report", str(work), "--json"])
+    done = CliRunner().invoke(app, ["report", "--work", str(work), "--json"])
     assert done.exit_code == 0, done.output
     return json.loads(done.stdout)
 
@@ -130,7 +135,7 @@ def test_report_is_an_artifact_listing_what_it_shows(work, built):
 
 
 def test_empty_workspace_says_what_is_missing(tmp_path):
-    summary = report.run(tmp_path).summary
+    summary = report.run(ReportConfig(), tmp_path).summary
     assert summary["images"] == 0
     text = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     for missing in ("no preprocess run", "no translate run", "no training run", "no evaluate run"):
@@ -140,7 +145,7 @@ def test_empty_workspace_says_what_is_missing(tmp_path):
 
 
 def test_missing_workspace_is_a_usage_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["udaseg", "report", str(tmp_path / "nowhere")])
+    monkeypatch.setattr(sys, "argv", ["udaseg", "report", "--work", str(tmp_path / "nowhere")])
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 2
@@ -156,7 +161,7 @@ def test_an_unreadable_prediction_is_noted_and_the_rest_still_reported(work, tmp
     summary["pred"]["path"] = str(tmp_path / "deleted-predictions")
     summary_path.write_text(json.dumps(summary), encoding="utf-8")
     (tmp_path / "W2" / "translate" / "half.partial").mkdir(parents=True)
-    built = report.run(other).summary
+    built = report.run(ReportConfig(), other).summary
     notes = " ".join(built["sections"]["predictions"]["notes"])
     assert "evaluate/gone" in notes and "deleted-predictions" in notes
     assert built["sections"]["dice"]["images"] == 1
@@ -184,7 +189,7 @@ def test_store_and_label_folder_references_are_drawn(work, tmp_path):
         name="vs-labels",
     )
     evaluate(config, other)
-    predictions = report.run(other).summary["sections"]["predictions"]
+    predictions = report.run(ReportConfig(), other).summary["sections"]["predictions"]
     assert predictions == {"title": "Predictions", "images": 2, "notes": []}
     text = (other / "report" / "report.md").read_text(encoding="utf-8")
     assert text.count("no scan image") == 1
@@ -198,9 +203,9 @@ def test_validation_rows_and_a_half_written_line_are_read(tmp_path):
         {"step": 20, "val": {"score": 0.4, "dice": {"liver": 0.6, "spleen": 0.2}, "cases": 2}},
     ]
     path.write_text("\n".join(json.dumps(line) for line in lines) + '\n{"step": 30, "ce"')
-    train, val = report.read_metrics(path)
+    train, val = read_metrics(path)
     assert [row["step"] for row in train] == [10, 20] and val[0]["val"]["score"] == 0.4
-    png, zero = report.curves_png("segment/x", train, val)
+    png, zero = curves_png("segment/x", train, val)
     assert _is_png(png) and zero == ["aux"]
 
 

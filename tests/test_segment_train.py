@@ -26,13 +26,25 @@ def stores(tiny_dataset, tmp_path):
     return root / "tiny__src", root / "tiny__tgt"
 
 
-def config(source, **overrides) -> segment_train.SegmentTrainConfig:
+def config(store, train=None, **overrides) -> segment_train.SegmentTrainConfig:
+    """A tiny U-Net run on ``store`` (or the ``train`` stores: source, then pseudo-labelled)."""
+    train_on = overrides.pop("train_on", "source")
+    model_kwargs = overrides.pop("model_kwargs", dict(model_spec("unet2d.v1").tiny))
+    hparams = overrides.pop(
+        "hparams", {"steps": 6, "batch_size": 2, "patch_size": [32, 32], "lr": 1e-3}
+    )
+    stores = list(train or [store])
+    if train_on == "pseudo":
+        given = {"source": stores[0], "pseudo": stores[-1]}
+    elif train_on == "translated":
+        given = {"translated": stores}
+    else:
+        given = {train_on: stores[0]}
     base = dict(
         model="unet2d.v1",
-        train_on="source",
-        train=[source],
-        model_kwargs=dict(model_spec("unet2d.v1").tiny),
-        recipe={"steps": 6, "batch_size": 2, "patch_size": [32, 32], "lr": 1e-3},
+        train_on=train_on,
+        **given,
+        hparams={**model_kwargs, **hparams},
         checkpoint_every=3,
         val_every=3,
         log_every=1,
@@ -146,10 +158,10 @@ def test_bad_requests_are_refused(stores, tmp_path):
         segment_train.run(config(target, train_on="target", name="t"), tmp_path / "w")
     with pytest.raises(UdasegError, match="patch size"):
         segment_train.run(
-            config(source, recipe={"steps": 2, "patch_size": [8, 32, 32]}), tmp_path / "w"
+            config(source, hparams={"steps": 2, "patch_size": [8, 32, 32]}), tmp_path / "w"
         )
-    with pytest.raises(UdasegError, match='unknown recipe option "lrate"'):
-        segment_train.run(config(source, recipe={"lrate": 1.0}), tmp_path / "w")
+    with pytest.raises(UdasegError, match='unknown --set key "lrate"'):
+        segment_train.run(config(source, hparams={"lrate": 1.0}), tmp_path / "w")
     with pytest.raises(UdasegError, match='did you mean "unet2d.v1"'):
         segment_train.run(config(source, model="unet2d.v2"), tmp_path / "w")
 
@@ -190,7 +202,7 @@ def test_3d_model_trains_on_sub_volumes_and_validates_by_sliding_window(stores, 
         model="dar-unet.v1",
         name="dar",
         model_kwargs=dict(model_spec("dar-unet.v1").tiny),
-        recipe={"steps": 2, "batch_size": 1, "patch_size": [4, 16, 16]},
+        hparams={"steps": 2, "batch_size": 1, "patch_size": [4, 16, 16]},
         checkpoint_every=1,
         val_every=0,
     )

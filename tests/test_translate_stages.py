@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from tests.conftest import KillAt, write_tiny_dataset
 from udaseg import artifacts
 from udaseg.cli import app
+from udaseg.data.sampling import middle_slices
 from udaseg.data.store import Store
 from udaseg.errors import UdasegError
 from udaseg.losses.gan import discriminator_loss, gan_loss, set_requires_grad
@@ -31,8 +32,13 @@ from udaseg.models.registry import model_spec
 from udaseg.stages import cluster_styles, preprocess, segment_train, translate_apply
 from udaseg.stages import translate_train as train_stage
 from udaseg.training.checkpoint import load_checkpoint
-from udaseg.translation.io import load_translator, pad_to_multiple
-from udaseg.translation.registry import list_translators, register_translator, translator_spec
+from udaseg.translation.io import load_translator, pad_to_multiple, render_volume
+from udaseg.translation.registry import (
+    constructor_kwargs,
+    list_translators,
+    register_translator,
+    translator_spec,
+)
 
 # --- test-only translators -----------------------------------------------------------------------
 
@@ -54,8 +60,8 @@ class TinyTranslator(nn.Module):
     def _disc() -> nn.Module:
         return nn.Sequential(nn.Conv2d(1, 2, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(2, 1, 3, 1, 1))
 
-    def optimizers(self, recipe):
-        betas = tuple(recipe["betas"])
+    def optimizers(self, hparams):
+        betas = tuple(hparams["betas"])
         generator = [
             p
             for m in (self.to_target, self.to_source, self.style_encoder, self.style_affine)
@@ -63,8 +69,8 @@ class TinyTranslator(nn.Module):
         ]
         discriminator = [*self.disc_target.parameters(), *self.disc_source.parameters()]
         return {
-            "generator": torch.optim.Adam(generator, lr=recipe["lr_g"], betas=betas),
-            "discriminator": torch.optim.Adam(discriminator, lr=recipe["lr_d"], betas=betas),
+            "generator": torch.optim.Adam(generator, lr=hparams["lr_g"], betas=betas),
+            "discriminator": torch.optim.Adam(discriminator, lr=hparams["lr_d"], betas=betas),
         }
 
     def encode_style(self, images, domain="target"):
@@ -123,7 +129,7 @@ class TinyTranslator(nn.Module):
         }
 
 
-TEST_RECIPE = {
+TEST_HPARAMS = {
     "lr_g": 5e-3,
     "lr_d": 5e-3,
     "betas": [0.5, 0.999],
@@ -150,14 +156,12 @@ for _name, _builder, _styled in (
     ("test-plain.v0", build_plain, False),
 ):
     with contextlib.suppress(ValueError):  # this module imported twice in one session
-        register_translator(_name, has_style_codes=_styled, recipe=TEST_RECIPE)(_builder)
+        register_translator(_name, has_style_codes=_styled, hparams=TEST_HPARAMS)(_builder)
 
 
 def real_methods() -> list[str]:
-    try:
-        return [n for n in list_translators() if not n.startswith("test-")]
-    except ImportError:  # the built-in methods are not written yet
-        return []
+    """Every registered translator but this module's stand-ins."""
+    return [n for n in list_translators() if not n.startswith("test-")]
 
 
 # --- a workspace shared by the module: stores and two trained translators ---------------------
@@ -178,7 +182,7 @@ def train_config(ws_or_stores, method="test-styled.v0", **overrides):
         method=method,
         source=source,
         target=target,
-        recipe={"steps": 4},
+        hparams={"steps": 4},
         sample_every=2,
         sample_count=3,
         sample_styles=2,
@@ -238,9 +242,9 @@ def test_train_writes_checkpoints_samples_metrics_and_model_json(ws):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {"adv", "cycle", "discriminator", "total", "lr"} <= set(rows[0])
     info = json.loads((run / "model.json").read_text())
-    # the recipe's loss weight reaches the constructor (and so the checkpoint)
+    # the hparams' loss weight reaches the constructor (and so the checkpoint)
     assert info["kwargs"] == {"lambda_cycle": 5.0} and info["has_style_codes"]
-    assert info["patch_size"] == [32, 32] and info["recipe"]["steps"] == 4
+    assert info["patch_size"] == [32, 32] and info["hparams"]["steps"] == 4
     assert info["source"]["domain"] == "src" and info["target"]["domain"] == "tgt"
     assert info["target"]["classes"] == ["organ_a", "organ_b"]
     manifest = artifacts.load_manifest(run)
@@ -250,26 +254,43 @@ def test_train_writes_checkpoints_samples_metrics_and_model_json(ws):
     assert not translator.training and translator.lambda_cycle == 5.0
 
 
-def test_constructor_kwargs_take_recipe_weights_and_method_args_win():
-    kwargs = train_stage.constructor_kwargs("test-styled.v0", TEST_RECIPE, {"lambda_cycle": 1})
+def test_constructor_kwargs_take_hparams_weights_and_method_args_win():
+    kwargs = constructor_kwargs("test-styled.v0", TEST_HPARAMS, {"lambda_cycle": 1})
     assert kwargs == {"lambda_cycle": 1}
     if "cyclegan.v1" in real_methods():  # weights live in the base class behind **kwargs
         spec = translator_spec("cyclegan.v1")
-        assert "lambda_cycle" in train_stage.constructor_kwargs("cyclegan.v1", spec.recipe, {})
+        assert "lambda_cycle" in constructor_kwargs("cyclegan.v1", spec.hparams, {})
 
 
-def test_a_method_arg_loss_weight_is_recorded_in_the_recipe(ws):
-    config = train_config((ws.source, ws.target), method_kwargs={"lambda_cycle": 2.0})
-    recipe = train_stage.resolved_recipe(config)
-    assert recipe["lambda_cycle"] == 2.0 and TEST_RECIPE["lambda_cycle"] != 2.0
-    assert train_stage.constructor_kwargs(config.method, recipe, {}) == {"lambda_cycle": 2.0}
-    # a constructor-only argument is not a recipe key and stays out of it
-    width = train_config((ws.source, ws.target), method_kwargs={"width": 4})
-    assert "width" not in train_stage.resolved_recipe(width)
+def test_set_keys_are_hparams_or_constructor_arguments(ws):
+    stores = (ws.source, ws.target)
+    # a loss weight is an hparams key: the run trains with it and records it there
+    config = train_config(stores, hparams={"steps": 4, "lambda_cycle": 2.0})
+    hparams = train_stage.resolved_hparams(config)
+    assert hparams["lambda_cycle"] == 2.0 and TEST_HPARAMS["lambda_cycle"] != 2.0
+    assert train_stage.show_defaults(config) == {
+        "hparams": hparams,
+        "kwargs": {"lambda_cycle": 2.0},
+    }
+    # a constructor-only argument reaches the constructor and stays out of the hparams
+    styled = train_config(stores, hparams={"style_dim": 4})
+    assert "style_dim" not in train_stage.resolved_hparams(styled)
+    assert train_stage.show_defaults(styled)["kwargs"] == {"style_dim": 4, "lambda_cycle": 5.0}
+    # sizes as text (what --set patch_size=16,16 gives) become lists of ints
+    for text in ("16,16", "16x16"):
+        sized = train_config(stores, hparams={"patch_size": text})
+        assert train_stage.resolved_hparams(sized)["patch_size"] == [16, 16]
+    # anything else is refused, with both kinds of key offered
+    with pytest.raises(UdasegError, match='did you mean "style_dim"') as caught:
+        train_stage.resolved_hparams(train_config(stores, hparams={"style_dm": 4}))
+    assert "lr_g" in caught.value.hint and caught.value.exit_code == 2
+    plain = train_config(stores, "test-plain.v0", hparams={"style_dim": 4})
+    with pytest.raises(UdasegError, match='unknown --set key "style_dim"'):
+        train_stage.show_defaults(plain)
 
 
 def test_resume_after_a_kill_gives_identical_weights_and_log(ws):
-    options = dict(recipe={"steps": 6}, checkpoint_every=3)
+    options = dict(hparams={"steps": 6}, checkpoint_every=3)
     stores = (ws.source, ws.target)
     train_stage.run(train_config(stores, name="whole", **options), ws.work)
     with pytest.raises(KeyboardInterrupt):
@@ -299,9 +320,9 @@ def test_a_current_run_is_skipped_unless_forced(ws):
 def test_train_refuses_bad_options(ws):
     stores = (ws.source, ws.target)
     with pytest.raises(UdasegError, match='did you mean "steps"'):
-        train_stage.run(train_config(stores, recipe={"stepz": 2}), ws.work)
+        train_stage.run(train_config(stores, hparams={"stepz": 2}), ws.work)
     with pytest.raises(UdasegError, match="2D slices"):
-        train_stage.run(train_config(stores, recipe={"patch_size": [4, 32, 32]}), ws.work)
+        train_stage.run(train_config(stores, hparams={"patch_size": [4, 32, 32]}), ws.work)
     with pytest.raises(UdasegError, match='did you mean "test-plain.v0"'):
         train_stage.run(train_config(stores, method="test-plain.v1"), ws.work)
 
@@ -317,8 +338,12 @@ def source_segmenter(ws) -> Path:
 def semantic_config(ws, segmenter, **overrides):
     base = dict(
         method="attention-cyclegan.v1",
-        method_kwargs=dict(translator_spec("attention-cyclegan.v1").tiny),
-        recipe={"steps": 4, "batch_size": 2, "patch_size": [32, 32]},
+        hparams={
+            **translator_spec("attention-cyclegan.v1").tiny,
+            "steps": 4,
+            "batch_size": 2,
+            "patch_size": [32, 32],
+        },
         semantic_segmenter=segmenter,
         sample_every=0,
         checkpoint_every=2,
@@ -373,10 +398,10 @@ def test_semantic_segmenter_refusals(ws, source_segmenter):
     info = json.loads((on_target / "model.json").read_text())
     (on_target / "model.json").write_text(json.dumps({**info, "domain": "tgt"}))
     refused("target's own labels", on_target, force=True)
-    refused("no semantic-consistency term", source_segmenter, method="test-plain.v0")
-    weight = dict(translator_spec("attention-cyclegan.v1").tiny, lambda_semantic=2.0)
-    refused("needs a frozen segmenter", None, method_kwargs=weight)
-    refused("lambda_semantic=0", source_segmenter, method_kwargs={"lambda_semantic": 0})
+    refused("no semantic-consistency term", source_segmenter, method="test-plain.v0", hparams={})
+    tiny = {**translator_spec("attention-cyclegan.v1").tiny, "steps": 4, "patch_size": [32, 32]}
+    refused("needs a frozen segmenter", None, hparams={**tiny, "lambda_semantic": 2.0})
+    refused("lambda_semantic=0", source_segmenter, hparams={**tiny, "lambda_semantic": 0})
 
 
 # --- cluster-styles ------------------------------------------------------------------------------
@@ -397,7 +422,7 @@ def test_cluster_styles_keeps_the_member_nearest_each_centre_deterministically(w
     members = json.loads((first / "members.json").read_text())
     store = Store(ws.target / "store.h5")
     train = json.loads((ws.target / "splits.json").read_text())["train"]
-    expected = [(c, k) for c in train for k in cluster_styles.middle_slices(len(store.image(c)))]
+    expected = [(c, k) for c in train for k in middle_slices(len(store.image(c)))]
     assert [(r["case"], r["slice"]) for r in members["slices"]] == expected
     assert chosen.shape == (3, 2) and codes.shape == (len(expected), 2)
     clusters = np.array([r["cluster"] for r in members["slices"]])
@@ -421,8 +446,8 @@ def test_cluster_styles_keeps_the_member_nearest_each_centre_deterministically(w
 
 
 def test_middle_two_thirds():
-    assert list(cluster_styles.middle_slices(12)) == list(range(2, 10))
-    assert list(cluster_styles.middle_slices(1)) == [0]
+    assert list(middle_slices(12)) == list(range(2, 10))
+    assert list(middle_slices(1)) == [0]
 
 
 def test_methods_without_style_codes_refuse_style_clustering(ws):
@@ -463,9 +488,7 @@ def test_apply_writes_k_styled_copies_with_the_source_labels(ws):
             assert meta["processed"] == source.meta(case)["processed"]  # geometry carried over
             assert image.shape == source.image(case).shape and image.dtype == np.float32
         assert not np.allclose(images[0], images[1])  # the styles differ
-    expected = translate_apply.render_volume(
-        translator, source.image("c0"), codes[2], batch_size=3, device="cpu"
-    )
+    expected = render_volume(translator, source.image("c0"), codes[2], batch_size=3, device="cpu")
     np.testing.assert_allclose(store.image("c0__style2"), expected, atol=1e-6)
     splits = json.loads((out / "splits.json").read_text())
     source_splits = json.loads((ws.source / "splits.json").read_text())
@@ -487,12 +510,17 @@ def test_apply_writes_k_styled_copies_with_the_source_labels(ws):
 
 def tiny_segment_train(work: Path, store: Path, train_on: str, name: str | None = None) -> dict:
     """Two steps of a tiny unet2d.v1 on ``store``; the run's summary."""
+    stores = {"translated": [store]} if train_on == "translated" else {train_on: store}
     config = segment_train.SegmentTrainConfig(
         model="unet2d.v1",
         train_on=train_on,
-        train=[store],
-        model_kwargs=dict(model_spec("unet2d.v1").tiny),
-        recipe={"steps": 2, "batch_size": 2, "patch_size": [32, 32]},
+        **stores,
+        hparams={
+            **model_spec("unet2d.v1").tiny,
+            "steps": 2,
+            "batch_size": 2,
+            "patch_size": [32, 32],
+        },
         val_every=0,
         device="cpu",
         name=name,
@@ -522,7 +550,7 @@ def test_sharded_apply_covers_every_case_once(ws):
     cases = []
     for i in range(2):
         config = translate_apply.TranslateApplyConfig(
-            translator=ws.plain, shard=(i, 2), name="sharded", device="cpu"
+            translator=ws.plain, shard=f"{i}/2", name="sharded", device="cpu"
         )
         out = Path(translate_apply.run(config, ws.work).summary["output"])
         assert out.name == f"sharded__shard-{i}-of-2"
@@ -545,7 +573,6 @@ def test_padding_cuts_back_to_the_slice():
 def test_render_volume_takes_one_code_or_one_per_slice():
     from udaseg.translation.registry import create_translator
 
-    render_volume = translate_apply.render_volume
     torch.manual_seed(0)
     model = create_translator("disentangled.v1", **translator_spec("disentangled.v1").tiny).eval()
     volume = np.random.default_rng(0).uniform(-1, 1, (5, 18, 18)).astype(np.float32)
@@ -585,15 +612,15 @@ def test_cli_json_runs_train_then_cluster_and_apply_in_one_go(ws):
     common = ["--work", str(ws.work), "--json", "--device", "cpu"]
     trained = invoke(
         "translate", "train", "--method", "test-styled.v0", "--source", str(ws.source),
-        "--target", str(ws.target), "--steps", "2", "--batch-size", "1", "--patch-size", "32,32",
-        "--sample-every", "0", "--name", "cli", "--method-arg", "style_dim=3",
-        "--schedule", "linear", *common,
+        "--target", str(ws.target), "--set", "steps=2", "--set", "batch_size=1", "--set",
+        "patch_size=32,32", "--sample-every", "0", "--name", "cli", "--set", "style_dim=3",
+        "--set", "schedule=linear", *common,
     )  # fmt: skip
     summary = json.loads(trained.stdout)
     assert summary["steps"] == 2 and summary["samples"] == 1
     run = Path(summary["output"])
     config = json.loads((run / "manifest.json").read_text())["config"]
-    assert config["recipe"]["schedule"] == "linear"
+    assert config["hparams"]["schedule"] == "linear"
     assert json.loads((run / "model.json").read_text())["kwargs"]["style_dim"] == 3
     both = invoke("translate", "--translator", str(run), "--styles", "2", "--embedding", "pca",
                   *common)  # fmt: skip
@@ -612,8 +639,7 @@ def test_every_registered_translator_runs_through_the_stages(ws, method):
         (ws.source, ws.target),
         method=method,
         name=f"smoke-{method}",
-        method_kwargs=dict(spec.tiny),
-        recipe={"steps": 2, "batch_size": 1, "patch_size": [32, 32]},
+        hparams={**spec.tiny, "steps": 2, "batch_size": 1, "patch_size": [32, 32]},
         sample_every=0,
     )
     run = Path(train_stage.run(config, ws.work).summary["output"])

@@ -20,7 +20,7 @@ from udaseg.translation.cyclegan import (
 )
 
 METHODS = ["cyclegan.v1", "attention-cyclegan.v1"]
-RECIPE_KEYS = {
+HPARAM_KEYS = {
     "lr_g",
     "lr_d",
     "betas",
@@ -74,27 +74,27 @@ def changed(before: list[torch.Tensor], modules) -> bool:
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_registered_with_recipe(name):
+def test_registered_with_hparams(name):
     entry = spec(name)
     assert not entry.has_style_codes
-    assert set(entry.recipe) == RECIPE_KEYS
-    assert entry.recipe["schedule"] == "constant"
-    assert entry.recipe["lambda_cycle"] == 10.0 and entry.recipe["pool_size"] == 50
-    assert entry.recipe["batch_size"] == 1 and entry.recipe["patch_size"] == [256, 256]
+    assert set(entry.hparams) == HPARAM_KEYS
+    assert entry.hparams["schedule"] == "constant"
+    assert entry.hparams["lambda_cycle"] == 10.0 and entry.hparams["pool_size"] == 50
+    assert entry.hparams["batch_size"] == 1 and entry.hparams["patch_size"] == [256, 256]
 
 
-def test_recipes_follow_the_papers():
-    assert spec("cyclegan.v1").recipe["lr_g"] == 2e-4  # SIFA
-    assert spec("cyclegan.v1").recipe["steps"] == 20000
-    assert spec("attention-cyclegan.v1").recipe["lr_g"] == 1e-3  # AttENT Sec. IV-A.3
-    assert spec("attention-cyclegan.v1").recipe["steps"] == 10000
+def test_hparams_follow_the_papers():
+    assert spec("cyclegan.v1").hparams["lr_g"] == 2e-4  # SIFA
+    assert spec("cyclegan.v1").hparams["steps"] == 20000
+    assert spec("attention-cyclegan.v1").hparams["lr_g"] == 1e-3  # AttENT Sec. IV-A.3
+    assert spec("attention-cyclegan.v1").hparams["steps"] == 10000
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_optimizers_read_recipe(name):
+def test_optimizers_read_hparams(name):
     model = tiny(name)
-    recipe = {**spec(name).recipe, "lr_g": 1e-3, "lr_d": 3e-4, "betas": [0.4, 0.9]}
-    opts = model.optimizers(recipe)
+    hparams = {**spec(name).hparams, "lr_g": 1e-3, "lr_d": 3e-4, "betas": [0.4, 0.9]}
+    opts = model.optimizers(hparams)
     assert set(opts) == {"generator", "discriminator"}
     assert opts["generator"].param_groups[0]["lr"] == 1e-3
     assert opts["discriminator"].param_groups[0]["lr"] == 3e-4
@@ -106,7 +106,7 @@ def test_optimizers_read_recipe(name):
 @pytest.mark.parametrize("name", METHODS)
 def test_train_step_updates_everything(name):
     model = tiny(name)
-    opts = model.optimizers(spec(name).recipe)
+    opts = model.optimizers(spec(name).hparams)
     g_before, d_before = snapshot(model.generators), snapshot(model.discriminators)
     out = model.train_step(*batch(1), opts, no_autocast)
     assert set(out) == STEP_KEYS
@@ -127,7 +127,7 @@ def test_identity_term_reported_and_weighted():
     )
     torch.testing.assert_close(losses["total"], expected)
     out = model.train_step(
-        source, target, model.optimizers(spec("cyclegan.v1").recipe), no_autocast
+        source, target, model.optimizers(spec("cyclegan.v1").hparams), no_autocast
     )
     assert set(out) == STEP_KEYS | {"identity"}
 
@@ -165,7 +165,7 @@ def test_semantic_term_is_weighted_and_its_segmenter_stays_frozen_outside_the_st
     )
     torch.testing.assert_close(losses["total"], expected)
     model.train()  # the translator's mode never reaches the attached segmenter
-    opts = model.optimizers(spec("attention-cyclegan.v1").recipe)
+    opts = model.optimizers(spec("attention-cyclegan.v1").hparams)
     out = model.train_step(source, target, opts, no_autocast, source_labels=labels)
     assert set(out) == STEP_KEYS | {"semantic_s", "semantic_t"}
     assert not segmenter.training
@@ -177,7 +177,7 @@ def test_semantic_term_is_weighted_and_its_segmenter_stays_frozen_outside_the_st
 def test_semantic_term_refuses_without_its_segmenter_or_the_labels():
     model = tiny("cyclegan.v1", lambda_semantic=1.0)
     source, labels, target = anatomy_batch(5)
-    opts = model.optimizers(spec("cyclegan.v1").recipe)
+    opts = model.optimizers(spec("cyclegan.v1").hparams)
     with pytest.raises(UdasegError, match="no frozen segmenter"):
         model.train_step(source, target, opts, no_autocast, source_labels=labels)
     model.use_semantic_model(tiny_segmenter())
@@ -200,7 +200,7 @@ def test_semantic_term_makes_the_segmenter_read_the_translation_as_the_label():
     def final_semantic_error(weight: float) -> float:
         model = tiny("attention-cyclegan.v1", seed=1, lambda_cycle=1.0, lambda_semantic=weight)
         model.use_semantic_model(InvertedReader())
-        opts = model.optimizers(spec("attention-cyclegan.v1").recipe)
+        opts = model.optimizers(spec("attention-cyclegan.v1").hparams)
         torch.manual_seed(0)
         for step in range(60):
             source, labels, target = anatomy_batch(step % 3)
@@ -242,7 +242,7 @@ def test_translate_shapes_and_range(name):
 @pytest.mark.parametrize("name", METHODS)
 def test_discriminators_frozen_during_generator_update(name):
     model = tiny(name)
-    opts = model.optimizers(spec(name).recipe)
+    opts = model.optimizers(spec(name).hparams)
     model.update_generators(*batch(4), opts["generator"], no_autocast)
     assert all(p.grad is None for m in model.discriminators for p in m.parameters())
     assert all(p.grad is not None for m in model.generators for p in m.parameters())
@@ -277,7 +277,7 @@ def test_resume_is_exact(name):
     so the random pool swaps happen after the checkpoint."""
     batches = [batch(10 + i) for i in range(5)]
     model = tiny(name, pool_size=4)
-    opts = model.optimizers(spec(name).recipe)
+    opts = model.optimizers(spec(name).hparams)
     for source, target in batches[:3]:
         model.train_step(source, target, opts, no_autocast)
     buffer = io.BytesIO()
@@ -300,7 +300,7 @@ def test_resume_is_exact(name):
     fresh.load_state_dict(saved["model"])
     for key, value in saved["model"].items():
         assert torch.equal(fresh.state_dict()[key], value), key
-    fresh_opts = fresh.optimizers(spec(name).recipe)
+    fresh_opts = fresh.optimizers(spec(name).hparams)
     for key, state in saved["optimizers"].items():
         fresh_opts[key].load_state_dict(state)
     torch.set_rng_state(saved["rng"])
@@ -383,7 +383,7 @@ def test_toy_inverted_contrast_is_learned():
     """Unpaired source blobs and target = inverted-contrast blobs (1 - image in [0, 1], i.e.
     -image in [-1, 1]): 200 steps of a small CycleGAN bring translate(source) closer to -source."""
     model = tiny("cyclegan.v1", width=8, disc_width=8)
-    opts = model.optimizers(spec("cyclegan.v1").recipe)
+    opts = model.optimizers(spec("cyclegan.v1").hparams)
     held_out = _blobs(16, torch.Generator().manual_seed(123))
 
     def error() -> float:

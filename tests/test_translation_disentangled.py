@@ -39,7 +39,7 @@ KEYS = {
         "d_target",
     },
 }
-RECIPE_KEYS = {"lr_g", "lr_d", "betas", "batch_size", "patch_size", "steps", "schedule"}
+HPARAM_KEYS = {"lr_g", "lr_d", "betas", "batch_size", "patch_size", "steps", "schedule"}
 NOAUTOCAST = contextlib.nullcontext
 
 
@@ -72,26 +72,26 @@ def _changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_registered_recipe_and_kwargs(name):
+def test_registered_hparams_and_kwargs(name):
     spec = translator_spec(name)
     assert spec.has_style_codes == (name == "disentangled.v1")
-    assert set(spec.recipe) >= RECIPE_KEYS
-    assert spec.recipe["patch_size"] == [256, 256] and spec.recipe["schedule"] == "constant"
-    # loss weights (and ema_decay) in the recipe are constructor kwargs, so they are checkpointed
+    assert set(spec.hparams) >= HPARAM_KEYS
+    assert spec.hparams["patch_size"] == [256, 256] and spec.hparams["schedule"] == "constant"
+    # loss weights (and ema_decay) in the hparams are constructor kwargs, so they are checkpointed
     signature = inspect.signature(spec.builder)
-    for key in set(spec.recipe) - RECIPE_KEYS - {"weight_decay"}:
+    for key in set(spec.hparams) - HPARAM_KEYS - {"weight_decay"}:
         assert key in signature.parameters, key
-        assert signature.parameters[key].default == spec.recipe[key], key
+        assert signature.parameters[key].default == spec.hparams[key], key
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_train_step_returns_finite_losses_and_updates_both_players(name):
     model = _tiny(name)
-    recipe = translator_spec(name).recipe
-    optimizers = model.optimizers(recipe)
+    hparams = translator_spec(name).hparams
+    optimizers = model.optimizers(hparams)
     assert set(optimizers) == {"generator", "discriminator"}
-    assert optimizers["generator"].param_groups[0]["lr"] == recipe["lr_g"]
-    assert optimizers["discriminator"].param_groups[0]["lr"] == recipe["lr_d"]
+    assert optimizers["generator"].param_groups[0]["lr"] == hparams["lr_g"]
+    assert optimizers["discriminator"].param_groups[0]["lr"] == hparams["lr_d"]
     discs = model.discriminators if name == "disentangled.v1" else [model.disc]
     gens = [model.generator] if name == "disentangled.v1" else model.generators
     g_before = [_params(g) for g in gens]
@@ -108,7 +108,7 @@ def test_train_step_returns_finite_losses_and_updates_both_players(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_train_step_under_bf16_autocast(name):
     model = _tiny(name)
-    optimizers = model.optimizers(translator_spec(name).recipe)
+    optimizers = model.optimizers(translator_spec(name).hparams)
     calls = []
 
     def autocast():
@@ -139,9 +139,9 @@ def test_translate_shape_range_and_samples(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_resume_continues_identically(name, tmp_path):
-    recipe = translator_spec(name).recipe
+    hparams = translator_spec(name).hparams
     model = _tiny(name)
-    optimizers = model.optimizers(recipe)
+    optimizers = model.optimizers(hparams)
     _train(model, optimizers, range(3))
     path = tmp_path / "state.pt"
     torch.save(
@@ -158,7 +158,7 @@ def test_resume_continues_identically(name, tmp_path):
     saved = torch.load(path, weights_only=True)
     fresh = _tiny(name, seed=99)
     fresh.load_state_dict(saved["model"])
-    fresh_optimizers = fresh.optimizers(recipe)
+    fresh_optimizers = fresh.optimizers(hparams)
     for key, optimizer in fresh_optimizers.items():
         optimizer.load_state_dict(saved["optimizers"][key])
     torch.set_rng_state(saved["rng"])
@@ -190,7 +190,7 @@ def test_disentangled_style_codes():
 
 def test_disentangled_default_style_is_running_target_mean():
     model = _tiny("disentangled.v1", ema_decay=0.5)
-    optimizers = model.optimizers(translator_spec("disentangled.v1").recipe)
+    optimizers = model.optimizers(translator_spec("disentangled.v1").hparams)
     _train(model, optimizers, range(2))
     _, target = _batch(1)
     with torch.no_grad():
@@ -205,7 +205,7 @@ def test_disentangled_default_style_is_running_target_mean():
 def test_disentangled_ema_follows_decay_formula():
     decay = 0.9
     model = _tiny("disentangled.v1", ema_decay=decay)
-    optimizers = model.optimizers(translator_spec("disentangled.v1").recipe)
+    optimizers = model.optimizers(translator_spec("disentangled.v1").hparams)
     ema_params = {id(p) for p in model.generator_ema.parameters()}
     assert not any(
         id(p) in ema_params for g in optimizers["generator"].param_groups for p in g["params"]
@@ -233,7 +233,7 @@ def test_disentangled_style_regulariser_shrinks_the_codes():
         ["lambda_image", "lambda_cycle", "lambda_content", "lambda_style", "lambda_adv"], 0.0
     )
     model = _tiny("disentangled.v1", lambda_adv_content=0.0, lambda_style_reg=1.0, **off)
-    optimizers = model.optimizers({**translator_spec("disentangled.v1").recipe, "lr_g": 1e-2})
+    optimizers = model.optimizers({**translator_spec("disentangled.v1").hparams, "lr_g": 1e-2})
     source, target = _batch(0)
     g = model.generator
 
@@ -281,7 +281,7 @@ def test_domain_style_discriminator_is_conditioned_on_the_domain():
     model = _tiny("domain-style.v1")
     seen: list[torch.Tensor] = []
     hook = model.disc.net.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
-    optimizers = model.optimizers(translator_spec("domain-style.v1").recipe)
+    optimizers = model.optimizers(translator_spec("domain-style.v1").hparams)
     model.train_step(*_batch(0), optimizers, NOAUTOCAST)
     hook.remove()
     assert seen and all(x.shape[1] == 3 for x in seen)  # image + one-hot(2) label maps
@@ -322,7 +322,7 @@ def test_toy_translation_learns_the_target_mapping(name):
     domains (AdaIN parameters only differ), neither method learns a polarity flip in a few
     thousand tiny steps (error stays ~0.9-1.0 against ~0.65 at initialisation)."""
     model = _tiny(name, **({"ema_decay": 0.9} if name == "disentangled.v1" else {}))
-    optimizers = model.optimizers(translator_spec(name).recipe)
+    optimizers = model.optimizers(translator_spec(name).hparams)
     gen = torch.Generator().manual_seed(0)
     held_out = _blobs(8, torch.Generator().manual_seed(123))
 

@@ -37,32 +37,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from udaseg import __version__
+from udaseg import __version__, layout
+from udaseg.config import canonical_json, config_hash, json_default
 from udaseg.errors import UdasegError
 
 SCHEMA_VERSION = 1
 KNOWN_SCHEMA_VERSIONS = (1,)
-MANIFEST_NAME = "manifest.json"
-PARTIAL_SUFFIX = ".partial"
-
-# Options that change how a stage runs but never what it produces; they are kept out of the config
-# hash so that rerunning with more workers or on another device does not invalidate an artifact.
-RUNTIME_KEYS = frozenset(
-    {
-        "workers",
-        "device",
-        "json",
-        "progress",
-        "force",
-        "resume",
-        "verbose",
-        "compile",
-        "shard",
-        "amp",
-        "channels_last",
-        "log_every",
-    }
-)
+MANIFEST_NAME = layout.MANIFEST
+PARTIAL_SUFFIX = layout.PARTIAL_SUFFIX
 
 _LIBRARIES = ("numpy", "SimpleITK", "h5py", "torch", "scikit-learn", "scipy", "PyYAML")
 
@@ -88,33 +70,7 @@ class Manifest:
     created: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True, default=_json_default) + "\n"
-
-
-def _json_default(value: Any) -> Any:
-    """Make numpy scalars/arrays and paths JSON-serialisable in configs and summaries."""
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, set | frozenset):
-        return sorted(value)
-    raise TypeError(f"cannot serialise {type(value).__name__} in a manifest")
-
-
-def canonical_json(data: Any) -> str:
-    """JSON with sorted keys and no whitespace: equal data always gives equal text."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=_json_default)
-
-
-def result_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config that can change a stage's results (runtime-only keys dropped)."""
-    return {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of the result-changing part of ``config``."""
-    return hashlib.sha256(canonical_json(result_config(config)).encode()).hexdigest()
+        return json.dumps(asdict(self), indent=2, sort_keys=True, default=json_default) + "\n"
 
 
 def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
@@ -417,7 +373,7 @@ def publish(
     """
     manifest = Manifest(
         stage=stage,
-        config=json.loads(canonical_json(result_config(config))),
+        config=json.loads(canonical_json(config)),
         config_hash=config_hash(config),
         inputs=inputs or {},
         outputs=describe_outputs(work),
@@ -430,7 +386,7 @@ def publish(
     tmp.write_text(manifest.to_json())
     os.replace(tmp, work / MANIFEST_NAME)
     artifact_dir = Path(artifact_dir)
-    old = artifact_dir.with_name(artifact_dir.name + ".old")
+    old = artifact_dir.with_name(artifact_dir.name + layout.OLD_SUFFIX)
     if artifact_dir.exists():
         if old.exists():
             shutil.rmtree(old)

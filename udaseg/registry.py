@@ -60,3 +60,23 @@ class Registry(Generic[Spec]):
 def first_doc_line(builder: Callable) -> str:
     """The first line of a builder's docstring, the default description of an entry."""
     return (builder.__doc__ or "").strip().split("\n")[0]
+
+
+def accepted_kwargs(builder: Callable) -> set[str]:
+    """Keyword names ``builder`` takes; for a class whose ``__init__`` passes ``**kwargs`` on,
+    its base classes' names too (``CycleGAN(width, **kwargs)`` -> ``CycleTranslator``'s loss
+    weights)."""
+    import inspect
+
+    if inspect.isclass(builder):
+        functions = [c.__init__ for c in builder.__mro__ if "__init__" in vars(c)]
+    else:
+        functions = [builder]
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names: set[str] = set()
+    for function in functions:
+        parameters = list(inspect.signature(function).parameters.values())
+        names |= {p.name for p in parameters if p.kind in keyword and p.name != "self"}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    return names

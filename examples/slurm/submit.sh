@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Submit a udaseg recipe to SLURM: one job per stage, each waiting (--dependency=afterok) for the
+# Submit a udaseg pipeline to SLURM: one job per stage, each waiting (--dependency=afterok) for the
 # stages whose artifacts it reads.
 #
-#   examples/slurm/submit.sh RECIPE [udaseg run options]
-#   WORK=/scratch/me/w RAW=~/data/MMWHS examples/slurm/submit.sh sifa-mmwhs --set src=ct --set tgt=mr
+#   examples/slurm/submit.sh PIPELINE [udaseg run options]
+#   WORK=/scratch/me/w RAW=~/data/MMWHS examples/slurm/submit.sh sifa-mmwhs --var src=ct --var tgt=mr
 #   DRY=1 examples/slurm/submit.sh darunet-abdominal     # print the sbatch lines, submit nothing
 #
-# The commands are exactly those `udaseg run RECIPE --work W --dry-run` prints (one stage's:
+# The commands are exactly those `udaseg run PIPELINE --work W --dry-run` prints (one stage's:
 # `--only NAME`); each becomes the job of its kind, with the scripts beside this one:
 #   preprocess            array of SHARDS tasks (--shard i/n), then a --merge-shards job
 #   translate train       one GPU (a translator trains in one process)
@@ -24,7 +24,7 @@ set -euo pipefail
 
 # ---- settings (edit, or set in the environment) -----------------------------------------------
 WORK=${WORK:-/scratch/$USER/udaseg}      # workspace on a filesystem that every node sees
-RAW=${RAW:-$HOME/data/MMWHS}             # the downloaded dataset: the recipe's `raw` variable
+RAW=${RAW:-$HOME/data/MMWHS}             # the downloaded dataset: the pipeline's `raw` variable
 GPUS=${GPUS:-4}                          # GPUs (torchrun processes) per segment-train / adapt job
 SHARDS=${SHARDS:-8}                      # array tasks of preprocess and translate apply
 PRED_SHARDS=${PRED_SHARDS:-4}            # array tasks of predict: at most the cases predicted
@@ -33,11 +33,11 @@ export UDASEG_VENV=${UDASEG_VENV:-$PWD/.venv}  # the environment every job activ
 DRY=${DRY:-0}                            # 1: print what would be submitted
 # -------------------------------------------------------------------------------------------------
 
-RECIPE=${1:?usage: submit.sh RECIPE [udaseg run options, e.g. --preset cpu-small --set src=ct]}
+PIPELINE=${1:?usage: submit.sh PIPELINE [udaseg run options, e.g. --preset cpu-small --var src=ct]}
 shift
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if [[ -f "$UDASEG_VENV/bin/activate" ]]; then source "$UDASEG_VENV/bin/activate"; fi
-plan=$(udaseg run "$RECIPE" --work "$WORK" --set "raw=$RAW" "$@" --dry-run)
+plan=$(udaseg run "$PIPELINE" --work "$WORK" --var "raw=$RAW" "$@" --dry-run)
 mapfile -t lines <<<"$plan"
 [[ $DRY == 1 ]] || mkdir -p "$WORK/slurm"
 
@@ -170,7 +170,7 @@ for i in "${!lines[@]}"; do
   esac
   waits[i]=$JOB
 done
-echo "$([[ $DRY == 1 ]] && echo would submit || echo submitted) the ${#lines[@]} stages of $RECIPE." \
+echo "$([[ $DRY == 1 ]] && echo would submit || echo submitted) the ${#lines[@]} stages of $PIPELINE." \
   "Each score is in $WORK/evaluate/<name>/table.md;" >&2
 echo "the comparison table, once the evaluate jobs are done (they are then up to date and only" >&2
-echo "report): udaseg run $RECIPE --work $WORK --set raw=$RAW $* --only <its evaluate stages>" >&2
+echo "report): udaseg run $PIPELINE --work $WORK --var raw=$RAW $* --only <its evaluate stages>" >&2

@@ -29,7 +29,7 @@ class AdaptContext:
     """What a method builder gets.
 
     model / model_kwargs: the registered segmenter to train and its constructor kwargs
-    (in_channels and num_classes included); recipe: the method's resolved recipe;
+    (in_channels and num_classes included); hparams: the method's resolved hparams;
     translator: a frozen translate-train model for methods that translate online (else None);
     generator: a CPU torch.Generator for the method's own randomness (saved with checkpoints).
     """
@@ -37,7 +37,7 @@ class AdaptContext:
     model: str
     model_kwargs: dict[str, Any]
     num_classes: int
-    recipe: dict[str, Any]
+    hparams: dict[str, Any]
     runtime: loop.Runtime
     generator: torch.Generator
     translator: nn.Module | None = None
@@ -54,7 +54,7 @@ class AdaptContext:
         mode (so no batch-norm statistics move; the mode is restored)."""
         model = loop.unwrap(model)
         was_training = model.training
-        size = [64] * len(self.recipe["patch_size"])
+        size = [64] * len(self.hparams["patch_size"])
         x = torch.zeros(
             1, self.model_kwargs.get("in_channels", 1), *size, device=self.runtime.device
         )
@@ -108,33 +108,33 @@ class AdaptMethod:
     extras: Callable[[Path, AdaptBatch], None] | None = None
 
 
-def optimizer(params: Iterable[nn.Parameter], recipe: dict[str, Any], prefix: str = ""):
-    """The optimiser described by ``recipe``'s keys with ``prefix`` (``""`` for the segmenter,
+def optimizer(params: Iterable[nn.Parameter], hparams: dict[str, Any], prefix: str = ""):
+    """The optimiser described by ``hparams``'s keys with ``prefix`` (``""`` for the segmenter,
     ``"d_"`` for discriminators, ``"g_"`` for generators)."""
     from udaseg.training.optim import build_optimizer
 
-    return build_optimizer(params, _prefixed(recipe, prefix))
+    return build_optimizer(params, _prefixed(hparams, prefix))
 
 
-def scheduler(opt: torch.optim.Optimizer, recipe: dict[str, Any], prefix: str = ""):
+def scheduler(opt: torch.optim.Optimizer, hparams: dict[str, Any], prefix: str = ""):
     from udaseg.training.optim import build_scheduler
 
-    return build_scheduler(opt, _prefixed(recipe, prefix), int(recipe["steps"]))
+    return build_scheduler(opt, _prefixed(hparams, prefix), int(hparams["steps"]))
 
 
-def _prefixed(recipe: dict[str, Any], prefix: str) -> dict[str, Any]:
+def _prefixed(hparams: dict[str, Any], prefix: str) -> dict[str, Any]:
     keys = ("optimizer", "lr", "betas", "momentum", "weight_decay", "schedule", "poly_power")
-    out = {key: recipe[prefix + key] for key in keys if prefix + key in recipe}
-    out.setdefault("lr", recipe["lr"])
+    out = {key: hparams[prefix + key] for key in keys if prefix + key in hparams}
+    out.setdefault("lr", hparams["lr"])
     return out
 
 
 def segmentation_criterion(ctx: AdaptContext):
-    """The recipe's supervised loss on source labels (main logits + weighted aux heads)."""
+    """The hparams' supervised loss on source labels (main logits + weighted aux heads)."""
     from udaseg.losses import create_loss
 
     return create_loss(
-        ctx.recipe["loss"], ctx.num_classes, aux_weight=float(ctx.recipe.get("aux_weight", 0.0))
+        ctx.hparams["loss"], ctx.num_classes, aux_weight=float(ctx.hparams.get("aux_weight", 0.0))
     )
 
 

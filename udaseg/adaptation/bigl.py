@@ -54,36 +54,28 @@ from udaseg.adaptation.registry import register_method
 from udaseg.errors import UdasegError
 from udaseg.losses.gan import gan_loss
 from udaseg.models.discriminators import SmallMapDiscriminator
+from udaseg.models.unet import BIGL_HPARAMS
 from udaseg.training.loop import unwrap
 
-# Sec. 3.6: segmenter lr 5e-3 with poly decay, power 0.75; discriminators lr 5e-5 without decay;
-# Eq. (10) / Sec. 3.6: lambda_out (here lambda_cons) 0.001, lambda_gtl 0.1 for the feature,
-# position and channel terms alike; Eq. (4): CE + generalised Dice. Not given, our choices: SGD
-# with momentum 0.9 and weight decay 5e-4 for the segmenter (as dual-attention-unet.v1's
-# segment-train recipe), Adam with betas (0.9, 0.99) for the discriminators (AdaptSegNet's),
-# BCE for the log-likelihood GAN terms as written, batch 8 and 50k steps standing in for
-# "150 epochs", 256x256 slices (BraTS slices are 240x240; 256 keeps a whole 16x16 bottleneck).
-BIGL_ADAPT_RECIPE = {
+# The segmenter trains as dual-attention-unet.v1's own segment-train settings (BIGL_HPARAMS,
+# Sec. 3.6: lr 5e-3 with poly decay of power 0.75, CE + generalised Dice; SGD with momentum and
+# weight decay, batch 8 and 50k steps are our stand-ins there). Here: discriminators lr 5e-5
+# without decay; Eq. (10) / Sec. 3.6: lambda_out (here lambda_cons) 0.001, lambda_gtl 0.1 for the
+# feature, position and channel terms alike. Not given, our choices: Adam with betas (0.9, 0.99)
+# for the discriminators (AdaptSegNet's), BCE for the log-likelihood GAN terms as written,
+# 256x256 slices (BraTS slices are 240x240; 256 keeps a whole 16x16 bottleneck).
+BIGL_ADAPT_HPARAMS = {
+    **BIGL_HPARAMS,
     "model": "dual-attention-unet.v1",
-    "optimizer": "sgd",
-    "lr": 5e-3,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "schedule": "poly",
-    "poly_power": 0.75,
     "d_optimizer": "adam",
     "d_lr": 5e-5,
     "d_betas": [0.9, 0.99],
     "d_schedule": "constant",
     "gan_loss": "bce",
-    "loss": "gdice_ce",
-    "aux_weight": 0.0,
     "lambda_cons": 1e-3,
     "lambda_gtl": 0.1,
     "d_width": 64,
-    "batch_size": 8,
     "patch_size": [256, 256],
-    "steps": 50000,
 }
 
 # aligned representations: post-attention features, position and channel attention masks
@@ -195,7 +187,7 @@ def save_pictures(
 
 @register_method(
     "bigl.v1",
-    recipe=BIGL_ADAPT_RECIPE,
+    hparams=BIGL_ADAPT_HPARAMS,
     needs_translator=True,
     models=("dual-attention-unet.v1",),
 )
@@ -214,25 +206,25 @@ def bigl(ctx: AdaptContext) -> AdaptMethod:
             hint="pass --translator, a run of `udaseg translate train` on these two domains",
             exit_code=2,
         )
-    recipe, translator = ctx.recipe, ctx.translator
+    hparams, translator = ctx.hparams, ctx.translator
     model = ctx.segmenter()
-    width = int(recipe["d_width"])
+    width = int(hparams["d_width"])
     discriminators = {
         f"d_{rep}_{domain}": ctx.network(SmallMapDiscriminator(channels, width))
         for rep, channels in discriminator_inputs(model).items()
         for domain in PAIRS
     }
     modules = {"model": model, **discriminators}
-    optimizers = {"model": optimizer(model.parameters(), recipe)}
+    optimizers = {"model": optimizer(model.parameters(), hparams)}
     for name, d in discriminators.items():
-        optimizers[name] = optimizer(d.parameters(), recipe, "d_")
+        optimizers[name] = optimizer(d.parameters(), hparams, "d_")
     schedulers = {
-        name: scheduler(opt, recipe, "" if name == "model" else "d_")
+        name: scheduler(opt, hparams, "" if name == "model" else "d_")
         for name, opt in optimizers.items()
     }
     criterion = segmentation_criterion(ctx)
-    kind = recipe["gan_loss"]
-    lambda_cons, lambda_gtl = float(recipe["lambda_cons"]), float(recipe["lambda_gtl"])
+    kind = hparams["gan_loss"]
+    lambda_cons, lambda_gtl = float(hparams["lambda_cons"]), float(hparams["lambda_gtl"])
 
     def train_step(batch: AdaptBatch) -> dict[str, float]:
         images = translate_both(translator, batch)

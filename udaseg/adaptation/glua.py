@@ -73,9 +73,9 @@ MASK_MODES = ("residual", "product")
 # DeepLab-ResNet50 (Sec. III-B.2). The learning rates, batch size and length were "tuned
 # empirically in each task" and are not given: ADVENT's 2.5e-4 (S) and 1e-4 (D), with the
 # project's DeepLab batch of 8 and 20k steps. Slices are 256x256 (cardiac; 512x512 abdominal).
-# L_seg is not spelled out: CE, with DeepLab's conv4 head at 0.1 as the project's DeepLab recipe.
+# L_seg is not spelled out: CE, with DeepLab's conv4 head at 0.1 as the project's DeepLab hparams.
 # model_kwargs: constructor defaults per segmenter, for the adapt stage to merge under the user's.
-GLUA_RECIPE = {
+GLUA_HPARAMS = {
     "model": "deeplabv2.v1",
     "model_kwargs": {"deeplabv2.v1": {"depth": 50}},
     "optimizer": "sgd",
@@ -225,32 +225,32 @@ def save_feature_masks(directory: Path, images: torch.Tensor, masks: torch.Tenso
 
 @register_method(
     "glua.v1",
-    recipe=GLUA_RECIPE,
+    hparams=GLUA_HPARAMS,
     source_translator="domain-style.v1",
     models=("deeplabv2.v1", "unet2d.v1"),
 )
 def glua(ctx: AdaptContext) -> AdaptMethod:
     """GLUA: D1 on features gives the local feature mask for target features, D2 on outputs."""
-    recipe = ctx.recipe
-    mode = look_up_option(recipe["mask_mode"], MASK_MODES, what="GLUA mask mode")
+    hparams = ctx.hparams
+    mode = look_up_option(hparams["mask_mode"], MASK_MODES, what="GLUA mask mode")
     model = ctx.segmenter()
     feature_site(model)  # fail now, not at the first step, on a model GLUA cannot split
     channels = _feature_channels(model, int(ctx.model_kwargs.get("in_channels", 1)))
-    d1 = ctx.network(PixelDiscriminator(channels, int(recipe["d1_width"])))
-    d2 = ctx.network(FCDiscriminator(ctx.num_classes, int(recipe["d2_width"])))
+    d1 = ctx.network(PixelDiscriminator(channels, int(hparams["d1_width"])))
+    d2 = ctx.network(FCDiscriminator(ctx.num_classes, int(hparams["d2_width"])))
     modules = {"model": model, "d1": d1, "d2": d2}
     optimizers = {
-        "model": optimizer(model.parameters(), recipe),
-        "d1": optimizer(d1.parameters(), recipe, "d_"),
-        "d2": optimizer(d2.parameters(), recipe, "d_"),
+        "model": optimizer(model.parameters(), hparams),
+        "d1": optimizer(d1.parameters(), hparams, "d_"),
+        "d2": optimizer(d2.parameters(), hparams, "d_"),
     }
     schedulers = {
-        name: scheduler(opt, recipe, "" if name == "model" else "d_")
+        name: scheduler(opt, hparams, "" if name == "model" else "d_")
         for name, opt in optimizers.items()
     }
     criterion = segmentation_criterion(ctx)
-    kind = recipe["gan_loss"]
-    lambda_d1, lambda_d2 = float(recipe["lambda_d1"]), float(recipe["lambda_d2"])
+    kind = hparams["gan_loss"]
+    lambda_d1, lambda_d2 = float(hparams["lambda_d1"]), float(hparams["lambda_d2"])
     # the frozen discriminators of the segmenter's update run unwrapped: under DDP a wrapped
     # forward would wait for gradients of parameters that get none
     frozen_d1, frozen_d2 = loop.unwrap(d1), loop.unwrap(d2)

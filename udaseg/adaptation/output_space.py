@@ -44,7 +44,7 @@ from udaseg.training import loop
 # discriminators Adam 1e-4, betas (0.9, 0.99), the same poly decay; multi-level weights
 # 1e-3 (main) and 2e-4 (aux), auxiliary segmentation loss 0.1; batch 1 at 512x1024 in the papers,
 # slices of 256x256 here. 250k iterations at paper scale (120k for ADVENT): sized for slices.
-OUTPUT_SPACE_RECIPE = {
+OUTPUT_SPACE_HPARAMS = {
     "model": "deeplabv2.v1",
     "optimizer": "sgd",
     "lr": 2.5e-4,
@@ -74,23 +74,23 @@ def _softmax(logits: torch.Tensor) -> torch.Tensor:
 
 def output_space_method(ctx: AdaptContext, transform: Callable) -> AdaptMethod:
     """Build the multi-level output-space game with ``transform`` (softmax or entropy maps)."""
-    recipe = ctx.recipe
+    hparams = ctx.hparams
     model = ctx.segmenter()
-    # as many levels as both the recipe and the segmenter have (unet2d.v1 has no aux head)
-    weights = [float(w) for w in recipe["adv_weights"]][: ctx.output_levels(model)]
+    # as many levels as both the hparams and the segmenter have (unet2d.v1 has no aux head)
+    weights = [float(w) for w in hparams["adv_weights"]][: ctx.output_levels(model)]
     discriminators = [
-        ctx.network(FCDiscriminator(ctx.num_classes, int(recipe["d_width"]))) for _ in weights
+        ctx.network(FCDiscriminator(ctx.num_classes, int(hparams["d_width"]))) for _ in weights
     ]
     modules = {"model": model, **{f"d{i + 1}": d for i, d in enumerate(discriminators)}}
-    optimizers = {"model": optimizer(model.parameters(), recipe)}
+    optimizers = {"model": optimizer(model.parameters(), hparams)}
     for i, d in enumerate(discriminators):
-        optimizers[f"d{i + 1}"] = optimizer(d.parameters(), recipe, "d_")
+        optimizers[f"d{i + 1}"] = optimizer(d.parameters(), hparams, "d_")
     schedulers = {
-        name: scheduler(opt, recipe, "" if name == "model" else "d_")
+        name: scheduler(opt, hparams, "" if name == "model" else "d_")
         for name, opt in optimizers.items()
     }
     criterion = segmentation_criterion(ctx)
-    kind = recipe["gan_loss"]
+    kind = hparams["gan_loss"]
 
     def train_step(batch: AdaptBatch) -> dict[str, float]:
         model.train()
@@ -127,13 +127,13 @@ def output_space_method(ctx: AdaptContext, transform: Callable) -> AdaptMethod:
     return AdaptMethod(modules, optimizers, schedulers, train_step)
 
 
-@register_method("adaptsegnet.v1", recipe=OUTPUT_SPACE_RECIPE)
+@register_method("adaptsegnet.v1", hparams=OUTPUT_SPACE_HPARAMS)
 def adaptsegnet(ctx: AdaptContext) -> AdaptMethod:
     """AdaptSegNet: multi-level adversarial alignment of softmax outputs (1e-3 main, 2e-4 aux)."""
     return output_space_method(ctx, _softmax)
 
 
-@register_method("advent.v1", recipe=OUTPUT_SPACE_RECIPE)
+@register_method("advent.v1", hparams=OUTPUT_SPACE_HPARAMS)
 def advent(ctx: AdaptContext) -> AdaptMethod:
     """ADVENT: multi-level adversarial alignment of normalised entropy maps -p log p / log C."""
     return output_space_method(ctx, entropy_map)
@@ -141,7 +141,7 @@ def advent(ctx: AdaptContext) -> AdaptMethod:
 
 @register_method(
     "attent.v1",
-    recipe=OUTPUT_SPACE_RECIPE,
+    hparams=OUTPUT_SPACE_HPARAMS,
     source_translator="attention-cyclegan.v1",
 )
 def attent(ctx: AdaptContext) -> AdaptMethod:

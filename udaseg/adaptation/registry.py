@@ -1,12 +1,12 @@
 """Adaptation methods, registered by versioned name (``advent.v1``, ``sifa.v1``, ...).
 
-A method is a recipe plus a builder: ``builder(ctx: AdaptContext) -> AdaptMethod`` creates its
+A method is its hparams plus a builder: ``builder(ctx: AdaptContext) -> AdaptMethod`` creates its
 networks (the segmenter, discriminators, generators), their optimisers and schedulers, and a
 ``train_step`` doing one iteration of its losses in its paper's order. The ``adapt`` stage does the
 rest the same way for every method: sampling, augmentation, the shared loop (checkpoints, resume,
 seeds, metrics.jsonl, validation), and the model directory that ``udaseg predict`` loads.
 
-Recipe keys every method has: ``model`` (default segmenter), ``steps``, ``batch_size``,
+Hparams keys every method has: ``model`` (default segmenter), ``steps``, ``batch_size``,
 ``patch_size``, ``loss``, ``aux_weight``, the segmenter's optimiser (``optimizer``, ``lr``,
 ``betas``, ``momentum``, ``weight_decay``, ``schedule``, ``poly_power``) and the discriminators'
 (the same keys with a ``d_`` prefix); the rest are the method's loss weights.
@@ -25,7 +25,7 @@ from udaseg.registry import Registry, first_doc_line
 class MethodSpec:
     """A registered adaptation method.
 
-    recipe: its paper's settings (see the module docstring). source_translator: the translation
+    hparams: its paper's settings (see the module docstring). source_translator: the translation
     method whose translated store the paper trains on (``attent.v1`` uses
     attention-cyclegan.v1, ``glua.v1`` domain-style.v1); the stage warns when the source store was
     made otherwise. needs_translator: the method translates online with a frozen translate-train
@@ -36,7 +36,7 @@ class MethodSpec:
 
     name: str
     builder: Callable[..., Any]
-    recipe: dict[str, Any]
+    hparams: dict[str, Any]
     source_translator: str | None = None
     needs_translator: bool = False
     models: tuple[str, ...] | None = None
@@ -54,7 +54,7 @@ _REGISTRY: Registry[MethodSpec] = Registry("adaptation method", _load_builtin)
 def register_method(
     name: str,
     *,
-    recipe: dict[str, Any],
+    hparams: dict[str, Any],
     source_translator: str | None = None,
     needs_translator: bool = False,
     models: tuple[str, ...] | None = None,
@@ -68,7 +68,7 @@ def register_method(
         lambda builder: MethodSpec(
             name,
             builder,
-            dict(recipe),
+            dict(hparams),
             source_translator,
             needs_translator,
             models,
@@ -87,7 +87,7 @@ def list_methods() -> list[str]:
     return _REGISTRY.names()
 
 
-# recipe keys every method has, with the value used when a method's recipe leaves one out
+# hparams keys every method has, with the value used when a method's hparams leaves one out
 COMMON_DEFAULTS: dict[str, Any] = {
     "loss": "ce_dice",
     "aux_weight": 0.0,

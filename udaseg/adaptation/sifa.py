@@ -51,11 +51,11 @@ from udaseg.errors import UdasegError
 from udaseg.losses import SegmentationLoss
 from udaseg.losses.gan import discriminator_loss, gan_loss
 from udaseg.models.discriminators import AuxPatchDiscriminator, PatchDiscriminator
-from udaseg.models.sifa import SIFA_RECIPE
+from udaseg.models.sifa import SIFA_HPARAMS
 from udaseg.training.loop import unwrap
 from udaseg.translation.cyclegan import ImagePool, ResidualBlock, ResnetGenerator
 
-# The segmenter's settings come from SIFA_RECIPE (Sec. III-D: Adam 2e-4 for every module, batch 8,
+# The segmenter's settings come from SIFA_HPARAMS (Sec. III-D: Adam 2e-4 for every module, batch 8,
 # 256x256 slices, 20k iterations; CE + Dice; aux_weight is lambda_seg^2 = 0.1, lambda_seg^1 = 1
 # being the unit of the other weights). Loss weights lambda_*: Eq. (6), with adv_t weighted 1.
 # G_t follows CycleGAN (Sec. III-D: 3 convs, 9 residual blocks, 2 deconvs, 1 conv; CycleGAN's
@@ -64,8 +64,8 @@ from udaseg.translation.cyclegan import ImagePool, ResidualBlock, ResnetGenerato
 # practice, which the authors' release follows. The paper gives no decoder widths nor Adam betas:
 # the release uses U widths 4w-4w-2w-2w-w with w = 32 and beta1 = 0.5 for the adversarial modules.
 # Shrink g_width, g_blocks, u_width and d_width for CPU-sized runs.
-SIFA_ADAPT_RECIPE: dict[str, Any] = {
-    **SIFA_RECIPE,
+SIFA_ADAPT_HPARAMS: dict[str, Any] = {
+    **SIFA_HPARAMS,
     "model": "sifa-encoder.v1",
     "gan_loss": "lsgan",
     "g_optimizer": "adam",
@@ -91,7 +91,7 @@ SIFA_ADAPT_RECIPE: dict[str, Any] = {
 
 # Sec. III-C; every name is also a key of optimizers and schedulers, stepped in this order
 UPDATE_ORDER = ("g_t", "d_t", "encoder", "classifiers", "decoder", "d_s", "d_p1", "d_p2")
-# recipe keys of each optimiser: the segmenter's for E and C_i, g_ for G_t and U, d_ for the rest
+# hparams keys of each optimiser: the segmenter's for E and C_i, g_ for G_t and U, d_ for the rest
 OPTIMIZER_PREFIX = {
     "g_t": "g_",
     "d_t": "d_",
@@ -260,33 +260,35 @@ class SifaNetworks:
 
 
 def build_networks(ctx: AdaptContext) -> SifaNetworks:
-    """SIFA's networks on the runtime's device, sized by the recipe."""
-    recipe = ctx.recipe
-    bad = [int(s) for s in recipe["patch_size"] if int(s) % SIZE_MULTIPLE]
+    """SIFA's networks on the runtime's device, sized by the hparams."""
+    hparams = ctx.hparams
+    bad = [int(s) for s in hparams["patch_size"] if int(s) % SIZE_MULTIPLE]
     if bad:
         raise UdasegError(
-            f"sifa.v1 needs a patch_size divisible by {SIZE_MULTIPLE}, got {recipe['patch_size']}",
+            f"sifa.v1 needs a patch_size divisible by {SIZE_MULTIPLE}, got {hparams['patch_size']}",
             hint=f"set patch_size to multiples of {SIZE_MULTIPLE} (--set patch_size=[256,256])",
             exit_code=2,
         )
     channels = int(ctx.model_kwargs.get("in_channels", 1))
-    d_width, pool_size = int(recipe["d_width"]), int(recipe["pool_size"])
+    d_width, pool_size = int(hparams["d_width"]), int(hparams["pool_size"])
     model = ctx.segmenter()
     encoder_width = unwrap(model).encoder.out_channels
     weights = {
-        "adv_t": recipe["lambda_adv_t"],
-        "adv_s": recipe["lambda_adv_s"],
-        "cycle": recipe["lambda_cycle"],
-        "seg2": recipe["aux_weight"],
-        "adv_p1": recipe["lambda_adv_p1"],
-        "adv_p2": recipe["lambda_adv_p2"],
-        "adv_s_tilde": recipe["lambda_adv_s_tilde"],
+        "adv_t": hparams["lambda_adv_t"],
+        "adv_s": hparams["lambda_adv_s"],
+        "cycle": hparams["lambda_cycle"],
+        "seg2": hparams["aux_weight"],
+        "adv_p1": hparams["lambda_adv_p1"],
+        "adv_p2": hparams["lambda_adv_p2"],
+        "adv_s_tilde": hparams["lambda_adv_s_tilde"],
     }
     device = ctx.runtime.device
     return SifaNetworks(
         model=model,
-        g_t=ctx.network(ResnetGenerator(channels, int(recipe["g_width"]), int(recipe["g_blocks"]))),
-        decoder=ctx.network(SourceDecoder(encoder_width, channels, int(recipe["u_width"]))),
+        g_t=ctx.network(
+            ResnetGenerator(channels, int(hparams["g_width"]), int(hparams["g_blocks"]))
+        ),
+        decoder=ctx.network(SourceDecoder(encoder_width, channels, int(hparams["u_width"]))),
         d_t=ctx.network(PatchDiscriminator(channels, d_width)),
         d_s=ctx.network(AuxPatchDiscriminator(channels, d_width)),
         d_p1=ctx.network(PatchDiscriminator(ctx.num_classes, d_width)),
@@ -295,12 +297,12 @@ def build_networks(ctx: AdaptContext) -> SifaNetworks:
         pool_t=ImagePool(pool_size, channels).to(device),
         pool_s=ImagePool(pool_size, channels).to(device),
         weights={k: float(v) for k, v in weights.items()},
-        gan=str(recipe["gan_loss"]),
+        gan=str(hparams["gan_loss"]),
     )
 
 
-def _optimizers(nets: SifaNetworks, recipe: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
-    """One optimiser per network, in UPDATE_ORDER, with the recipe keys of OPTIMIZER_PREFIX."""
+def _optimizers(nets: SifaNetworks, hparams: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
+    """One optimiser per network, in UPDATE_ORDER, with the hparams keys of OPTIMIZER_PREFIX."""
     segmenter = unwrap(nets.model)
     trained = {
         "g_t": [nets.g_t],
@@ -313,7 +315,7 @@ def _optimizers(nets: SifaNetworks, recipe: dict[str, Any]) -> dict[str, torch.o
         "d_p2": [nets.d_p2],
     }
     return {
-        name: optimizer(_params(*trained[name]), recipe, OPTIMIZER_PREFIX[name])
+        name: optimizer(_params(*trained[name]), hparams, OPTIMIZER_PREFIX[name])
         for name in UPDATE_ORDER
     }
 
@@ -325,15 +327,16 @@ def _floats(losses: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 @register_method(
-    "sifa.v1", recipe=SIFA_ADAPT_RECIPE, models=("sifa-encoder.v1",), rerenders_source=False
+    "sifa.v1", hparams=SIFA_ADAPT_HPARAMS, models=("sifa-encoder.v1",), rerenders_source=False
 )
 def sifa(ctx: AdaptContext) -> AdaptMethod:
     """SIFA: CycleGAN-style image alignment sharing E with prediction- and image-space feature
     alignment (D_p1, D_p2, D_s's auxiliary head), trained end to end."""
     nets = build_networks(ctx)
-    optimizers = _optimizers(nets, ctx.recipe)
+    optimizers = _optimizers(nets, ctx.hparams)
     schedulers = {
-        name: scheduler(opt, ctx.recipe, OPTIMIZER_PREFIX[name]) for name, opt in optimizers.items()
+        name: scheduler(opt, ctx.hparams, OPTIMIZER_PREFIX[name])
+        for name, opt in optimizers.items()
     }
     segmenter = unwrap(nets.model)
     # which parameters each generator-side objective trains (see the module docstring)

@@ -157,7 +157,7 @@ class Splits:
 
 @dataclass(frozen=True)
 class DatasetManifest:
-    """A validated dataset manifest (see ``data_manifests/README.md`` for every key)."""
+    """A validated dataset manifest (see ``docs/reference/dataset-manifest.md`` for every key)."""
 
     name: str
     view: str

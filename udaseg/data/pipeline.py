@@ -1,13 +1,16 @@
 """Preprocess one case: read, check, map labels, reorient, resample, crop, normalise.
 
-Pure with respect to the workspace: takes a manifest and a case's files, returns arrays and a
-metadata record; the preprocess stage decides where they go. Runs in worker processes.
+Pure with respect to the workspace: :func:`preprocess_case` takes a manifest and a case's files and
+returns arrays and a metadata record (it runs in worker processes); :func:`write_store` writes
+many cases into a store file at a given path. The preprocess stage decides where stores go.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,12 @@ from udaseg.data import geometry as geo
 from udaseg.data.manifest import DatasetManifest, Domain
 from udaseg.data.normalize import body_mask, normalise, robust_box_mask
 from udaseg.data.readers import CaseFiles, LoadedCase, load_case
+from udaseg.data.store import StoreWriter
 from udaseg.errors import UdasegError
+from udaseg.progress import NullProgress
+
+# bump when the preprocessing of the same inputs would give different arrays
+PIPELINE_VERSION = 1
 
 
 @dataclass
@@ -146,13 +154,13 @@ def _class_label(
     if loaded.label_is_class_ids:
         mapped = codes.astype(np.uint8)
     else:
-        mapped = _map_codes(codes, manifest, domain, case)
+        mapped = map_codes(codes, manifest, domain, case)
     out = sitk.GetImageFromArray(mapped)
     out.CopyInformation(loaded.image)
     return out
 
 
-def _map_codes(
+def map_codes(
     codes: np.ndarray, manifest: DatasetManifest, domain: Domain, case: CaseFiles
 ) -> np.ndarray:
     ints = codes.astype(np.int64) if codes.dtype.kind in "iu" else codes.astype(np.int32)
@@ -231,3 +239,38 @@ def source_fingerprint(cases: list[CaseFiles]) -> list[list]:
             files = sorted(Path(path).rglob("*")) if Path(path).is_dir() else [Path(path)]
             rows += [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
     return rows
+
+
+def write_store(manifest, domain, cases, path, workers=1, progress=None) -> list[dict]:
+    """Preprocess ``cases`` into a new store at ``path``; returns each case's meta record."""
+    progress = progress or NullProgress()
+    task = progress.task(f"preprocess {manifest.name}/{domain.name}", len(cases))
+    metas = []
+    with StoreWriter(
+        path,
+        dataset=manifest.name,
+        domain=domain.name,
+        modality=domain.modality,
+        view=manifest.view,
+        classes=manifest.classes,
+        labelled=domain.labelled,
+    ) as store:
+        for result in _process_all(manifest, domain, cases, workers):
+            store.add_case(result.case_id, result.image, result.label, result.meta)
+            metas.append(result.meta)
+            progress.advance(task, case=result.case_id)
+    return metas
+
+
+def _process_all(manifest, domain, cases, workers):
+    """Yield processed cases in case order, computed in ``workers`` processes."""
+    if workers <= 1 or len(cases) <= 1:
+        for case in cases:
+            yield preprocess_case(manifest, domain, case)
+        return
+    # spawn, not fork: SimpleITK's thread pool does not survive a fork safely
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(preprocess_case, manifest, domain, case) for case in cases]
+        for future in futures:
+            result: ProcessedCase = future.result()
+            yield result

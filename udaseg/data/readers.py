@@ -79,8 +79,8 @@ def find_cases(domain: Domain, raw: Path) -> list[CaseFiles]:
     if not found:
         raise UdasegError(
             f"no {domain.name} images matching '{domain.images}' under {raw}",
-            hint="check --raw and the manifest's 'images' pattern (the dataset README says where "
-            "files must be)",
+            hint="check --raw and the manifest's 'images' pattern (its 'obtain' text and "
+            "docs/reference/dataset-manifest.md say where files must be)",
             path=raw,
         )
     cases = []

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from udaseg import layout
 from udaseg.data.store import IGNORE_LABEL, Store
 from udaseg.errors import UdasegError
 
-SPLITS = "splits.json"
 # what the losses skip (their ignore_index): stores' IGNORE_LABEL voxels become this in a batch
 IGNORE_INDEX = -100
 
@@ -25,7 +25,7 @@ IGNORE_INDEX = -100
 def store_path(path: Path) -> Path:
     """``store.h5`` of an artifact directory, or the path itself when it is a file."""
     path = Path(path)
-    return path / "store.h5" if path.is_dir() else path
+    return path / layout.STORE if path.is_dir() else path
 
 
 def split_cases(artifact: Path, split: str, store: Store) -> list[str]:
@@ -38,7 +38,8 @@ def split_cases(artifact: Path, split: str, store: Store) -> list[str]:
             c for name in split.split(",") for c in split_cases(artifact, name.strip(), store)
         }
         return [c for c in store.case_ids if c in chosen]
-    path = Path(artifact) / SPLITS if Path(artifact).is_dir() else Path(artifact).parent / SPLITS
+    folder = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
+    path = folder / layout.SPLITS
     if not path.is_file():
         raise UdasegError(
             f"{path} is missing, so split '{split}' is unknown",
@@ -49,6 +50,13 @@ def split_cases(artifact: Path, split: str, store: Store) -> list[str]:
     if split not in splits:
         raise UdasegError(f"split '{split}' not in {path} (has {', '.join(splits)})", path=path)
     return [c for c in splits[split] if c in store.case_ids]
+
+
+def middle_slices(n_slices: int) -> range:
+    """Slice numbers of the middle two thirds of a volume of ``n_slices`` (a sixth of the slices,
+    rounded, dropped at each end, where a scan is mostly air and scanner table; never empty)."""
+    cut = int(round(n_slices / 6))
+    return range(cut, n_slices - cut) if n_slices - 2 * cut > 0 else range(n_slices)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ DEFAULT_STRIDES = ((1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2))
 # no weight decay), lr 5e-4 with cosine decay, 100 epochs at batch 2 of 32x256x256 sub-volumes,
 # soft Dice + 10 x Focal on every prediction branch. 25k steps ~ 100 epochs of the CrossMoDA source
 # set (105 volumes x 5 styles, one crop each, batch 2).
-DARUNET_RECIPE = {
+DARUNET_HPARAMS = {
     "optimizer": "adamw",
     "lr": 5e-4,
     "betas": [0.9, 0.999],
@@ -275,7 +275,7 @@ class ResUNet3D(nn.Module):
 @register_model(
     "dar-unet.v1",
     dims=3,
-    recipe=DARUNET_RECIPE,
+    hparams=DARUNET_HPARAMS,
     tiny=TINY_3D,
     description="DAR-UNet: 3D anisotropic residual U-Net with VAM, QAM and deep supervision",
 )
@@ -300,7 +300,7 @@ class DARUNet(ResUNet3D):
 @register_model(
     "resunet3d.v1",
     dims=3,
-    recipe=DARUNET_RECIPE,
+    hparams=DARUNET_HPARAMS,
     tiny=TINY_3D,
     description="3D anisotropic residual U-Net: DAR-UNet without VAM and QAM (ablation baseline)",
 )

@@ -31,9 +31,9 @@ ASPP_DILATIONS = (6, 12, 18, 24)
 
 # ADVENT / GLUA (Sec. IV-A.1): SGD, momentum 0.9, weight decay 5e-4, poly decay with power 0.9,
 # base lr 2.5e-4 (ADVENT), CE with the conv4 head weighted 0.1. AttENT trains its DeepLab with Adam
-# 1e-4 for 20 epochs at batch 8; we keep the SGD recipe of ADVENT/GLUA and AttENT's batch of 8.
+# 1e-4 for 20 epochs at batch 8; we keep the SGD hparams of ADVENT/GLUA and AttENT's batch of 8.
 # 20k steps at batch 8 is on the scale of those runs (ADVENT: 120k steps at batch 1).
-DEEPLAB_RECIPE = {
+DEEPLAB_HPARAMS = {
     "optimizer": "sgd",
     "lr": 2.5e-4,
     "momentum": 0.9,
@@ -118,7 +118,7 @@ def _block_counts(depth: int, layers: Sequence[int] | None) -> tuple[int, ...]:
 @register_model(
     "deeplabv2.v1",
     dims=2,
-    recipe=DEEPLAB_RECIPE,
+    hparams=DEEPLAB_HPARAMS,
     tiny={"depth": 50, "width": 8, "layers": [1, 1, 1, 1]},
     description="DeepLab-v2: dilated ResNet-50/101 (output stride 8) + ASPP on layer4 and layer3",
 )

@@ -31,15 +31,15 @@ from udaseg.registry import Registry, first_doc_line
 class ModelSpec:
     """A registered model.
 
-    dims: 2 (slice-wise) or 3 (volumetric). recipe: the training defaults its paper used (optimiser,
-    learning rate, schedule, loss, batch size, patch size), overridable from the command line.
+    dims: 2 (slice-wise) or 3 (volumetric). hparams: the training defaults its paper used
+    (optimiser, learning rate, schedule, loss, batch size, patch size), overridable with --set.
     tiny: constructor kwargs of a small variant for tests.
     """
 
     name: str
     builder: Callable[..., Any]
     dims: int
-    recipe: dict[str, Any]
+    hparams: dict[str, Any]
     tiny: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
@@ -56,7 +56,7 @@ def register_model(
     name: str,
     *,
     dims: int,
-    recipe: dict[str, Any],
+    hparams: dict[str, Any],
     tiny: dict[str, Any] | None = None,
     description: str = "",
 ) -> Callable:
@@ -68,7 +68,7 @@ def register_model(
             name,
             builder,
             dims,
-            dict(recipe),
+            dict(hparams),
             dict(tiny or {}),
             description or first_doc_line(builder),
         ),

@@ -24,7 +24,7 @@ from udaseg.models.registry import register_model
 # 256x256 slices, L_seg = CE + Dice, lambda_seg^2 = 0.1 for C2. The paper gives no Adam betas; the
 # authors' release uses beta1 = 0.5 only for the adversarial modules and TensorFlow's default
 # (0.9, 0.999) for the segmenter, plus an L2 penalty of 1e-4 on the segmenter's weights.
-SIFA_RECIPE = {
+SIFA_HPARAMS = {
     "optimizer": "adam",
     "lr": 2e-4,
     "betas": [0.9, 0.999],
@@ -111,7 +111,7 @@ class SifaEncoder(nn.Module):
 @register_model(
     "sifa-encoder.v1",
     dims=2,
-    recipe=SIFA_RECIPE,
+    hparams=SIFA_HPARAMS,
     tiny={"base_channels": 2},
     description="SIFA segmenter: dilated residual encoder E + classifiers C1 (main), C2 (aux)",
 )

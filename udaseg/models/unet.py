@@ -21,7 +21,7 @@ from udaseg.models.blocks import ConvNormAct
 from udaseg.models.registry import register_model
 
 # A sensible CPU default (no paper): Adam 1e-3 with cosine decay, CE + Dice, batch 8 of 256x256.
-UNET_RECIPE = {
+UNET_HPARAMS = {
     "optimizer": "adam",
     "lr": 1e-3,
     "betas": [0.9, 0.999],
@@ -38,7 +38,7 @@ UNET_RECIPE = {
 # generalised Dice (class weights 1/num). The optimiser, weight decay and batch size are not given:
 # SGD with momentum 0.9 and weight decay 5e-4 is the usual pairing with a poly schedule at that
 # rate; batch 8 and 50k steps are our stand-ins for "150 epochs". BraTS slices are 240x240.
-BIGL_RECIPE = {
+BIGL_HPARAMS = {
     "optimizer": "sgd",
     "lr": 5e-3,
     "momentum": 0.9,
@@ -84,7 +84,7 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 @register_model(
     "unet2d.v1",
     dims=2,
-    recipe=UNET_RECIPE,
+    hparams=UNET_HPARAMS,
     tiny={"base_channels": 4, "depth": 3},
     description="plain 2D U-Net (conv-norm-ReLU x2 per level), the CPU workhorse",
 )
@@ -211,7 +211,7 @@ class DualAttention(nn.Module):
 @register_model(
     "dual-attention-unet.v1",
     dims=2,
-    recipe=BIGL_RECIPE,
+    hparams=BIGL_HPARAMS,
     tiny={"base_channels": 4, "depth": 3},
     description="BiGL's dual-attention U-Net: DANet position + channel attention at the bottleneck",
 )

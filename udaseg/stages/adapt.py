@@ -21,75 +21,80 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from udaseg import artifacts
+from udaseg import artifacts, layout
+from udaseg.config import result_config
+from udaseg.config.adapt import STAGE, AdaptConfig
+from udaseg.config.values import parse_ints
 from udaseg.data.sampling import SliceSampler, Source, VolumeBank, split_cases, store_path
 from udaseg.data.store import Store
 from udaseg.errors import UdasegError, look_up_option
 from udaseg.progress import NullProgress, Progress
+from udaseg.registry import accepted_kwargs
 from udaseg.training import loop
-from udaseg.training.checkpoint import MODEL_STAGES
+from udaseg.training.checkpoint import MODEL_STAGES, model_info
+from udaseg.training.validation import dice_on
 
-STAGE = "adapt"
 # a labelled source may come from these stages (translated stores carry the source labels)
 SOURCE_STAGES = {"preprocess": "preprocess", "translate-apply": "translate apply"}
-EXTRAS = "extras"
 
 
-@dataclass
-class AdaptConfig:
-    """One adaptation run.
-
-    method: registered method name; source: labelled store artifact; target: unlabelled target
-    store artifact; translator: translate-train run (methods that translate online); init: model
-    directory to start the segmenter from; model/model_kwargs: segmenter (default: the method's,
-    or the init model's); recipe: overrides of the method's recipe. Runtime-only: device, amp,
-    channels_last, compile, resume, log_every.
-    """
-
-    method: str
-    source: Path
-    target: Path
-    translator: Path | None = None
-    init: Path | None = None
-    model: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    recipe: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
-    source_split: str = "train"
-    target_split: str = "train"
-    val_split: str = "val"
-    augment: bool = True
-    intensity_net: float = 0.0
-    foreground_fraction: float = 0.5
-    seed: int = 0
-    checkpoint_every: int = 200
-    val_every: int = 500
-    log_every: int = 10
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    resume: bool = False
-
-
-def resolved_recipe(config: AdaptConfig) -> dict[str, Any]:
-    """The method's recipe (over the shared defaults) with the run's overrides; unknown keys are
-    refused with a 'did you mean'."""
+def split_overrides(config: AdaptConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(hparams, rest)``: the method's hparams (over the shared defaults) with the run's
+    ``--set`` overrides, and the overrides that are not hparams keys (constructor arguments of
+    the segmenter, checked once the segmenter is known)."""
     from udaseg.adaptation.registry import COMMON_DEFAULTS, method_spec
 
-    recipe = {**COMMON_DEFAULTS, **method_spec(config.method).recipe}
-    for key, value in config.recipe.items():
-        look_up_option(key, sorted(recipe), what=f"{config.method} recipe option")
-        if value is not None:
-            recipe[key] = value
-    return recipe
+    hparams = {**COMMON_DEFAULTS, **method_spec(config.method).hparams}
+    rest: dict[str, Any] = {}
+    for key, value in config.hparams.items():
+        if key not in hparams:
+            rest[key] = value
+        elif value is not None:
+            hparams[key] = value
+    if "patch_size" in hparams:
+        hparams["patch_size"] = parse_ints(hparams["patch_size"], "--set patch_size")
+    return hparams, rest
+
+
+def resolved_hparams(config: AdaptConfig) -> dict[str, Any]:
+    """The method's hparams with the run's overrides (constructor arguments left out)."""
+    return split_overrides(config)[0]
+
+
+def show_defaults(config: AdaptConfig) -> dict[str, Any]:
+    """What ``--show-defaults`` prints: the method's resolved hparams and, for the segmenter it
+    would train (``--model``, else the ``--init`` model's, else the method's), its constructor
+    arguments from ``--set``."""
+    from udaseg.training.checkpoint import read_model_json
+
+    hparams, rest = split_overrides(config)
+    init_name = read_model_json(config.init)["name"] if config.init else None
+    model = config.model or init_name or hparams["model"]
+    return {
+        "method": config.method,
+        "hparams": hparams,
+        "model": model,
+        "model_kwargs": _model_overrides(model, hparams, rest),
+    }
+
+
+def _model_overrides(model: str, hparams: dict, rest: dict[str, Any]) -> dict[str, Any]:
+    """``rest`` checked against the segmenter's constructor: an unknown key is refused with the
+    keys that exist (hparams and constructor arguments)."""
+    from udaseg.models.registry import model_spec
+
+    accepted = accepted_kwargs(model_spec(model).builder) - {"in_channels", "num_classes"}
+    for key in rest:
+        if key not in accepted:
+            look_up_option(key, sorted({*hparams, *accepted}), what="--set key")
+    return dict(rest)
 
 
 def run(
@@ -99,25 +104,26 @@ def run(
     from udaseg.adaptation.registry import method_spec
 
     progress = progress or NullProgress()
+    if config.source is None or config.target is None:
+        raise UdasegError(
+            "adapt needs --source and --target",
+            hint="pass the labelled source store and the target store",
+            exit_code=2,
+        )
     spec = method_spec(config.method)
     inputs, source, target = _inputs(config, spec, force)
     init = _init_model(config) if config.init else None
-    recipe = resolved_recipe(config)
-    model, model_kwargs = _segmenter(config, spec, recipe, init, source)
-    out = Path(work) / "adapt" / _run_name(config, source, target)
-    stage_config = {
-        **_result_config(config),
-        "recipe": recipe,
-        "model": model,
-        "model_kwargs": model_kwargs,
-    }
+    hparams, rest = split_overrides(config)
+    model, model_kwargs = _segmenter(config, spec, hparams, rest, init, source)
+    out = layout.run_dir(work, layout.ADAPT, _run_name(config, source, target))
+    stage_config = result_config(config, hparams=hparams, model=model, model_kwargs=model_kwargs)
     done = artifacts.reuse_if_current(
         out, stage_config, inputs, progress.log, force=force, redo="use --force to retrain"
     )
     if done:
         return done
     runtime = loop.setup_runtime(config.device, config.amp, config.channels_last, config.compile)
-    job = _Job(config, spec, recipe, model, model_kwargs, source, target, init, runtime)
+    job = _Job(config, spec, hparams, model, model_kwargs, source, target, init, runtime)
     with artifacts.building(out, keep_partial=True) as tmp:
         digest = artifacts.config_hash(stage_config)
         loop.prepare_resume(tmp, digest, config.resume, progress, runtime)
@@ -134,7 +140,7 @@ def run(
 class _Job:
     config: AdaptConfig
     spec: Any
-    recipe: dict[str, Any]
+    hparams: dict[str, Any]
     model: str
     model_kwargs: dict[str, Any]
     source: Store
@@ -146,16 +152,7 @@ class _Job:
 def _run_name(config: AdaptConfig, source: Store, target: Store) -> str:
     if config.name:
         return artifacts.check_run_name(config.name)
-    return f"{config.method}__{source.dataset}__{source.domain}-to-{target.domain}"
-
-
-def _result_config(config: AdaptConfig) -> dict[str, Any]:
-    data = asdict(config)
-    for key in ("device", "amp", "channels_last", "compile", "resume", "log_every", "name"):
-        data.pop(key)
-    for key in ("source", "target", "translator", "init"):
-        data[key] = str(Path(data[key]).resolve()) if data[key] else None
-    return data
+    return layout.joined(config.method, source.dataset, f"{source.domain}-to-{target.domain}")
 
 
 def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store]:
@@ -239,15 +236,15 @@ def _init_model(config: AdaptConfig) -> tuple[dict, dict]:
     return info, checkpoint
 
 
-def _segmenter(config, spec, recipe, init, source: Store) -> tuple[str, dict[str, Any]]:
+def _segmenter(config, spec, hparams, rest, init, source: Store) -> tuple[str, dict[str, Any]]:
     """The segmenter's registered name and constructor kwargs.
 
-    Order of precedence: --model, else the init model's, else the method's recipe; kwargs from
-    --model-arg over the init model's (when the same model) over the defaults."""
+    Order of precedence: --model, else the init model's, else the method's hparams; kwargs from
+    --set over the init model's (when the same model) over the defaults."""
     from udaseg.models.registry import model_spec
 
     init_spec = init[1]["model"] if init else None
-    name = config.model or (init_spec["name"] if init_spec else None) or recipe["model"]
+    name = config.model or (init_spec["name"] if init_spec else None) or hparams["model"]
     if spec.models is not None and name not in spec.models:
         raise UdasegError(
             f"{spec.name} trains {', '.join(spec.models)}, not {name}",
@@ -263,10 +260,10 @@ def _segmenter(config, spec, recipe, init, source: Store) -> tuple[str, dict[str
         )
     kwargs = {"in_channels": 1, "num_classes": len(source.classes) + 1}
     # a method's architecture choices per segmenter (GLUA: DeepLab with a ResNet-50)
-    kwargs.update(recipe.get("model_kwargs", {}).get(name, {}))
+    kwargs.update(hparams.get("model_kwargs", {}).get(name, {}))
     if init_spec:
         kwargs.update({k: v for k, v in init_spec["kwargs"].items() if k not in kwargs})
-    kwargs.update(config.model_kwargs)
+    kwargs.update(_model_overrides(name, hparams, rest))
     if kwargs["num_classes"] != len(source.classes) + 1:
         raise UdasegError(
             f"the --init model has {kwargs['num_classes'] - 1} classes, the stores "
@@ -280,7 +277,7 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
     from udaseg.adaptation.base import AdaptContext
     from udaseg.training.checkpoint import write_model_json
 
-    config, recipe, runtime = job.config, job.recipe, job.runtime
+    config, hparams, runtime = job.config, job.hparams, job.runtime
     loop.seed_everything(config.seed, runtime.rank)
     generator = torch.Generator().manual_seed(config.seed + 1)
     translator = None
@@ -290,7 +287,7 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
         translator, _ = load_translator(config.translator, "final", runtime.device)
         translator.requires_grad_(False)
     ctx = AdaptContext(
-        job.model, job.model_kwargs, job.model_kwargs["num_classes"], recipe, runtime, generator
+        job.model, job.model_kwargs, job.model_kwargs["num_classes"], hparams, runtime, generator
     )
     ctx.translator = translator
     method = job.spec.builder(ctx)
@@ -314,7 +311,7 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
     if runtime.is_main:
         write_model_json(tmp, _model_info(job))
     schedule = loop.LoopSchedule(
-        int(recipe["steps"]), config.checkpoint_every, config.val_every, config.log_every
+        int(hparams["steps"]), config.checkpoint_every, config.val_every, config.log_every
     )
     last = loop.run_loop(
         state,
@@ -328,7 +325,7 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
         select_best=False,
     )
     if method.extras is not None:
-        _write_extras(method, job, banks, tmp / EXTRAS)
+        _write_extras(method, job, banks, tmp / layout.EXTRAS)
     return {
         "method": config.method,
         "model": job.model,
@@ -364,7 +361,8 @@ def _load_init(model: torch.nn.Module, job: _Job, progress) -> None:
     except RuntimeError as exc:  # shape mismatches
         raise UdasegError(
             f"--init {path}: its weights do not fit this segmenter ({exc})",
-            hint="use an init model of the same architecture and width (or drop --model-arg)",
+            hint="use an init model of the same architecture and width (or drop the --set "
+            "constructor arguments)",
             path=path,
             exit_code=2,
         ) from exc
@@ -405,12 +403,12 @@ def _banks(job: _Job) -> tuple[VolumeBank, VolumeBank]:
 def _samplers(
     job: _Job, banks: tuple[VolumeBank, VolumeBank], rng: np.random.Generator
 ) -> tuple[SliceSampler, SliceSampler]:
-    patch = tuple(int(s) for s in job.recipe["patch_size"])
+    patch = tuple(int(s) for s in job.hparams["patch_size"])
     if len(patch) != 2:
         raise UdasegError(
             f"patch size {list(patch)}: adaptation trains on 2D slices", hint="give 2 numbers"
         )
-    batch_size = int(job.recipe["batch_size"])
+    batch_size = int(job.hparams["batch_size"])
     source_bank, target_bank = banks
     return (
         SliceSampler(source_bank, patch, batch_size, rng, job.config.foreground_fraction),
@@ -454,8 +452,6 @@ def _step_fn(samplers, method, job: _Job):
 
 def _validator(job: _Job, model: torch.nn.Module):
     """Dice on the target's labelled val cases, logged for information (never selects)."""
-    from udaseg.stages.segment_train import dice_on
-
     config = job.config
     try:
         cases = split_cases(config.target, config.val_split, job.target)
@@ -466,15 +462,13 @@ def _validator(job: _Job, model: torch.nn.Module):
         return None
 
     def validate() -> dict[str, Any]:
-        return dice_on(model, job.target, cases, 2, job.recipe, job.runtime)
+        return dice_on(model, job.target, cases, 2, job.hparams, job.runtime)
 
     return validate
 
 
 def _model_info(job: _Job) -> dict[str, Any]:
-    from udaseg.stages.segment_train import model_info
-
-    info = model_info(job.model, job.model_kwargs, 2, job.recipe, job.target, "adapt")
+    info = model_info(job.model, job.model_kwargs, 2, job.hparams, job.target, "adapt")
     info["method"] = job.config.method
     info["source_domain"] = job.source.domain
     return info

@@ -26,61 +26,27 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from udaseg import artifacts
-from udaseg.data.sampling import split_cases, store_path
+from udaseg import artifacts, layout
+from udaseg.config import result_config
+from udaseg.config.cluster_styles import EMBEDDINGS, PICKS, STAGE, ClusterStylesConfig
+from udaseg.data.sampling import middle_slices, split_cases, store_path
 from udaseg.data.store import Store
+from udaseg.device import resolve_device
 from udaseg.errors import UdasegError, look_up_option
 from udaseg.progress import NullProgress, Progress
 from udaseg.translation.io import CHECKPOINTS
-
-STAGE = "cluster-styles"
-PICKS = ("nearest", "random")
-EMBEDDINGS = ("tsne", "pca")
-
-
-@dataclass
-class ClusterStylesConfig:
-    """Options of one clustering run.
-
-    translator: a translate-train artifact; styles: K clusters; target: target store artifact
-    (default: the one the translator was trained on); split: its cases to encode (train, val,
-    test, all); pick: nearest (member nearest each centre) or random (a seeded random member);
-    embedding: tsne or pca for the picture; seed: KMeans, random picks and t-SNE; checkpoint:
-    final or latest. Runtime-only: batch_size (slices per forward pass), device, amp.
-    """
-
-    translator: Path
-    styles: int = 5
-    target: Path | None = None
-    split: str = "train"
-    pick: str = "nearest"
-    embedding: str = "tsne"
-    seed: int = 0
-    checkpoint: str = "final"
-    name: str | None = None
-    batch_size: int = 32
-    device: str = "auto"
-    amp: bool = True
-
-
-def middle_slices(n_slices: int) -> range:
-    """Slice numbers of the middle two thirds of a volume of ``n_slices`` (a sixth of the slices,
-    rounded, dropped at each end; never empty)."""
-    cut = int(round(n_slices / 6))
-    return range(cut, n_slices - cut) if n_slices - 2 * cut > 0 else range(n_slices)
 
 
 def run_name(config: ClusterStylesConfig, translate_run: str) -> str:
     if config.name:
         return artifacts.check_run_name(config.name)
-    suffix = "__random" if config.pick == "random" else ""
-    return f"{translate_run}__k{config.styles}{suffix}"
+    random = ["random"] if config.pick == "random" else []
+    return layout.joined(translate_run, f"k{config.styles}", *random)
 
 
 def run(
@@ -98,7 +64,6 @@ def run(
         UdasegError: the method has no style codes (exit code 2), bad options, a stale or
             unfinished translate run or target store, fewer target slices than K.
     """
-    from udaseg.stages.predict import resolve_device
     from udaseg.translation.io import open_run
     from udaseg.translation.registry import require_style_codes
 
@@ -114,7 +79,7 @@ def run(
         "translator": translate.record(),
         "target": artifacts.input_record(target_dir, target_manifest),
     }
-    out = Path(work) / "styles" / run_name(config, translate.name)
+    out = layout.run_dir(work, layout.STYLES, run_name(config, translate.name))
     device = resolve_device(config.device)
     stage_config = _stage_config(config, translate, target_dir, device)
     done = artifacts.reuse_if_current(out, stage_config, inputs, progress.log, force=force)
@@ -140,19 +105,14 @@ def _check_options(config: ClusterStylesConfig) -> None:
 
 
 def _stage_config(config, translate, target_dir: Path, device: str) -> dict[str, Any]:
-    return {
-        "translator": str(translate.directory.resolve()),
-        "method": translate.method,
-        "target": str(target_dir.resolve()),
-        "styles": config.styles,
-        "split": config.split,
-        "pick": config.pick,
-        "embedding": config.embedding,
-        "seed": config.seed,
-        "checkpoint": config.checkpoint,
-        # bf16 changes the codes where it is used ("amp" itself is a runtime key)
-        "bf16": bool(config.amp and device.startswith("cuda")),
-    }
+    return result_config(
+        config,
+        translator=translate.directory,
+        method=translate.method,
+        target=target_dir,
+        # whether bfloat16 was used (it is only on CUDA)
+        bf16=bool(config.amp and device.startswith("cuda")),
+    )
 
 
 def _cluster(config, translate, target_dir, tmp: Path, device, progress) -> dict[str, Any]:
@@ -172,11 +132,13 @@ def _cluster(config, translate, target_dir, tmp: Path, device, progress) -> dict
         )
     clusters, centres, distances = kmeans(codes, config.styles, config.seed)
     chosen = pick_members(clusters, distances, config.pick, config.seed)
-    np.save(tmp / "codes.npy", codes)
-    np.save(tmp / "centroids.npy", codes[chosen])
+    np.save(tmp / layout.CODES, codes)
+    np.save(tmp / layout.CENTROIDS, codes[chosen])
     members = _members(config, translate, slices, clusters, centres, distances, chosen)
-    (tmp / "members.json").write_text(json.dumps(members, indent=1) + "\n")
-    _picture(config, translate, translator, codes, clusters, chosen, tmp / "styles.png", device)
+    (tmp / layout.MEMBERS).write_text(json.dumps(members, indent=1) + "\n")
+    _picture(
+        config, translate, translator, codes, clusters, chosen, tmp / layout.STYLES_PICTURE, device
+    )
     return {
         "translator": translate.name,
         "method": translate.method,

@@ -19,6 +19,9 @@ manifest's :meth:`~udaseg.data.manifest.DatasetManifest.evaluation_classes` (Bra
 ET). Arrays are (S, H, W) = (z, y, x) as ``sitk.GetArrayFromImage`` gives them, so the spacing
 handed to the metrics is the SimpleITK (x, y, z) spacing reversed.
 
+Sources, loading and the grid check live in :mod:`udaseg.evaluation` (the report reads cases
+through them too).
+
 Output: ``W/evaluate/<run>/`` with ``per_case.csv`` (one row per case and class), ``summary.json``
 (statistics per class and over classes, options and definitions; see
 :mod:`udaseg.metrics.tables`), ``table.md`` (the paper-style table) and ``manifest.json``.
@@ -33,64 +36,22 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from udaseg import artifacts
-from udaseg.data.dicom import natural_key
+from udaseg import artifacts, layout
+from udaseg.config import result_config
+from udaseg.config.evaluate import STAGE, EvaluateConfig
 from udaseg.data.manifest import DatasetManifest, Domain, load_manifest
-from udaseg.data.readers import CaseFiles, find_cases, pattern_regex
 from udaseg.errors import UdasegError, look_up_option
+from udaseg.evaluation.labels import Item, case_item, check_pair, load_labels
+from udaseg.evaluation.sources import Source, match_cases, resolve_pred, resolve_ref
 from udaseg.metrics import tables
 from udaseg.metrics.case import EMPTY_DISTANCE_POLICIES, METRICS, UNITS, evaluate_case
 from udaseg.metrics.surface import ASSD_MODES, HD95_MODES
 from udaseg.progress import NullProgress, Progress
-
-STAGE = "evaluate"
-# bump when the same inputs and options would give different numbers
-EVALUATE_VERSION = 1
-STORE_NAME = "store.h5"
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-GEOMETRY_TOL = 1e-3
-GRID_HINT = (
-    "`udaseg predict` writes onto the original scan grid: pass the original labels (the raw "
-    "dataset folder or its label files) as --ref, or a preprocessed store with store predictions"
-)
-
-
-@dataclass
-class EvaluateConfig:
-    """Options of one evaluate run.
-
-    pred/ref: see the module docstring. dataset: built-in manifest name or manifest YAML path.
-    domain: the reference's domain (needed for a raw ``ref`` when several domains have labels).
-    metrics: any of dice, assd, asd, hd95, hd (reordered to that order). unit: ``mm`` or
-    ``voxel``. hd95/assd: the definition variants (see :mod:`udaseg.metrics.surface`).
-    connectivity: surface neighbourhood 1..3. empty_distance: ``nan`` or ``diagonal``.
-    cases: evaluate only these ids (None = all, which must then match on both sides);
-    predicted_only: evaluate exactly the predicted cases (e.g. a ``predict --split val`` run),
-    each of which must have a reference.
-    name: run name (default: the prediction folder's name). workers: parallel processes (runtime).
-    """
-
-    pred: Path
-    ref: Path
-    dataset: str
-    domain: str | None = None
-    metrics: Sequence[str] = ("dice", "assd", "hd95")
-    unit: str = "mm"
-    hd95: str = "pooled"
-    assd: str = "pooled"
-    connectivity: int = 1
-    empty_distance: str = "nan"
-    cases: Sequence[str] | None = None
-    predicted_only: bool = False
-    name: str | None = None
-    workers: int = 1
 
 
 def parse_metrics(text: str | Sequence[str]) -> list[str]:
@@ -109,7 +70,7 @@ def parse_metrics(text: str | Sequence[str]) -> list[str]:
 
 
 def _check_options(config: EvaluateConfig) -> list[str]:
-    metrics = parse_metrics(config.metrics)
+    metrics = parse_metrics(config.metric)
     look_up_option(config.unit, UNITS, what="--unit")
     look_up_option(config.hd95, HD95_MODES, what="--hd95 definition")
     look_up_option(config.assd, ASSD_MODES, what="--assd definition")
@@ -125,232 +86,17 @@ def _check_options(config: EvaluateConfig) -> list[str]:
     return metrics
 
 
-# --- inputs -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where one side's label maps come from.
-
-    kind: ``nifti`` (``files`` maps case id -> file), ``raw`` (``files`` maps case id ->
-    :class:`CaseFiles`, ``domain`` says how to map codes) or ``store`` (``path`` is the .h5 file).
-    artifact: the artifact folder (with ``manifest.json``) holding it, if any.
-    """
-
-    kind: str
-    path: Path
-    ids: tuple[str, ...]
-    files: dict[str, Any] = field(default_factory=dict)
-    artifact: Path | None = None
-    domain: Domain | None = None
-
-    def record(self) -> dict[str, Any]:
-        return {"path": str(self.path.resolve()), "kind": self.kind}
-
-
-def _artifact_of(folder: Path) -> Path | None:
-    return folder if (folder / artifacts.MANIFEST_NAME).is_file() else None
-
-
-def _store_source(path: Path, manifest: DatasetManifest, role: str) -> Source:
-    from udaseg.data.store import Store
-
-    store = Store(path)
-    try:
-        if list(store.classes) != list(manifest.classes):
-            raise UdasegError(
-                f"{role} store {path} has classes {store.classes}, but dataset "
-                f"'{manifest.name}' has {list(manifest.classes)}",
-                hint="pass the --dataset the store was preprocessed with",
-                path=path,
-            )
-        if not store.labelled:
-            raise UdasegError(
-                f"{role} store {path} holds no labels (domain {store.domain} is unlabelled)",
-                hint="evaluate against a labelled domain's store or its raw labels",
-                path=path,
-            )
-        ids = tuple(store.case_ids)
-    finally:
-        store.close()
-    return Source("store", path, ids, artifact=_artifact_of(path.parent))
-
-
-def _find_store(path: Path) -> Path | None:
-    if path.is_file() and path.suffix in (".h5", ".hdf5"):
-        return path
-    if path.is_dir() and (path / STORE_NAME).is_file():
-        return path / STORE_NAME
-    return None
-
-
-def _nifti_files(folder: Path) -> dict[str, Path]:
-    """``<case_id>.nii.gz`` / ``.nii`` files directly in ``folder`` (hidden files ignored)."""
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        suffix = next((s for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)
-        if suffix is None or path.name.startswith(".") or not path.is_file():
-            continue
-        case_id = path.name[: -len(suffix)]
-        if case_id in files:
-            raise UdasegError(
-                f"case {case_id} has two files in {folder}: {files[case_id].name} and {path.name}",
-                hint="keep one of them",
-                path=folder,
-            )
-        files[case_id] = path
-    return files
-
-
-def resolve_pred(path: Path, manifest: DatasetManifest) -> Source:
-    """The prediction source: a store, or a folder of ``<case_id>.nii.gz``."""
-    path = Path(path)
-    store = _find_store(path)
-    if store is not None:
-        return _store_source(store, manifest, "prediction")
-    if not path.exists():
-        raise UdasegError(f"predictions {path} do not exist", path=path, exit_code=2)
-    files = _nifti_files(path) if path.is_dir() else {}
-    if not files:
-        raise UdasegError(
-            f"no predictions in {path}: expected <case_id>.nii.gz files or a {STORE_NAME}",
-            hint="pass the folder `udaseg predict` wrote",
-            path=path,
-        )
-    return Source("nifti", path, _sorted(files), files, artifact=_artifact_of(path))
-
-
-def _label_pattern_finds(domain: Domain, raw: Path) -> bool:
-    regex = pattern_regex(domain.labels or "")
-    for path in raw.glob(domain.labels.replace("{case}", "*")):  # type: ignore[union-attr]
-        if regex.search(path.relative_to(raw).as_posix()):
-            return True
-    return False
-
-
-def _raw_domain(ref: Path, manifest: DatasetManifest, domain: Domain | None) -> Domain | None:
-    """The domain whose ``labels`` pattern finds files under ``ref``, or None when none does."""
-    candidates = [domain] if domain else [d for d in manifest.domains.values() if d.labelled]
-    hits = [d for d in candidates if d.labels and _label_pattern_finds(d, ref)]
-    if len(hits) > 1:
-        names = ", ".join(d.name for d in hits)
-        raise UdasegError(
-            f"--ref {ref} holds labels of several domains of dataset '{manifest.name}' ({names})",
-            hint=f"pass --domain (one of {names})",
-            exit_code=2,
-        )
-    return hits[0] if hits else None
-
-
-def resolve_ref(path: Path, manifest: DatasetManifest, domain: Domain | None) -> Source:
-    """The reference source: a store, the raw dataset folder, or a folder of class-id maps."""
-    path = Path(path)
-    store = _find_store(path)
-    if store is not None:
-        return _store_source(store, manifest, "reference")
-    if not path.is_dir():
-        raise UdasegError(f"reference {path} does not exist", path=path, exit_code=2)
-    raw_domain = _raw_domain(path, manifest, domain)
-    if raw_domain is not None:
-        cases = {c.case_id: c for c in find_cases(raw_domain, path)}
-        return Source("raw", path, tuple(cases), cases, _artifact_of(path), raw_domain)
-    files = _nifti_files(path)
-    if not files:
-        patterns = [f"'{d.labels}' ({d.name})" for d in manifest.domains.values() if d.labels]
-        raise UdasegError(
-            f"no reference labels in {path}: no {STORE_NAME}, no <case_id>.nii.gz files, and no "
-            f"files matching the labels pattern of dataset '{manifest.name}' "
-            f"({', '.join(patterns) or 'none'})",
-            hint="pass the raw dataset folder, a folder of class-id label maps, or a store",
-            path=path,
-        )
-    return Source("nifti", path, _sorted(files), files, _artifact_of(path))
-
-
-def _sorted(ids) -> tuple[str, ...]:
-    return tuple(sorted(ids, key=natural_key))
-
-
-def match_cases(pred: Source, ref: Source, wanted: Sequence[str] | None) -> list[str]:
-    """The case ids to evaluate, in natural order.
-
-    Raises:
-        UdasegError: without ``wanted``, ids present on one side only; with it, wanted ids
-            missing on either side. The message lists the ids.
-    """
-    if wanted:
-        wanted = list(dict.fromkeys(wanted))
-        sides = (("predictions", pred), ("reference", ref))
-        bad = [
-            f"not in the {what} {source.path}: {_list(set(wanted) - set(source.ids))}"
-            for what, source in sides
-            if set(wanted) - set(source.ids)
-        ]
-        if bad:
-            raise UdasegError(
-                f"--cases names cases {'; '.join(bad)}",
-                hint="check the ids (file names without .nii.gz)",
-                exit_code=2,
-            )
-        return list(_sorted(wanted))
-    pred_ids, ref_ids = set(pred.ids), set(ref.ids)
-    only_pred, only_ref = pred_ids - ref_ids, ref_ids - pred_ids
-    if only_pred or only_ref:
-        parts = []
-        if only_pred:
-            parts.append(f"predictions without a reference: {_list(only_pred)}")
-        if only_ref:
-            parts.append(f"references without a prediction: {_list(only_ref)}")
-        # the common case: predictions for a test split, references for every case
-        subset = not only_pred and len(pred_ids) <= 50
-        raise UdasegError(
-            f"cases do not match between --pred {pred.path} and --ref {ref.path}: "
-            + "; ".join(parts),
-            hint="to evaluate just the predicted cases, pass --predicted-only (or --cases "
-            f"{','.join(_sorted(pred_ids))})"
-            if subset
-            else "pass --cases ID,ID,... to evaluate a subset on purpose",
-        )
-    return list(_sorted(pred_ids))
-
-
-def _list(ids, limit: int = 20) -> str:
-    ids = list(_sorted(ids))
-    more = f" ... and {len(ids) - limit} more" if len(ids) > limit else ""
-    return ", ".join(ids[:limit]) + more
-
-
 # --- one case -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Item:
-    """One side of one case, as a worker process needs it (small and picklable)."""
-
-    kind: str
-    role: str  # "prediction" or "reference"
-    case_id: str
-    location: Path | CaseFiles  # NIfTI file, store file, or the raw case's files
 
 
 @dataclass(frozen=True)
 class _Job:
     case_id: str
-    pred: _Item
-    ref: _Item
+    pred: Item
+    ref: Item
     manifest: DatasetManifest
     domain: Domain | None
     options: dict[str, Any]
-
-
-@dataclass
-class _Labels:
-    """A loaded label map: ``array`` (S, H, W) = (z, y, x) class ids; ``geometry`` size, spacing
-    (mm), origin (mm) and direction in SimpleITK (x, y, z) order; ``where`` names the file."""
-
-    array: np.ndarray
-    geometry: dict[str, list[float]]
-    where: str
 
 
 @dataclass(frozen=True)
@@ -366,151 +112,12 @@ class _Failure:
         return UdasegError(self.message, hint=self.hint, path=self.path, exit_code=self.exit_code)
 
 
-def _geometry(image) -> dict[str, list[float]]:
-    keys = ("size", "spacing", "origin", "direction")
-    values = (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-    return {k: [float(x) for x in v] for k, v in zip(keys, values, strict=True)}
-
-
-def _read_image(path: Path, item: _Item):
-    # udaseg's reader refuses truncated .nii.gz files that SimpleITK would read as garbage
-    from udaseg.data import nifti
-
-    if not Path(path).is_file():
-        raise UdasegError(f"case {item.case_id}: {item.role} file {path} is missing", path=path)
-    try:
-        return nifti.read_image(Path(path))
-    except UdasegError as exc:
-        raise UdasegError(
-            f"case {item.case_id}: {item.role}: {exc.message}", hint=exc.hint, path=path
-        ) from exc
-
-
-def _load_nifti(item: _Item) -> _Labels:
-    import SimpleITK as sitk
-
-    image = _read_image(item.location, item)  # type: ignore[arg-type]
-    return _Labels(sitk.GetArrayFromImage(image), _geometry(image), str(item.location))
-
-
-def _load_raw(item: _Item, manifest: DatasetManifest, domain: Domain) -> _Labels:
-    """A raw label volume with its codes mapped to class ids as preprocessing maps them."""
-    import SimpleITK as sitk
-
-    # the same mapping (and unknown-code errors) as preprocessing, so ids cannot drift apart
-    from udaseg.data.pipeline import _map_codes
-    from udaseg.data.readers import load_case
-
-    case: CaseFiles = item.location  # type: ignore[assignment]
-    if domain.reader == "nifti":
-        label, is_class_ids = _read_image(case.label, item), False  # type: ignore[arg-type]
-    else:  # DICOM + PNG masks and TFRecords need the image to assemble the label volume
-        loaded = load_case(manifest, domain, case)
-        label, is_class_ids = loaded.label, loaded.label_is_class_ids
-    codes = sitk.GetArrayFromImage(label)
-    array = codes if is_class_ids else _map_codes(codes, manifest, domain, case)
-    return _Labels(array, _geometry(label), str(case.label))
-
-
-def _load_store(item: _Item) -> _Labels:
-    from udaseg.data.store import Store
-
-    store = Store(item.location)  # type: ignore[arg-type]
-    try:
-        array = store.label(item.case_id)
-        processed = store.meta(item.case_id).get("processed")
-    finally:
-        store.close()
-    where = f"{item.location}:/cases/{item.case_id}"
-    if array is None or processed is None:
-        raise UdasegError(
-            f"case {item.case_id}: {item.role} store has no label or no processed geometry "
-            f"({where})",
-            hint="rebuild the store with `udaseg preprocess`",
-            path=item.location,  # type: ignore[arg-type]
-        )
-    geometry = {k: [float(x) for x in processed[k]] for k in ("spacing", "origin", "direction")}
-    geometry["size"] = [float(s) for s in array.shape[::-1]]
-    return _Labels(array, geometry, where)
-
-
-def _load(item: _Item, job: _Job) -> _Labels:
-    if item.kind == "store":
-        labels = _load_store(item)
-    elif item.kind == "raw":
-        labels = _load_raw(item, job.manifest, job.domain)  # type: ignore[arg-type]
-    else:
-        labels = _load_nifti(item)
-    labels.array = _class_ids(labels, item, len(job.manifest.classes), job.manifest.name)
-    return labels
-
-
-def _class_ids(labels: _Labels, item: _Item, n_classes: int, dataset: str) -> np.ndarray:
-    """The label map as uint8/int16 class ids; values outside 0..C are an error naming the case."""
-    array = labels.array
-    if array.dtype.kind == "f" and not np.array_equal(array, np.rint(array)):
-        raise UdasegError(
-            f"case {item.case_id}: {item.role} {labels.where} has non-integer or NaN values",
-            hint="label maps must hold integer class ids (argmax, not probabilities)",
-            path=labels.where,
-        )
-    if array.dtype.kind not in "biuf":
-        raise UdasegError(f"case {item.case_id}: {item.role} {labels.where} is not numeric")
-    if array.size and (array.min() < 0 or array.max() > n_classes):
-        bad = np.unique(array[(array < 0) | (array > n_classes)])
-        shown = ", ".join(str(int(v)) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
-        hint = (
-            "a raw dataset's codes are mapped only when --ref is the raw dataset folder"
-            if item.role == "reference"
-            else "predictions must be class ids in the manifest's class order"
-        )
-        raise UdasegError(
-            f"case {item.case_id}: {item.role} {labels.where} has values {shown} outside the "
-            f"class ids 0..{n_classes} of dataset '{dataset}'",
-            hint=hint,
-            path=labels.where,
-        )
-    return array.astype(np.uint8 if n_classes < 256 else np.int16, copy=False)
-
-
-def _same_geometry(a: dict, b: dict, tol: float = GEOMETRY_TOL) -> bool:
-    """Same size, spacing (relative ``tol``), origin and direction (absolute) - as
-    :func:`udaseg.data.geometry.same_grid`, on geometry records."""
-    return (
-        a["size"] == b["size"]
-        and np.allclose(a["spacing"], b["spacing"], rtol=tol, atol=1e-6)
-        and np.allclose(a["origin"], b["origin"], atol=tol * max(1.0, *a["spacing"]))
-        and np.allclose(a["direction"], b["direction"], atol=tol)
-    )
-
-
-def _describe_grid(g: dict) -> str:
-    def r(values):
-        return [round(v, 4) for v in values]
-
-    return (
-        f"size {[int(s) for s in g['size']]}, spacing {r(g['spacing'])}, origin "
-        f"{r(g['origin'])}, direction {r(g['direction'])}"
-    )
-
-
-def _check_pair(case_id: str, pred: _Labels, ref: _Labels) -> None:
-    if pred.array.shape == ref.array.shape and _same_geometry(pred.geometry, ref.geometry):
-        return
-    raise UdasegError(
-        f"case {case_id}: prediction and reference grids differ: prediction {pred.where} "
-        f"({_describe_grid(pred.geometry)}) vs reference {ref.where} "
-        f"({_describe_grid(ref.geometry)})",
-        hint=GRID_HINT,
-        path=pred.where,
-    )
-
-
 def evaluate_job(job: _Job) -> dict[str, dict[str, float]] | _Failure:
     """Load, check and score one case (runs in worker processes; errors come back as values)."""
     try:
-        pred, ref = _load(job.pred, job), _load(job.ref, job)
-        _check_pair(job.case_id, pred, ref)
+        pred = load_labels(job.pred, job.manifest, job.domain)
+        ref = load_labels(job.ref, job.manifest, job.domain)
+        check_pair(job.case_id, pred, ref)
         spacing_zyx = ref.geometry["spacing"][::-1]
         return evaluate_case(
             pred.array,
@@ -558,7 +165,7 @@ def evaluate_all(jobs: list[_Job], workers: int, progress: Progress) -> dict[str
 
 
 def output_dir(work: Path, name: str) -> Path:
-    return Path(work) / "evaluate" / name
+    return layout.run_dir(work, layout.EVALUATE, name)
 
 
 def run_name(config: EvaluateConfig) -> str:
@@ -601,17 +208,17 @@ def _options(config: EvaluateConfig, metrics: list[str]) -> dict[str, Any]:
 
 
 def _stage_config(config, manifest, pred, ref, ids, options) -> dict[str, Any]:
-    return {
-        "dataset": manifest.name,
-        "manifest": manifest.raw,
-        "domain": ref.domain.name if ref.domain else config.domain,
-        "pred": {**pred.record(), "fingerprint": _fingerprint(pred, ids)},
-        "ref": {**ref.record(), "fingerprint": _fingerprint(ref, ids)},
-        "cases": ids,
-        **options,
-        "evaluate_version": EVALUATE_VERSION,
-        "workers": config.workers,
-    }
+    return result_config(
+        config,
+        dataset=manifest.name,
+        manifest=manifest.raw,
+        domain=ref.domain.name if ref.domain else config.domain,
+        pred={**pred.record(), "fingerprint": _fingerprint(pred, ids)},
+        ref={**ref.record(), "fingerprint": _fingerprint(ref, ids)},
+        cases=ids,
+        # checked and in table order, so "hd95,dice" and "dice,hd95" are one result
+        metric=options["metrics"],
+    )
 
 
 def _inputs(pred: Source, ref: Source, force: bool) -> dict[str, dict[str, str]]:
@@ -670,8 +277,8 @@ def run(
     jobs = [
         _Job(
             i,
-            _item(pred, "prediction", i),
-            _item(ref, "reference", i),
+            case_item(pred, "prediction", i),
+            case_item(ref, "reference", i),
             manifest,
             ref.domain,
             options,
@@ -681,11 +288,11 @@ def run(
     per_case = evaluate_all(jobs, config.workers, progress)
     summary = build_summary(per_case, manifest, config, pred, ref, options, out)
     with artifacts.building(out) as tmp:
-        write_per_case(tmp / "per_case.csv", per_case, metrics)
+        write_per_case(tmp / layout.PER_CASE, per_case, metrics)
         # explicit UTF-8: the table holds "±" and "—", and the locale may be ASCII (LANG=C)
         text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
-        (tmp / "summary.json").write_text(text, encoding="utf-8")
-        (tmp / "table.md").write_text(tables.markdown_table(summary), encoding="utf-8")
+        (tmp / layout.SUMMARY).write_text(text, encoding="utf-8")
+        (tmp / layout.TABLE).write_text(tables.markdown_table(summary), encoding="utf-8")
         seconds = round(time.perf_counter() - started, 2)
         return artifacts.publish(
             tmp,
@@ -695,11 +302,6 @@ def run(
             inputs=inputs,
             summary={**summary, "skipped": False, "seconds": seconds},
         )
-
-
-def _item(source: Source, role: str, case_id: str) -> _Item:
-    location = source.path if source.kind == "store" else source.files[case_id]
-    return _Item(source.kind, role, case_id, location)
 
 
 def build_summary(per_case, manifest, config, pred, ref, options, out) -> dict[str, Any]:

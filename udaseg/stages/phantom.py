@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from udaseg import layout
+from udaseg.config.phantom import PhantomConfig
 from udaseg.data.phantom import check_options, write_phantom
 
 # per task: the built-in manifest its layout follows, and the smaller grid used for the demo
@@ -29,30 +31,31 @@ PHANTOM_MANIFESTS = {
 
 
 def run(
-    task: str,
-    out: Path,
-    *,
-    seed: int = 0,
-    size: str = "small",
-    n_cases: int | None = None,
-    force: bool = False,
+    config: PhantomConfig, work: Path | None = None, *, force: bool = False, progress=None
 ) -> dict:
-    """Write the phantom for ``task`` into ``out`` and ``out/dataset.yaml``; return a summary.
+    """Write the phantom of ``config.task`` into ``config.out`` and ``out/dataset.yaml``; return
+    a summary. It is raw data, not an artifact: ``work`` is not used.
 
     ``dataset.yaml`` is written last, so its presence with the same description marks a complete
     phantom of these settings: it is then left alone (``skipped``) unless ``force``, so the raw
     files keep their timestamps and the stages after it stay current.
     """
     # refuse bad options (the task included) before a complete phantom's marker is removed
+    task, out, seed, size, n_cases = (
+        config.task,
+        Path(config.out),
+        config.seed,
+        config.size,
+        config.n_cases,
+    )
     check_options(task, size, seed, n_cases)
-    out = Path(out)
-    path = out / "dataset.yaml"
+    path = out / layout.PHANTOM_MANIFEST
     text = _manifest_text(task, seed, size, n_cases, path, out)
     if not force and path.is_file() and path.read_text(encoding="utf-8") == text:
         return {"skipped": True, "manifest": str(path), "out": str(out), "cases": None}
     path.unlink(missing_ok=True)  # an unfinished rewrite must not look complete
     summary = write_phantom(task, out, seed=seed, size=size, n_cases=n_cases)
-    tmp = path.with_name(".dataset.yaml.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     cases = sum(summary["n_cases"].values())

@@ -25,178 +25,44 @@ every n-th case from i on is predicted, into ``<run>__shard-i-of-n/``; ``merge_s
 n finished shards' files into ``<run>/``. (``udaseg evaluate`` reads any folder of case files, so a
 shard can also be evaluated alone with ``--cases``.)
 
-Inference itself (windows, padding, Gaussian weighting, flips) is :mod:`udaseg.inference`.
+Inference itself (windows, padding, Gaussian weighting, flips) is :mod:`udaseg.inference`, which
+also reads the model directory (:mod:`~udaseg.inference.models`) and the data
+(:mod:`~udaseg.inference.sources`) and picks the cases (:mod:`~udaseg.inference.cases`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import re
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from udaseg import artifacts
-from udaseg.errors import UdasegError, look_up_option
+from udaseg import artifacts, layout
+from udaseg.config import result_config
+from udaseg.config.predict import STAGE, PredictConfig
+from udaseg.device import resolve_device
+from udaseg.errors import UdasegError
+from udaseg.inference.cases import select_cases
+from udaseg.inference.models import ModelSource, model_dims, require_model, resolve_model
+from udaseg.inference.options import inference_options
+from udaseg.inference.sources import (
+    CaseInput,
+    DataSource,
+    check_compatible,
+    input_records,
+    resolve_data,
+    safe_name,
+)
 from udaseg.progress import NullProgress, Progress
 
-STAGE = "predict"
-# bump when the same model, data and options would give different label maps
-PREDICT_VERSION = 1
-CHECKPOINTS = ("best", "final", "latest")
-STORE_NAME = "store.h5"
 SUFFIX = ".nii.gz"
 
 Segmenter = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass
-class PredictConfig:
-    """Options of one predict run.
-
-    model_dir: the model directory. data: store artifact / store file / raw dataset folder.
-    dataset, domain: the manifest and domain of raw ``data`` (unused for a store).
-    name: run name (default ``<model folder>__<data name>``). checkpoint: best, final or latest
-    (``load_model`` falls back to final, then latest, when it is absent).
-    ensemble: more model directories (same classes, view and layout) whose class probabilities
-    are averaged with ``model_dir``'s before the argmax (their ``checkpoint`` too).
-    tta: flip test-time augmentation (2D: H and W axes, 4 passes; 3D: all three axes, 8 passes).
-    gaussian: Gaussian window weighting (else uniform). stride: None (half the window), a fraction
-    of the window, or voxels per window axis. amp: bfloat16 autocast on CUDA.
-    largest_component: keep only the largest connected component of each class
-    (:func:`udaseg.inference.keep_largest_component`).
-    cases: predict only these ids (None = all); split: or only the cases of these splits
-    ("val" or "val,test") of a store artifact's splits.json. shard: (i, n) or None;
-    merge_shards: join the shards instead. batch_size (windows per forward pass) and device are
-    runtime-only.
-    """
-
-    model_dir: Path
-    data: Path
-    ensemble: list[Path] = field(default_factory=list)
-    dataset: str | None = None
-    domain: str | None = None
-    name: str | None = None
-    checkpoint: str = "best"
-    tta: bool = False
-    gaussian: bool = True
-    stride: float | tuple[int, ...] | None = None
-    amp: bool = False
-    largest_component: bool = False
-    cases: list[str] | None = None
-    split: str | None = None
-    shard: tuple[int, int] | None = None
-    merge_shards: bool = False
-    batch_size: int = 8
-    device: str = "auto"
-
-
-@dataclass
-class CaseInput:
-    """One case to segment: ``image`` (S, H, W) float32 on the processed grid, and its store meta
-    record (``original``, ``processed`` geometry and ``assumed_direction``)."""
-
-    case_id: str
-    image: np.ndarray
-    meta: dict[str, Any]
-
-
-@dataclass
-class ModelSource:
-    """A model directory: its model.json, the checkpoint file ``load_model`` will read, and
-    whether the directory is an artifact (has a manifest)."""
-
-    directory: Path
-    info: dict[str, Any]
-    checkpoint: Path
-    artifact: bool
-
-    def record(self) -> dict[str, Any]:
-        files = None if self.artifact else [self.directory / "model.json", self.checkpoint]
-        return {
-            "path": str(self.directory.resolve()),
-            "name": self.info.get("name"),
-            "checkpoint": self.checkpoint.name,
-            "fingerprint": _fingerprint(files) if files else None,
-        }
-
-
-@dataclass
-class DataSource:
-    """What ``data`` is: a store (``path`` = the .h5 file) or raw folder (``files`` per case)."""
-
-    kind: str  # "store" or "raw"
-    path: Path
-    artifact: Path | None  # the preprocess artifact folder, when it is one
-    name: str
-    dataset: str
-    domain: str
-    classes: list[str]
-    view: str
-    case_ids: list[str]
-    manifest: Any = None  # DatasetManifest of raw data
-    domain_spec: Any = None  # its Domain, with labels switched off
-    files: dict[str, Any] = field(default_factory=dict)  # raw: case id -> CaseFiles
-
-    def record(self, ids: list[str]) -> dict[str, Any]:
-        """What identifies the data in the run's config (artifacts are tracked by their manifest
-        hash in ``inputs`` instead of a file fingerprint)."""
-        record: dict[str, Any] = {
-            "kind": self.kind,
-            "path": str(self.path.resolve()),
-            "dataset": self.dataset,
-            "domain": self.domain,
-        }
-        if self.kind == "raw":
-            from udaseg.data.pipeline import source_fingerprint
-            from udaseg.stages.preprocess import PIPELINE_VERSION
-
-            rows = source_fingerprint([self.files[i] for i in ids])
-            record.update(
-                manifest=self.manifest.raw,
-                pipeline_version=PIPELINE_VERSION,
-                fingerprint=artifacts.config_hash({"files": rows}),
-            )
-        elif self.artifact is None:
-            record["fingerprint"] = _fingerprint([self.path])
-        return record
-
-    def cases(self, ids: list[str]) -> Iterator[CaseInput]:
-        if self.kind == "store":
-            return store_cases(self.path, ids)
-        return raw_cases(self.manifest, self.domain_spec, [self.files[i] for i in ids])
-
-
-# --- reading cases -------------------------------------------------------------------------------
-
-
-def store_cases(path: Path, ids: Iterable[str]) -> Iterator[CaseInput]:
-    """The cases ``ids`` of the store at ``path``, read one at a time."""
-    from udaseg.data.store import Store
-
-    store = Store(path)
-    try:
-        for case_id in ids:
-            yield CaseInput(case_id, store.image(case_id), store.meta(case_id))
-    finally:
-        store.close()
-
-
-def raw_cases(manifest, domain, files: Iterable) -> Iterator[CaseInput]:
-    """Raw images preprocessed in memory exactly as ``udaseg preprocess`` does (labels unread)."""
-    from udaseg.data.pipeline import preprocess_case
-    from udaseg.data.readers import CaseFiles
-
-    for case in files:
-        processed = preprocess_case(manifest, domain, CaseFiles(case.case_id, case.image, None))
-        yield CaseInput(case.case_id, processed.image, processed.meta)
 
 
 # --- writing results -----------------------------------------------------------------------------
@@ -245,33 +111,6 @@ def predict_cases(
     return seconds
 
 
-def inference_options(
-    info: dict[str, Any],
-    device: str,
-    *,
-    batch_size: int,
-    amp: bool,
-    stride: float | tuple[int, ...] | None = None,
-    gaussian: bool = True,
-    tta: bool = False,
-) -> dict:
-    """Keyword arguments of :func:`udaseg.inference.predict_volume` / ``segment_volume`` for a
-    model of layout ``info`` (model.json): its dimensions, window and input channels, with the
-    run's options (``tta``: the flips of :func:`tta_axes`)."""
-    dims = model_dims(info)
-    return dict(
-        dims=dims,
-        patch_size=info.get("patch_size"),
-        batch_size=batch_size,
-        stride=stride,
-        gaussian=gaussian,
-        tta_flips=tta_axes(dims) if tta else (),
-        device=device,
-        amp=amp,
-        in_channels=int(info.get("in_channels", 1)),
-    )
-
-
 def _run_options(info: dict[str, Any], config: PredictConfig, device: str) -> dict:
     """:func:`inference_options` with a predict run's options."""
     return inference_options(
@@ -315,220 +154,17 @@ def ensemble_segmenter(
     return segment
 
 
-def tta_axes(dims: int) -> tuple[int, ...]:
-    """Volume axes flipped by ``--tta``: in-plane (H, W) for 2D models, all three for 3D."""
-    return (1, 2) if dims == 2 else (0, 1, 2)
-
-
-def model_dims(info: dict[str, Any]) -> int:
-    if "dims" in info:
-        return int(info["dims"])
-    from udaseg.models.registry import model_spec
-
-    return model_spec(info["name"]).dims
-
-
-# --- resolving the inputs ------------------------------------------------------------------------
-
-
-def resolve_model(directory: Path, which: str) -> ModelSource:
-    """The model directory's model.json and the checkpoint ``load_model(directory, which)`` reads.
-
-    Raises:
-        UdasegError: unknown checkpoint name (exit code 2), no model.json, or no checkpoint.
-    """
-    from udaseg.training.checkpoint import find_checkpoint, read_model_json
-
-    look_up_option(which, CHECKPOINTS, what="checkpoint")
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise UdasegError(
-            f"model directory {directory} does not exist",
-            hint="pass the output directory of `udaseg segment-train` or `udaseg adapt`",
-            path=directory,
-        )
-    info = read_model_json(directory)
-    # the same fallback as load_model: the requested checkpoint, then final, then latest
-    path = find_checkpoint(directory, which)
-    artifact = (directory / artifacts.MANIFEST_NAME).is_file()
-    return ModelSource(directory, info, path, artifact)
-
-
-def resolve_data(config: PredictConfig, force: bool) -> DataSource:
-    """Recognise ``config.data`` as a store (artifact folder or .h5 file) or a raw folder.
-
-    An artifact is checked (complete, unmodified, current) before it is opened.
-    """
-    data = Path(config.data)
-    if data.is_file() or (data / STORE_NAME).is_file():
-        return store_source(data, force)
-    if not data.is_dir():
-        raise UdasegError(
-            f"--data {data} does not exist",
-            hint="pass a `udaseg preprocess` output folder, its store.h5, or a raw dataset folder",
-            path=data,
-        )
-    return _raw_source(data, config)
-
-
-def store_source(data: Path, force: bool) -> DataSource:
-    from udaseg.data.store import Store
-
-    if data.is_dir():  # an artifact folder: it must be a complete, current preprocess artifact
-        path, artifact = data / STORE_NAME, data
-    else:
-        path = data
-        artifact = data.parent if (data.parent / artifacts.MANIFEST_NAME).is_file() else None
-    if artifact is not None:
-        artifacts.require_input(
-            artifact, stage="preprocess", rerun="udaseg preprocess", force=force
-        )
-    store = Store(path)
-    try:
-        name = path.parent.name if path.name == STORE_NAME else path.stem
-        return DataSource(
-            "store",
-            path,
-            artifact,
-            _safe(name),
-            store.dataset,
-            store.domain,
-            list(store.classes),
-            store.view,
-            list(store.case_ids),
-        )
-    finally:
-        store.close()
-
-
-def _raw_source(data: Path, config: PredictConfig) -> DataSource:
-    from udaseg.data.manifest import load_manifest
-    from udaseg.data.readers import find_cases
-
-    if config.dataset is None or config.domain is None:
-        raise UdasegError(
-            f"--data {data} is not a preprocessed store (no {STORE_NAME}), so it is read as a "
-            "raw dataset folder, which needs --dataset and --domain",
-            hint="pass e.g. --dataset mmwhs --domain ct, or a `udaseg preprocess` output folder",
-            exit_code=2,
-        )
-    manifest = load_manifest(config.dataset)
-    # images only: prediction neither needs nor reads labels, so their absence is no error
-    domain = dataclasses.replace(manifest.domain(config.domain), labels=None)
-    found = find_cases(domain, data)
-    return DataSource(
-        "raw",
-        data,
-        None,
-        _safe(f"{manifest.name}__{domain.name}"),
-        manifest.name,
-        domain.name,
-        list(manifest.classes),
-        manifest.view,
-        [c.case_id for c in found],
-        manifest,
-        domain,
-        {c.case_id: c for c in found},
-    )
-
-
-def check_compatible(model: ModelSource, data: DataSource) -> None:
-    """The model must have been trained for the data's classes (same names, same order) and view.
-
-    Raises:
-        UdasegError: naming both sides.
-    """
-    where = f"{data.path} ({data.dataset}/{data.domain})"
-    classes = list(model.info.get("classes") or [])
-    if classes != data.classes:
-        raise UdasegError(
-            f"model {model.directory} predicts classes {classes} but data {where} has classes "
-            f"{data.classes}",
-            hint="use a model trained on this dataset's classes, or preprocess the data with the "
-            "manifest the model was trained with",
-        )
-    view = model.info.get("view")
-    if view is not None and view != data.view:
-        raise UdasegError(
-            f"model {model.directory} was trained on {view} slices but data {where} is stored "
-            f"{data.view}",
-            hint=f"preprocess the data with view: {view} (the manifest's view key)",
-        )
-
-
-def select_cases(
-    available: list[str], wanted: list[str] | None, shard: tuple[int, int] | None
-) -> list[str]:
-    """The requested case ids (in the data's order), then every n-th from i for ``shard=(i, n)``."""
-    ids = list(available)
-    if wanted is not None:
-        missing = [c for c in wanted if c not in ids]
-        if missing:
-            raise UdasegError(
-                f"--cases: {', '.join(missing)} not in the data",
-                hint=f"the data holds {len(ids)} cases: {', '.join(ids[:10])}"
-                + (" ..." if len(ids) > 10 else ""),
-                exit_code=2,
-            )
-        ids = [c for c in ids if c in set(wanted)]
-    if shard is not None:
-        index, count = shard
-        if not 0 <= index < count:
-            raise UdasegError(f"--shard {index}/{count}: need 0 <= i < n", exit_code=2)
-        ids = ids[index::count]
-    return ids
-
-
 def run_name(config: PredictConfig, model: ModelSource, data: DataSource) -> str:
     """``config.name``, or ``<model folder>__<data name>``."""
     if config.name is None:
-        return _safe(f"{model.directory.resolve().name}__{data.name}")
+        return safe_name(layout.joined(model.directory.resolve().name, data.name))
     return artifacts.check_run_name(config.name)
 
 
 def output_dir(work: Path, name: str, shard: tuple[int, int] | None = None) -> Path:
     if shard is not None:
         name += f"__shard-{shard[0]}-of-{shard[1]}"
-    return Path(work) / STAGE / name
-
-
-def resolve_device(name: str) -> str:
-    """``auto``: ``cuda`` if a GPU is visible, else ``cpu``; ``cuda`` without a GPU is an error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
-        raise UdasegError(f'--device "{name}": use cpu, cuda, cuda:N or auto', exit_code=2)
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UdasegError(
-            f"--device {name}, but torch sees no CUDA GPU",
-            hint="use --device cpu, or install the CUDA build of torch on a GPU machine",
-            exit_code=2,
-        )
-    return name
-
-
-def parse_stride(text: str | None) -> float | tuple[int, ...] | None:
-    """``--stride``: a fraction of the window (``0.5``) or voxels per axis (``16,128,128``)."""
-    if text is None:
-        return None
-    try:
-        if "," in text:
-            return tuple(int(v) for v in text.split(","))
-        value = float(text)
-    except ValueError as exc:
-        raise UdasegError(
-            f'--stride "{text}" must be a fraction like 0.5 or voxels like 16,128,128',
-            exit_code=2,
-        ) from exc
-    if not 0 < value <= 1:
-        raise UdasegError(
-            f"--stride {text}: a single value is a fraction of the window, in (0, 1]",
-            hint="give voxels per window axis as a list, e.g. --stride 16,128,128",
-            exit_code=2,
-        )
-    return value
+    return layout.run_dir(work, layout.PREDICT, name)
 
 
 def _check_stride(stride: Any, dims: int) -> None:
@@ -547,42 +183,7 @@ def _check_stride(stride: Any, dims: int) -> None:
         )
 
 
-def _fingerprint(paths: list[Path]) -> str:
-    """Hash of (file, size, mtime) of inputs that are not artifacts."""
-    rows = []
-    for path in paths:
-        stat = Path(path).stat()
-        rows.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
-    return artifacts.config_hash({"files": rows})
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip("._-") or "run"
-
-
 # --- the stage -----------------------------------------------------------------------------------
-
-
-def input_records(model: ModelSource, data: DataSource) -> dict[str, dict[str, str]]:
-    """Manifest records of the inputs that are artifacts (already checked by the caller)."""
-    inputs = {}
-    if model.artifact:
-        inputs["model"] = artifacts.input_record(
-            model.directory, artifacts.load_manifest(model.directory)
-        )
-    if data.artifact is not None:
-        inputs["data"] = artifacts.input_record(
-            data.artifact, artifacts.load_manifest(data.artifact)
-        )
-    return inputs
-
-
-def require_model(model: ModelSource, force: bool) -> None:
-    """Refuse a model directory artifact that changed or whose inputs were rebuilt since."""
-    if not model.artifact:
-        return
-    stage = artifacts.load_manifest(model.directory).stage
-    artifacts.require_input(model.directory, stage=stage, rerun=f"udaseg {stage}", force=force)
 
 
 def _stage_config(
@@ -593,27 +194,18 @@ def _stage_config(
     device: str,
     members: list[ModelSource],
 ) -> dict[str, Any]:
-    stride = list(config.stride) if isinstance(config.stride, tuple | list) else config.stride
-    # recorded only when given, so single-model runs keep their config hash
-    ensemble = {"ensemble": [m.record() for m in members]} if members else {}
-    return {
-        "model": model.record(),
-        **ensemble,
-        "data": data.record(ids),
-        "cases": ids,
-        "dims": model_dims(model.info),
-        "patch_size": model.info.get("patch_size"),
-        "in_channels": int(model.info.get("in_channels", 1)),
-        "tta": config.tta,
-        "gaussian": config.gaussian,
-        "largest_component": config.largest_component,
-        "stride": stride,
-        # bfloat16 changes the numbers, but only where it is used
-        "amp": bool(config.amp and device.startswith("cuda")),
-        "predict_version": PREDICT_VERSION,
-        "device": device,
-        "shard": list(config.shard) if config.shard else None,
-    }
+    return result_config(
+        config,
+        model=model.record(),
+        ensemble=[m.record() for m in members],
+        data=data.record(ids),
+        cases=ids,
+        dims=model_dims(model.info),
+        patch_size=model.info.get("patch_size"),
+        in_channels=int(model.info.get("in_channels", 1)),
+        # whether bfloat16 was used (it is only on CUDA)
+        bf16=bool(config.amp and device.startswith("cuda")),
+    )
 
 
 def run(
@@ -651,17 +243,17 @@ def run(
         raise UdasegError(f"--batch-size {config.batch_size}: need >= 1", exit_code=2)
     require_model(model, force)
     members = _ensemble(config, model, force)
-    data = resolve_data(config, force)
+    data = resolve_data(config.data, force, config.dataset, config.domain)
     for member in (model, *members):
         check_compatible(member, data)
     name = run_name(config, model, data)
     ids = select_cases(data.case_ids, _wanted(config, data), config.shard)
     device = resolve_device(config.device)
     if config.merge_shards:
-        # the merged artifact records what one unsharded run would have, so that run (e.g. a
-        # later `udaseg run`) finds it current instead of predicting everything again
-        whole = dataclasses.replace(config, shard=None, merge_shards=False)
-        merged_config = _stage_config(whole, model, data, ids, device, members)
+        # the merged artifact records what one unsharded run would have (shards are runtime
+        # options), so that run (e.g. a later `udaseg run`) finds it current instead of
+        # predicting everything again
+        merged_config = _stage_config(config, model, data, ids, device, members)
         merged_inputs = _ensemble_inputs(input_records(model, data), members)
         return merge_shards(
             work, name, merged_config, merged_inputs, force=force, progress=progress
@@ -681,16 +273,16 @@ def _ensemble(config: PredictConfig, model: ModelSource, force: bool) -> list[Mo
     for directory in config.ensemble:
         member = resolve_model(directory, config.checkpoint)
         require_model(member, force)
-        for what, layout in (
+        for what, aspect in (
             ("classes", lambda info: info.get("classes")),
             ("view", lambda info: info.get("view")),
             ("dimensions", model_dims),
             ("input channels", lambda info: int(info.get("in_channels", 1))),
         ):
-            if layout(member.info) != layout(model.info):
+            if aspect(member.info) != aspect(model.info):
                 raise UdasegError(
-                    f"--ensemble {directory}: its {what} ({layout(member.info)}) differ from "
-                    f"--model-dir {config.model_dir}'s ({layout(model.info)})",
+                    f"--ensemble {directory}: its {what} ({aspect(member.info)}) differ from "
+                    f"--model-dir {config.model_dir}'s ({aspect(model.info)})",
                     hint="ensemble models trained for the same classes, view and input layout",
                     path=directory,
                     exit_code=2,
@@ -790,9 +382,11 @@ def merge_shards(
             or shards made for other cases than ``config["cases"]``.
     """
     progress = progress or NullProgress()
-    parent = Path(work) / STAGE
+    parent = layout.stage_dir(work, layout.PREDICT)
     prefix = f"{name}__shard-"
-    found = [p for p in parent.glob(prefix + "*-of-*") if not p.name.endswith(".partial")]
+    found = [
+        p for p in parent.glob(prefix + "*-of-*") if not p.name.endswith(layout.PARTIAL_SUFFIX)
+    ]
     if not found:
         raise UdasegError(
             f"no shards {prefix}*-of-* under {parent}",

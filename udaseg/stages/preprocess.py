@@ -12,51 +12,27 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from udaseg import artifacts
+from udaseg import artifacts, layout
+from udaseg.config import result_config
+from udaseg.config.preprocess import STAGE, PreprocessConfig
 from udaseg.data.manifest import DatasetManifest, Domain, load_manifest
-from udaseg.data.pipeline import ProcessedCase, preprocess_case, source_fingerprint
+from udaseg.data.pipeline import PIPELINE_VERSION, source_fingerprint, write_store
 from udaseg.data.readers import CaseFiles, find_cases
 from udaseg.data.splits import make_splits
-from udaseg.data.store import StoreWriter, merge_stores
+from udaseg.data.store import merge_stores
 from udaseg.errors import UdasegError
 from udaseg.progress import NullProgress, Progress
 
-STAGE = "preprocess"
-# bump when the preprocessing of the same inputs would give different arrays
-PIPELINE_VERSION = 1
-
-
-@dataclass
-class PreprocessConfig:
-    """Options of one preprocess run.
-
-    dataset: built-in manifest name or path of a manifest YAML; raw: the downloaded data folder;
-    domains: which domains (None = all); overrides: ``key=value`` manifest overrides;
-    shard: (i, n) with 0 <= i < n, or None; merge_shards: join finished shards instead;
-    workers: parallel case processes (runtime only).
-    """
-
-    dataset: str
-    raw: Path | None = None
-    domains: list[str] | None = None
-    overrides: list[str] = field(default_factory=list)
-    shard: tuple[int, int] | None = None
-    merge_shards: bool = False
-    workers: int = 1
-
 
 def output_dir(work: Path, dataset: str, domain: str, shard: tuple[int, int] | None = None) -> Path:
-    name = f"{dataset}__{domain}"
+    name = layout.joined(dataset, domain)
     if shard is not None:
         name += f"__shard-{shard[0]}-of-{shard[1]}"
-    return Path(work) / "preprocessed" / name
+    return layout.run_dir(work, layout.PREPROCESSED, name)
 
 
 def run(
@@ -72,8 +48,10 @@ def run(
     files is skipped (its summary says ``"skipped": true``) unless ``force``.
     """
     progress = progress or NullProgress()
-    manifest = load_manifest(config.dataset, config.overrides)
-    domains = config.domains or list(manifest.domains)
+    # the values were read as YAML; JSON is YAML, so each reads back as it was given
+    overrides = [f"{key}={json.dumps(value)}" for key, value in config.overrides.items()]
+    manifest = load_manifest(config.dataset, overrides)
+    domains = config.domain or list(manifest.domains)
     results = []
     for name in domains:
         domain = manifest.domain(name)
@@ -87,16 +65,14 @@ def run(
 def _stage_config(
     manifest: DatasetManifest, domain: Domain, config: PreprocessConfig, cases: list[CaseFiles]
 ) -> dict:
-    return {
-        "dataset": manifest.name,
-        "domain": domain.name,
-        "manifest": manifest.raw,
-        "raw": str(Path(config.raw).resolve()),
-        "raw_fingerprint": artifacts.config_hash({"files": source_fingerprint(cases)}),
-        "shard": list(config.shard) if config.shard else None,
-        "pipeline_version": PIPELINE_VERSION,
-        "workers": config.workers,
-    }
+    return result_config(
+        config,
+        dataset=manifest.name,
+        domain=domain.name,
+        manifest=manifest.raw,
+        raw_fingerprint=artifacts.config_hash({"files": source_fingerprint(cases)}),
+        pipeline_version=PIPELINE_VERSION,
+    )
 
 
 def _run_domain(manifest, domain, config, work, force, progress) -> artifacts.Manifest:
@@ -112,10 +88,10 @@ def _run_domain(manifest, domain, config, work, force, progress) -> artifacts.Ma
     started = time.perf_counter()
     # nothing to resume: a failure leaves no half-written artifact behind
     with artifacts.building(out, discard_on_error=True) as tmp:
-        stats = write_store(manifest, domain, cases, tmp / "store.h5", config.workers, progress)
+        stats = write_store(manifest, domain, cases, tmp / layout.STORE, config.workers, progress)
         splits = make_splits(manifest, domain, [c.case_id for c in all_cases])
-        _write_json(tmp / "splits.json", splits)
-        _write_json(tmp / "fingerprint.json", fingerprint(manifest, domain, stats))
+        _write_json(tmp / layout.SPLITS, splits)
+        _write_json(tmp / layout.FINGERPRINT, fingerprint(manifest, domain, stats))
         summary = {
             "dataset": manifest.name,
             "domain": domain.name,
@@ -140,41 +116,6 @@ def _shard(cases: list[CaseFiles], shard: tuple[int, int] | None) -> list[CaseFi
             exit_code=2,
         )
     return cases[index::count]
-
-
-def write_store(manifest, domain, cases, path, workers=1, progress=None) -> list[dict]:
-    """Preprocess ``cases`` into a new store at ``path``; returns each case's meta record."""
-    progress = progress or NullProgress()
-    task = progress.task(f"preprocess {manifest.name}/{domain.name}", len(cases))
-    metas = []
-    with StoreWriter(
-        path,
-        dataset=manifest.name,
-        domain=domain.name,
-        modality=domain.modality,
-        view=manifest.view,
-        classes=manifest.classes,
-        labelled=domain.labelled,
-    ) as store:
-        for result in _process_all(manifest, domain, cases, workers):
-            store.add_case(result.case_id, result.image, result.label, result.meta)
-            metas.append(result.meta)
-            progress.advance(task, case=result.case_id)
-    return metas
-
-
-def _process_all(manifest, domain, cases, workers):
-    """Yield processed cases in case order, computed in ``workers`` processes."""
-    if workers <= 1 or len(cases) <= 1:
-        for case in cases:
-            yield preprocess_case(manifest, domain, case)
-        return
-    # spawn, not fork: SimpleITK's thread pool does not survive a fork safely
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(preprocess_case, manifest, domain, case) for case in cases]
-        for future in futures:
-            result: ProcessedCase = future.result()
-            yield result
 
 
 def fingerprint(manifest: DatasetManifest, domain: Domain, metas: list[dict]) -> dict:
@@ -218,8 +159,8 @@ def fingerprint(manifest: DatasetManifest, domain: Domain, metas: list[dict]) ->
 def _merge(manifest, domain, config, work, force, progress) -> artifacts.Manifest:
     """Join the n shards of a domain into the artifact one unsharded run would have written (its
     config and inputs too, so that run finds it current)."""
-    parent = work / "preprocessed"
-    prefix = f"{manifest.name}__{domain.name}__shard-"
+    parent = layout.stage_dir(work, layout.PREPROCESSED)
+    prefix = layout.joined(manifest.name, domain.name, "shard-")
     shards = sorted(parent.glob(prefix + "*-of-*"), key=lambda p: p.name)
     shards = [s for s in shards if not s.name.endswith(artifacts.PARTIAL_SUFFIX)]
     if not shards:
@@ -243,10 +184,11 @@ def _merge(manifest, domain, config, work, force, progress) -> artifacts.Manifes
     if config.raw is None:
         raise UdasegError("--merge-shards needs --raw (as the shards had)", exit_code=2)
     all_cases = find_cases(domain, config.raw)
-    whole = _stage_config(manifest, domain, replace(config, shard=None), all_cases)
+    # shards are a runtime option: this is the config of the unsharded run over all cases
+    whole = _stage_config(manifest, domain, config, all_cases)
     from udaseg.data.store import Store
 
-    held = sorted(c for s in shards for c in Store(s / "store.h5").case_ids)
+    held = sorted(c for s in shards for c in Store(s / layout.STORE).case_ids)
     if held != sorted(c.case_id for c in all_cases):
         raise UdasegError(
             f"cannot merge {manifest.name}/{domain.name}: the shards hold {len(held)} cases, "
@@ -258,10 +200,10 @@ def _merge(manifest, domain, config, work, force, progress) -> artifacts.Manifes
     if done:
         return done
     with artifacts.building(out) as tmp:
-        merge_stores([s / "store.h5" for s in shards], tmp / "store.h5")
-        shutil.copy(shards[0] / "splits.json", tmp / "splits.json")
-        metas = _metas(tmp / "store.h5")
-        _write_json(tmp / "fingerprint.json", fingerprint(manifest, domain, metas))
+        merge_stores([s / layout.STORE for s in shards], tmp / layout.STORE)
+        shutil.copy(shards[0] / layout.SPLITS, tmp / layout.SPLITS)
+        metas = _metas(tmp / layout.STORE)
+        _write_json(tmp / layout.FINGERPRINT, fingerprint(manifest, domain, metas))
         summary = {
             "dataset": manifest.name,
             "domain": domain.name,

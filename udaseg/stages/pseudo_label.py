@@ -44,50 +44,25 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from udaseg import artifacts
-from udaseg.data.sampling import SPLITS, split_cases, store_path
+from udaseg import artifacts, layout
+from udaseg.config import result_config
+from udaseg.config.pseudo_label import STAGE, PseudoLabelConfig
+from udaseg.data.sampling import split_cases, store_path
 from udaseg.data.store import IGNORE_LABEL, Store, StoreWriter
+from udaseg.device import resolve_device
 from udaseg.errors import UdasegError
+from udaseg.inference.models import require_model, resolve_model
+from udaseg.inference.options import inference_options
+from udaseg.inference.sources import check_compatible, input_records, store_source
 from udaseg.progress import NullProgress, Progress
 
-STAGE = "pseudo-label"
-# bump when the same model, store and options would give different labels
-PSEUDO_VERSION = 1
 # confidences are binned this finely to find the class-balanced thresholds (one pass, no sort of
 # tens of millions of values)
 _BINS = 10_000
-
-
-@dataclass
-class PseudoLabelConfig:
-    """One pseudo-labelling run.
-
-    model_dir: a segment-train or adapt model directory; target: the preprocessed target store
-    artifact; split: its cases to label (train: the unlabelled training cases; never the dev
-    cases you evaluate on); threshold: minimum top-class probability for a voxel to keep its
-    label (0 keeps all); portion: class-balanced selection instead (each class keeps the most
-    confident ``portion`` of its predicted voxels; CBST's largest portion is 0.5);
-    largest_component: cut each class to its largest body first.
-    Runtime-only: batch_size (windows per forward pass), device, amp.
-    """
-
-    model_dir: Path
-    target: Path
-    split: str = "train"
-    threshold: float = 0.9
-    portion: float | None = None
-    margin_mm: float = 0.0
-    largest_component: bool = True
-    checkpoint: str = "final"
-    name: str | None = None
-    batch_size: int = 8
-    device: str = "auto"
-    amp: bool = True
 
 
 def pseudo_label(
@@ -192,7 +167,7 @@ def class_thresholds(histogram: np.ndarray, portion: float) -> np.ndarray:
 def run_name(config: PseudoLabelConfig) -> str:
     if config.name:
         return artifacts.check_run_name(config.name)
-    return f"{Path(config.model_dir).resolve().name}__{config.split}"
+    return layout.joined(Path(config.model_dir).resolve().name, config.split)
 
 
 def run(
@@ -207,15 +182,6 @@ def run(
         UdasegError: threshold outside [0, 1], a split with no cases, a model whose classes or
             view differ from the store's, stale inputs (unless ``force``).
     """
-    from udaseg.stages.predict import (
-        check_compatible,
-        input_records,
-        require_model,
-        resolve_device,
-        resolve_model,
-        store_source,
-    )
-
     progress = progress or NullProgress()
     if not 0.0 <= config.threshold <= 1.0:
         raise UdasegError(
@@ -229,9 +195,9 @@ def run(
             hint="0.5 keeps the surer half of each class's voxels (CBST's largest portion)",
             exit_code=2,
         )
-    if not 0.0 <= config.margin_mm <= 100.0:
+    if not 0.0 <= config.margin <= 100.0:
         raise UdasegError(
-            f"--margin {config.margin_mm}: need a distance in mm in [0, 100]",
+            f"--margin {config.margin}: need a distance in mm in [0, 100]",
             hint="10 leaves the background within 1 cm of a predicted organ unlabelled; 0 is off",
             exit_code=2,
         )
@@ -260,20 +226,14 @@ def run(
         )
     device = resolve_device(config.device)
     inputs = input_records(model, data)
-    stage_config = {
-        "model": model.record(),
-        "target": str(target_dir.resolve()),
-        "split": config.split,
-        "cases": cases,
-        "threshold": float(config.threshold),
-        # only when given, so the thresholded stores made before it keep their config hash
-        **({} if config.portion is None else {"portion": float(config.portion)}),
-        **({"margin_mm": float(config.margin_mm)} if config.margin_mm > 0 else {}),
-        "largest_component": bool(config.largest_component),
-        "bf16": bool(config.amp and device.startswith("cuda")),
-        "pseudo_version": PSEUDO_VERSION,
-    }
-    out = Path(work) / "pseudo" / run_name(config)
+    stage_config = result_config(
+        config,
+        model=model.record(),
+        cases=cases,
+        # whether bfloat16 was used (it is only on CUDA)
+        bf16=bool(config.amp and device.startswith("cuda")),
+    )
+    out = layout.run_dir(work, layout.PSEUDO, run_name(config))
     done = artifacts.reuse_if_current(out, stage_config, inputs, progress.log, force=force)
     if done:
         return done
@@ -282,7 +242,6 @@ def run(
 
 def _label(config, model, store, cases, device, out, stage_config, inputs, progress):
     from udaseg.inference import predict_volume
-    from udaseg.stages.predict import inference_options
     from udaseg.training.checkpoint import load_model
 
     started = time.perf_counter()
@@ -320,7 +279,7 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
             thresholds = np.full(len(names), config.threshold, dtype=np.float32)
         threshold_record = dict(zip(names, [round(float(t), 4) for t in thresholds], strict=True))
         with StoreWriter(
-            tmp / "store.h5",
+            tmp / layout.STORE,
             dataset=store.dataset,
             domain=store.domain,
             modality=store.modality,
@@ -335,10 +294,10 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
                 else:
                     label, confidence = predicted(case)
                 selected = select(label, confidence, thresholds)
-                if config.margin_mm > 0:
+                if config.margin > 0:
                     spacing = store.meta(case)["processed"]["spacing"]  # (x, y, z) mm
                     selected = unlabel_margin(
-                        selected, label, confidence, tuple(spacing[::-1]), config.margin_mm
+                        selected, label, confidence, tuple(spacing[::-1]), config.margin
                     )
                 label = selected
                 # voxels per class id 0..C (the ignored ones, 255, fall outside and are dropped)
@@ -353,7 +312,7 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
                     "threshold": float(config.threshold),
                     "portion": config.portion,
                     "thresholds": threshold_record,
-                    "margin_mm": float(config.margin_mm),
+                    "margin_mm": float(config.margin),
                     "largest_component": bool(config.largest_component),
                     "kept": per_case[case],
                     "voxels": dict(zip(names, case_counts.tolist(), strict=True)),
@@ -365,7 +324,7 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
         if balanced:
             shutil.rmtree(scratch)
         splits = {"train": cases, "val": [], "test": [], "source": f"pseudo-label {out.name}"}
-        (tmp / SPLITS).write_text(json.dumps(splits, indent=2) + "\n")
+        (tmp / layout.SPLITS).write_text(json.dumps(splits, indent=2) + "\n")
         summary = {
             "run": out.name,
             "output": str(out),
@@ -374,7 +333,7 @@ def _label(config, model, store, cases, device, out, stage_config, inputs, progr
             "kept": round(kept_total / max(total, 1), 4),
             "kept_per_case": per_case,
             "thresholds": threshold_record,
-            "margin_mm": float(config.margin_mm),
+            "margin_mm": float(config.margin),
             "voxels": dict(zip(names, counts.tolist(), strict=True)),
             "seconds": round(time.perf_counter() - started, 2),
             "device": device,

@@ -15,14 +15,16 @@ adds Dice on another store's cases to the log for information only; it never sel
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from udaseg import artifacts
+from udaseg import artifacts, layout
+from udaseg.config import result_config
+from udaseg.config.segment_train import HPARAM_KEYS, STAGE, TRAIN_ON, SegmentTrainConfig
+from udaseg.config.values import parse_ints
 from udaseg.data.sampling import (
     BalancedSampler,
     PatchSampler,
@@ -35,90 +37,55 @@ from udaseg.data.sampling import (
 from udaseg.data.store import Store
 from udaseg.errors import UdasegError, look_up_option
 from udaseg.progress import NullProgress, Progress
+from udaseg.registry import accepted_kwargs
 from udaseg.training import loop
-from udaseg.training.checkpoint import write_model_json
+from udaseg.training.checkpoint import model_info, write_model_json
+from udaseg.training.validation import dice_on
 
-STAGE = "segment-train"
-TRAIN_ON = ("source", "target", "translated", "pseudo")
 # stages whose artifacts hold stores, and the command that rebuilds them
 STORE_STAGES = {
     "preprocess": "preprocess",
     "translate-apply": "translate apply",
     "pseudo-label": "pseudo-label",
 }
-# recipe keys a user may override from the command line
-RECIPE_KEYS = (
-    "optimizer",
-    "lr",
-    "betas",
-    "momentum",
-    "weight_decay",
-    "schedule",
-    "poly_power",
-    "loss",
-    "aux_weight",
-    "batch_size",
-    "patch_size",
-    "steps",
-    "warmup_steps",
-)
 
 
-@dataclass
-class SegmentTrainConfig:
-    """One training run. ``recipe`` holds overrides of the model's recipe (None = the paper's).
-
-    balance_stores: each batch takes an equal share from each store of ``train`` (self-training:
-    half labelled source, half pseudo-labelled target) instead of drawing from their pooled slices,
-    where the store with more slices dominates.
-
-    train: store artifacts to train on; val: store artifact to validate on (default the first of
-    ``train``); monitor: store artifacts whose ``monitor_split`` Dice is logged, never used to pick
-    a model; runtime-only: device, amp, channels_last, compile, resume, log_every.
-    """
-
-    model: str
-    train_on: str
-    train: list[Path]
-    val: Path | None = None
-    monitor: list[Path] = field(default_factory=list)
-    train_split: str = "train"
-    val_split: str = "val"
-    monitor_split: str = "all"
-    name: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    recipe: dict[str, Any] = field(default_factory=dict)
-    augment: bool = True
-    intensity_net: float = 0.0
-    foreground_fraction: float = 0.5
-    balance_stores: bool = False
-    seed: int = 0
-    checkpoint_every: int = 200
-    val_every: int = 500
-    log_every: int = 10
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    resume: bool = False
+def resolved_hparams(config: SegmentTrainConfig) -> dict[str, Any]:
+    """The model's hparams with the run's overrides applied (constructor arguments left out)."""
+    return split_overrides(config)[0]
 
 
-def resolved_recipe(config: SegmentTrainConfig) -> dict[str, Any]:
-    """The model's recipe with the run's overrides applied (unknown keys refused)."""
+def split_overrides(config: SegmentTrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(hparams, model_kwargs)``: the model's hparams with the run's ``--set`` overrides, and
+    the overrides that are constructor arguments of the model; any other key is refused."""
     from udaseg.models.registry import model_spec
 
-    recipe = dict(model_spec(config.model).recipe)
-    for key, value in config.recipe.items():
-        look_up_option(key, RECIPE_KEYS, what="recipe option")
-        if value is not None:
-            recipe[key] = value
-    return recipe
+    spec = model_spec(config.model)
+    hparams = dict(spec.hparams)
+    kwargs: dict[str, Any] = {}
+    accepted = accepted_kwargs(spec.builder) - {"in_channels", "num_classes"}
+    for key, value in config.hparams.items():
+        if key in HPARAM_KEYS:
+            if value is not None:
+                hparams[key] = value
+        elif key in accepted:
+            kwargs[key] = value
+        else:
+            look_up_option(key, sorted({*HPARAM_KEYS, *accepted}), what="--set key")
+    hparams["patch_size"] = parse_ints(hparams["patch_size"], "--set patch_size")
+    return hparams, kwargs
+
+
+def show_defaults(config: SegmentTrainConfig) -> dict[str, Any]:
+    """What ``--show-defaults`` prints: the resolved hparams and the constructor arguments."""
+    hparams, kwargs = split_overrides(config)
+    return {"model": config.model, "hparams": hparams, "model_kwargs": kwargs}
 
 
 def run_name(config: SegmentTrainConfig, store: Store) -> str:
     if config.name:
         return artifacts.check_run_name(config.name)
-    return f"{config.model}__{config.train_on}__{store.dataset}__{store.domain}"
+    return layout.joined(config.model, config.train_on, store.dataset, store.domain)
 
 
 def run(
@@ -128,11 +95,15 @@ def run(
     progress = progress or NullProgress()
     look_up_option(config.train_on, TRAIN_ON, what="--train-on")
     if not config.train:
-        raise UdasegError("segment-train needs at least one training store", exit_code=2)
+        raise UdasegError(
+            f"--train-on {config.train_on} needs --{config.train_on}",
+            hint=f"pass the {config.train_on} store artifact",
+            exit_code=2,
+        )
     inputs, stores = _inputs(config, force)
-    recipe = resolved_recipe(config)
-    out = Path(work) / "segment" / run_name(config, stores[0])
-    stage_config = {**_result_config(config), "recipe": recipe}
+    hparams, model_kwargs = split_overrides(config)
+    out = layout.run_dir(work, layout.SEGMENT, run_name(config, stores[0]))
+    stage_config = result_config(config, hparams=hparams, model_kwargs=model_kwargs)
     done = artifacts.reuse_if_current(
         out, stage_config, inputs, progress.log, force=force, redo="use --force to retrain"
     )
@@ -144,7 +115,14 @@ def run(
             tmp, artifacts.config_hash(stage_config), config.resume, progress, runtime
         )
         summary = _train(
-            config, recipe, stores, tmp, runtime, progress, artifacts.config_hash(stage_config)
+            config,
+            hparams,
+            model_kwargs,
+            stores,
+            tmp,
+            runtime,
+            progress,
+            artifacts.config_hash(stage_config),
         )
         if not runtime.is_main:
             return artifacts.Manifest(stage=STAGE, config={}, config_hash="")
@@ -152,27 +130,6 @@ def run(
         return artifacts.publish(
             tmp, out, stage=STAGE, config=stage_config, inputs=inputs, summary=summary
         )
-
-
-def _result_config(config: SegmentTrainConfig) -> dict[str, Any]:
-    data = asdict(config)
-    for key in (
-        "device",
-        "amp",
-        "channels_last",
-        "compile",
-        "resume",
-        "log_every",
-        "monitor",
-        "monitor_split",
-        "name",
-    ):
-        data.pop(key)
-    if not config.balance_stores:  # recorded only when on: older runs keep their config hash
-        data.pop("balance_stores")
-    data["train"] = [str(Path(p).resolve()) for p in config.train]
-    data["val"] = str(Path(config.val).resolve()) if config.val else None
-    return data
 
 
 def _inputs(config: SegmentTrainConfig, force: bool) -> tuple[dict, list[Store]]:
@@ -198,7 +155,9 @@ def _inputs(config: SegmentTrainConfig, force: bool) -> tuple[dict, list[Store]]
     return inputs, stores
 
 
-def _train(config, recipe, stores, tmp, runtime, progress, config_hash) -> dict[str, Any]:
+def _train(
+    config, hparams, model_kwargs, stores, tmp, runtime, progress, config_hash
+) -> dict[str, Any]:
     from udaseg.losses import create_loss
     from udaseg.models.registry import create_model, model_spec
 
@@ -211,23 +170,23 @@ def _train(config, recipe, stores, tmp, runtime, progress, config_hash) -> dict[
                 f"but {stores[0].path} has {classes} ({stores[0].view})"
             )
     loop.seed_everything(config.seed, runtime.rank)
-    kwargs = {"in_channels": 1, "num_classes": len(classes) + 1, **config.model_kwargs}
+    kwargs = {"in_channels": 1, "num_classes": len(classes) + 1, **model_kwargs}
     model = loop.prepare_model(create_model(config.model, **kwargs), runtime, spec.dims)
-    state = _state(config, recipe, model, kwargs, runtime)
+    state = _state(config, hparams, model, kwargs, runtime)
     state.extra["config_hash"] = config_hash
     if config.resume and loop.resume_from(state, tmp):
         progress.log(f"resumed from step {state.step}")
-    sampler = _sampler(config, recipe, spec.dims, stores, state.numpy_rng)
+    sampler = _sampler(config, hparams, spec.dims, stores, state.numpy_rng)
     criterion = create_loss(
-        recipe["loss"], len(classes) + 1, aux_weight=float(recipe.get("aux_weight", 0.0))
+        hparams["loss"], len(classes) + 1, aux_weight=float(hparams.get("aux_weight", 0.0))
     )
     step_fn = _step_fn(sampler, criterion, config, spec.dims, runtime)
-    validate = _validator(config, recipe, spec.dims, stores, model, runtime)
-    info = model_info(config.model, kwargs, spec.dims, recipe, stores[0], config.train_on)
+    validate = _validator(config, hparams, spec.dims, stores, model, runtime)
+    info = model_info(config.model, kwargs, spec.dims, hparams, stores[0], config.train_on)
     if runtime.is_main:
         write_model_json(tmp, info)
     schedule = loop.LoopSchedule(
-        int(recipe["steps"]), config.checkpoint_every, config.val_every, config.log_every
+        int(hparams["steps"]), config.checkpoint_every, config.val_every, config.log_every
     )
     last = loop.run_loop(
         state,
@@ -249,11 +208,11 @@ def _train(config, recipe, stores, tmp, runtime, progress, config_hash) -> dict[
     }
 
 
-def _state(config, recipe, model, kwargs, runtime) -> loop.TrainState:
+def _state(config, hparams, model, kwargs, runtime) -> loop.TrainState:
     from udaseg.training.optim import build_optimizer, build_scheduler
 
-    optimizer = build_optimizer(model.parameters(), recipe)
-    scheduler = build_scheduler(optimizer, recipe, int(recipe["steps"]))
+    optimizer = build_optimizer(model.parameters(), hparams)
+    scheduler = build_scheduler(optimizer, hparams, int(hparams["steps"]))
     generator = torch.Generator().manual_seed(config.seed + 1)
     numpy_rng = np.random.default_rng([config.seed, runtime.rank])
     return loop.TrainState(
@@ -273,9 +232,9 @@ def _sources(paths: list[Path], stores: list[Store], split: str) -> list[Source]
     ]
 
 
-def _sampler(config, recipe, dims, stores, rng):
+def _sampler(config, hparams, dims, stores, rng):
     sources = _sources(config.train, stores[: len(config.train)], config.train_split)
-    patch = tuple(int(s) for s in recipe["patch_size"])
+    patch = tuple(int(s) for s in hparams["patch_size"])
     if len(patch) != dims:
         raise UdasegError(
             f"patch size {list(patch)} does not fit a {dims}D model",
@@ -283,7 +242,7 @@ def _sampler(config, recipe, dims, stores, rng):
             exit_code=2,
         )
     cls = SliceSampler if dims == 2 else PatchSampler
-    batch = int(recipe["batch_size"])
+    batch = int(hparams["batch_size"])
     if not config.balance_stores or len(sources) == 1:
         bank = VolumeBank(sources, need_labels=True)
         return cls(bank, patch, batch, rng, config.foreground_fraction)
@@ -336,7 +295,7 @@ def _step_fn(sampler, criterion, config, dims, runtime):
     return step
 
 
-def _validator(config, recipe, dims, stores, model, runtime):
+def _validator(config, hparams, dims, stores, model, runtime):
     val_path = config.val or config.train[0]
     val_store = stores[-1] if config.val else stores[0]
     cases = split_cases(val_path, config.val_split, val_store)
@@ -350,60 +309,12 @@ def _validator(config, recipe, dims, stores, model, runtime):
     monitors = [(Path(p), Store(store_path(p))) for p in config.monitor]
 
     def validate() -> dict[str, Any]:
-        result = dice_on(model, val_store, cases, dims, recipe, runtime)
+        result = dice_on(model, val_store, cases, dims, hparams, runtime)
         for path, store in monitors:
             chosen = split_cases(path, config.monitor_split, store)
             result[f"monitor:{store.dataset}/{store.domain}"] = dice_on(
-                model, store, chosen, dims, recipe, runtime
+                model, store, chosen, dims, hparams, runtime
             )
         return result
 
     return validate
-
-
-def dice_on(
-    model, store: Store, cases: list[str], dims: int, recipe: dict, runtime: loop.Runtime
-) -> dict[str, Any]:
-    """Mean Dice per class over ``cases`` of ``store`` (whole volumes, as predict does); the
-    mean over classes is the ``score``."""
-    from udaseg.inference import segment_volume
-    from udaseg.metrics import compute_dice
-
-    model.eval()
-    per_class = {name: [] for name in store.classes}
-    for case in cases:
-        prediction = segment_volume(
-            loop.unwrap(model),
-            store.image(case),
-            dims=dims,
-            patch_size=tuple(recipe["patch_size"]),
-            device=runtime.device,
-            amp=runtime.amp,
-        )
-        label = store.label(case)
-        for class_id, name in enumerate(store.classes, start=1):
-            per_class[name].append(compute_dice(prediction == class_id, label == class_id))
-    model.train()
-    dice = {name: float(np.mean(values)) for name, values in per_class.items()}
-    return {"score": float(np.mean(list(dice.values()))), "dice": dice, "cases": len(cases)}
-
-
-def model_info(
-    name: str, kwargs: dict, dims: int, recipe: dict, store: Store, train_on: str
-) -> dict[str, Any]:
-    """``model.json`` of a model directory: what ``udaseg predict`` needs to rebuild and apply
-    the model (``store`` gives the classes, dataset, domain and view it predicts)."""
-    return {
-        "name": name,
-        "kwargs": kwargs,
-        "dims": dims,
-        "classes": list(store.classes),
-        "num_classes": len(store.classes) + 1,
-        "in_channels": kwargs["in_channels"],
-        "dataset": store.dataset,
-        "domain": store.domain,
-        "view": store.view,
-        "patch_size": list(recipe["patch_size"]),
-        "train_on": train_on,
-        "recipe": recipe,
-    }

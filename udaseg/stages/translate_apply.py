@@ -35,40 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from udaseg import artifacts
-from udaseg.data.sampling import SPLITS, store_path
+from udaseg import artifacts, layout
+from udaseg.config import result_config
+from udaseg.config.translate_apply import STAGE, TranslateApplyConfig
+from udaseg.data.sampling import store_path
 from udaseg.data.store import Store, StoreWriter
+from udaseg.device import resolve_device
 from udaseg.errors import UdasegError, look_up_option
+from udaseg.inference.cases import select_cases
 from udaseg.progress import NullProgress, Progress
-from udaseg.translation.io import CHECKPOINTS
-
-STAGE = "translate-apply"
-# bump when the same translator, styles and source would give different images
-APPLY_VERSION = 1
-
-
-@dataclass
-class TranslateApplyConfig:
-    """Options of one apply run.
-
-    translator: a translate-train artifact; styles: K (None: as many as the style run has, or 1);
-    style_run: a cluster-styles artifact of this translator; source: source store artifact
-    (default: the one the translator was trained on); checkpoint: final or latest; shard: (i, n).
-    amp: bf16 autocast on CUDA (it changes the numbers, so whether it was used is recorded in
-    the config as ``bf16``).
-    Runtime-only: batch_size (slices per forward pass), device.
-    """
-
-    translator: Path
-    styles: int | None = None
-    style_run: Path | None = None
-    source: Path | None = None
-    name: str | None = None
-    checkpoint: str = "final"
-    shard: tuple[int, int] | None = None
-    batch_size: int = 16
-    device: str = "auto"
-    amp: bool = True
+from udaseg.translation.io import CHECKPOINTS, render_volume
 
 
 @dataclass
@@ -117,7 +93,7 @@ def resolve_styles(config: TranslateApplyConfig, translate, force: bool = False)
             hint=f"rerun `udaseg cluster-styles --translator {translate.directory}`",
             exit_code=2,
         )
-    codes = np.load(run / "centroids.npy").astype(np.float32)
+    codes = np.load(run / layout.CENTROIDS).astype(np.float32)
     if config.styles not in (None, len(codes)):
         raise UdasegError(
             f"--styles {config.styles}, but style run {run} holds {len(codes)} styles",
@@ -148,13 +124,13 @@ def run_name(config: TranslateApplyConfig, translate, styles: Styles) -> str:
         return artifacts.check_run_name(config.name)
     if styles.run is not None:
         return styles.run.resolve().name
-    return f"{translate.name}__{'default-style' if translate.has_style_codes else 'k1'}"
+    return layout.joined(translate.name, "default-style" if translate.has_style_codes else "k1")
 
 
 def output_dir(work: Path, name: str, shard: tuple[int, int] | None = None) -> Path:
     if shard is not None:
         name += f"__shard-{shard[0]}-of-{shard[1]}"
-    return Path(work) / "translated" / name
+    return layout.run_dir(work, layout.TRANSLATED, name)
 
 
 def copy_id(case: str, style: int) -> str:
@@ -179,7 +155,6 @@ def run(
         UdasegError: see :func:`resolve_styles`; stale or unfinished inputs (unless ``force``),
             a source store of another view or classes than the translator's, a bad shard.
     """
-    from udaseg.stages.predict import resolve_device, select_cases
     from udaseg.translation.io import open_run
 
     progress = progress or NullProgress()
@@ -227,20 +202,18 @@ def _check_source(translate, source: Store) -> None:
 def _stage_config(config, translate, styles, source_dir, ids, device) -> dict[str, Any]:
     from udaseg.translation.io import PAD_MULTIPLE
 
-    return {
-        "translator": str(translate.directory.resolve()),
-        "method": translate.method,
-        "checkpoint": config.checkpoint,
-        "source": str(source_dir.resolve()),
-        "styles": styles.count,
-        "style_run": str(styles.run.resolve()) if styles.run else None,
-        "cases": ids,
-        "shard": list(config.shard) if config.shard else None,
-        # bf16 changes the numbers where it is used ("amp" itself is a runtime key)
-        "bf16": bool(config.amp and device.startswith("cuda")),
-        "pad_multiple": PAD_MULTIPLE,
-        "apply_version": APPLY_VERSION,
-    }
+    return result_config(
+        config,
+        translator=translate.directory,
+        method=translate.method,
+        source=source_dir,
+        styles=styles.count,
+        style_run=styles.run,
+        cases=ids,
+        # whether bfloat16 was used (it is only on CUDA)
+        bf16=bool(config.amp and device.startswith("cuda")),
+        pad_multiple=PAD_MULTIPLE,
+    )
 
 
 @dataclass
@@ -261,9 +234,9 @@ def _apply(job: _Job, out: Path, stage_config, inputs, progress) -> artifacts.Ma
     translator, _ = load_translator(job.translate.directory, job.config.checkpoint, job.device)
     # nothing to resume: a failure leaves no half-written artifact behind
     with artifacts.building(out, discard_on_error=True) as tmp:
-        slices = _write_store(job, translator, tmp / "store.h5", progress)
+        slices = _write_store(job, translator, tmp / layout.STORE, progress)
         splits = map_splits(_read_splits(job.source_dir), job.ids, job.styles.count)
-        (tmp / SPLITS).write_text(json.dumps(splits, indent=2) + "\n")
+        (tmp / layout.SPLITS).write_text(json.dumps(splits, indent=2) + "\n")
         seconds = time.perf_counter() - started
         summary = {
             "run": out.name,
@@ -321,45 +294,10 @@ def _write_store(job: _Job, translator, path: Path, progress: Progress) -> int:
     return slices
 
 
-def render_volume(
-    translator,
-    volume: np.ndarray,
-    style: np.ndarray | None,
-    batch_size: int,
-    device: str,
-    amp: bool = True,
-    back: bool = False,
-) -> np.ndarray:
-    """Translate an (S, H, W) float32 volume slice by slice in ``style``: one code
-    (style_dim,), one per slice (S, style_dim), or the default style (None); returns (S, H, W)
-    float32. ``back``: render a target-domain volume in the source appearance instead
-    (``translate_back``, used to check cycle consistency)."""
-    import torch
-
-    from udaseg.translation.io import PAD_MULTIPLE, inference_autocast, pad_to_multiple
-
-    out = np.empty(volume.shape, np.float32)
-    code = None if style is None else torch.as_tensor(style, dtype=torch.float32, device=device)
-    for start in range(0, len(volume), batch_size):
-        padded, (rows, cols) = pad_to_multiple(volume[start : start + batch_size], PAD_MULTIPLE)
-        batch = torch.from_numpy(padded)[:, None].to(device)
-        if code is None:
-            codes = None
-        elif code.dim() == 2:  # one code per slice: they follow their slices
-            codes = code[start : start + len(batch)]
-        else:
-            codes = code.expand(len(batch), -1)
-        with torch.no_grad(), inference_autocast(device, amp):
-            render = translator.translate_back if back else translator.translate
-            result = render(batch, codes)
-        out[start : start + len(batch)] = result.float().cpu().numpy()[:, 0, rows, cols]
-    return out
-
-
 def _read_splits(source_dir: Path) -> dict[str, Any]:
-    path = Path(source_dir) / SPLITS
+    path = Path(source_dir) / layout.SPLITS
     if not path.is_file():
-        raise UdasegError(f"source store {source_dir} has no {SPLITS}", path=path)
+        raise UdasegError(f"source store {source_dir} has no {layout.SPLITS}", path=path)
     return json.loads(path.read_text(encoding="utf-8"))
 
 

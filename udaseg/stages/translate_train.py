@@ -1,7 +1,7 @@
 """``udaseg translate train``: train a registered image-to-image translator, source <-> target.
 
 Every step draws an unpaired batch: random 2D slices of the source store's ``source_split`` cases
-and, independently, of the target store's ``target_split`` cases (cropped or padded to the recipe's
+and, independently, of the target store's ``target_split`` cases (cropped or padded to the hparams'
 ``patch_size``; no labels are read), and calls the method's ``train_step`` (see
 :mod:`udaseg.translation.registry`). The shared loop (:mod:`udaseg.training.loop`) does the rest:
 ``metrics.jsonl`` (every loss the method reports), ``checkpoint_latest.pt`` every
@@ -12,8 +12,8 @@ Output ``W/translate/<run>/`` (``<run>`` defaults to
 ``<method>__<source dataset>_<source domain>__to__<target domain>``)::
 
     checkpoint_latest.pt checkpoint_final.pt   the translator in state "model"; its kwargs include
-                                               the recipe's loss weights the constructor takes
-    model.json           name, kwargs, has_style_codes, patch_size, recipe, and the identity of
+                                               the hparams' loss weights the constructor takes
+    model.json           name, kwargs, has_style_codes, patch_size, hparams, and the identity of
                          both stores (dataset, domain, modality, classes, view)
     metrics.jsonl        {"step", "lr", <each loss>, "total", "seconds"} per log_every steps
     samples/step_<N>.png every sample_every steps (N zero-padded to 6 digits): the same seeded
@@ -35,38 +35,35 @@ There is no validation (no labels), so no ``checkpoint_best.pt``: later stages u
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from udaseg import artifacts
-from udaseg.data.sampling import SliceSampler, Source, VolumeBank, fit, split_cases, store_path
+from udaseg import artifacts, layout
+from udaseg.config import result_config
+from udaseg.config.translate_train import HPARAM_KEYS, STAGE, TranslateTrainConfig
+from udaseg.config.values import parse_ints
+from udaseg.data.sampling import (
+    SliceSampler,
+    Source,
+    VolumeBank,
+    fit,
+    middle_slices,
+    split_cases,
+    store_path,
+)
 from udaseg.data.store import Store
-from udaseg.errors import UdasegError
+from udaseg.errors import UdasegError, look_up_option
 from udaseg.progress import NullProgress, Progress
+from udaseg.registry import accepted_kwargs
 from udaseg.training import loop
 from udaseg.training.checkpoint import write_model_json
+from udaseg.translation.registry import constructor_kwargs, recorded_value
 
-STAGE = "translate-train"
-# recipe keys every method understands; a method's own recipe keys (loss weights) are allowed too
-RECIPE_KEYS = (
-    "steps",
-    "batch_size",
-    "patch_size",
-    "lr_g",
-    "lr_d",
-    "betas",
-    "schedule",
-    "poly_power",
-    "decay_from",
-    "warmup_steps",
-)
 PANELS = ("source", "translated", "reconstructed", "target")
 # seeds the fixed sample slices and the random sample styles apart from the training draws
 SAMPLE_SEED = 7919
@@ -74,90 +71,54 @@ SAMPLE_SEED = 7919
 SEMANTIC_WEIGHT = 1.0
 
 
-@dataclass
-class TranslateTrainConfig:
-    """One translator training run.
-
-    method: registered translator (``cyclegan.v1``, ...); source, target: preprocessed store
-    artifacts; recipe: overrides of the method's recipe (None values ignored); method_kwargs:
-    constructor arguments (win over the recipe's loss weights); sample_every: steps between sample
-    grids (0: only at the end); sample_count: slices per grid; sample_styles: rows of the source
-    in the styles of that many random target slices (methods with style codes).
-    Runtime-only: device, amp, channels_last, resume, log_every.
-    """
-
-    method: str
-    source: Path
-    target: Path
-    name: str | None = None
-    method_kwargs: dict[str, Any] = field(default_factory=dict)
-    recipe: dict[str, Any] = field(default_factory=dict)
-    source_split: str = "train"
-    target_split: str = "train"
-    seed: int = 0
-    sample_every: int = 500
-    sample_count: int = 4
-    sample_styles: int = 3
-    semantic_segmenter: Path | None = None
-    checkpoint_every: int = 200
-    log_every: int = 10
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    resume: bool = False
-
-
-def resolved_recipe(config: TranslateTrainConfig) -> dict[str, Any]:
-    """The method's recipe with the run's overrides (unknown keys refused, "did you mean")."""
-    from udaseg.errors import look_up_option
+def split_overrides(config: TranslateTrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(hparams, constructor overrides)`` from the run's ``--set`` keys: a key of the method's
+    hparams (or a shared one, :data:`HPARAM_KEYS`) overrides the hparams (None values ignored);
+    else a keyword the translator's constructor takes becomes a constructor argument; any other
+    key is refused with a "did you mean". ``patch_size`` comes out as a list of ints."""
     from udaseg.translation.registry import translator_spec
 
-    recipe = dict(translator_spec(config.method).recipe)
-    allowed = dict.fromkeys((*RECIPE_KEYS, *recipe))
-    for key, value in config.recipe.items():
-        look_up_option(key, allowed, what=f"recipe option of {config.method}")
-        if value is not None:
-            recipe[key] = value
-    # a constructor argument that is also a recipe key (a loss weight given as --method-arg
-    # lambda_cycle=15) is the value the run trains with: recorded in the recipe too, so
-    # model.json and the manifest never show the recipe's default beside the real weight
-    for key, value in config.method_kwargs.items():
-        if key in recipe and key not in RECIPE_KEYS:
-            recipe[key] = value
-    return recipe
+    spec = translator_spec(config.method)
+    hparams = dict(spec.hparams)
+    accepted = accepted_kwargs(spec.builder)
+    overrides: dict[str, Any] = {}
+    for key, value in config.hparams.items():
+        if key in HPARAM_KEYS or key in spec.hparams:
+            if value is not None:
+                hparams[key] = value
+        elif key in accepted:
+            overrides[key] = value
+        else:
+            look_up_option(key, sorted({*HPARAM_KEYS, *spec.hparams, *accepted}), what="--set key")
+    hparams["patch_size"] = parse_ints(hparams["patch_size"], "--set patch_size")
+    return hparams, overrides
 
 
-def constructor_kwargs(method: str, recipe: dict[str, Any], overrides: dict[str, Any]) -> dict:
-    """Keyword arguments for the method's builder: every recipe key it takes (the loss weights,
-    e.g. ``lambda_cycle``), then ``overrides`` (``--method-arg``), which win."""
-    from udaseg.translation.registry import translator_spec
-
-    accepted = accepted_kwargs(translator_spec(method).builder)
-    kwargs = {k: _plain(v) for k, v in recipe.items() if k in accepted}
-    kwargs.update(overrides)
-    return kwargs
+def resolved_hparams(config: TranslateTrainConfig) -> dict[str, Any]:
+    """The method's hparams with the run's overrides (constructor-only arguments left out)."""
+    return split_overrides(config)[0]
 
 
-def accepted_kwargs(builder: Any) -> set[str]:
-    """Keyword names ``builder`` takes; for a class whose ``__init__`` passes ``**kwargs`` on,
-    its base classes' names too (``CycleGAN(width, **kwargs)`` -> ``CycleTranslator``'s loss
-    weights)."""
-    if inspect.isclass(builder):
-        functions = [c.__init__ for c in builder.__mro__ if "__init__" in vars(c)]
-    else:
-        functions = [builder]
-    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    names: set[str] = set()
-    for function in functions:
-        parameters = list(inspect.signature(function).parameters.values())
-        names |= {p.name for p in parameters if p.kind in keyword and p.name != "self"}
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-            break
-    return names
+def resolve(config: TranslateTrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(hparams, kwargs)``: the resolved hparams, and the translator's constructor arguments
+    (the hparams keys it takes, e.g. the loss weights, then the constructor-only ``--set`` keys,
+    with the semantic-consistency weight settled by :func:`semantic_overrides`)."""
+    hparams, overrides = split_overrides(config)
+    kwargs = constructor_kwargs(config.method, hparams, semantic_overrides(config, overrides))
+    return hparams, kwargs
 
 
-def semantic_overrides(config: TranslateTrainConfig) -> dict[str, Any]:
-    """``method_kwargs`` with the semantic-consistency weight settled: 1 (CyCADA's) when a
+def show_defaults(config: TranslateTrainConfig) -> dict[str, Any]:
+    """What ``--show-defaults`` prints: the resolved hparams and the constructor arguments."""
+    hparams, kwargs = resolve(config)
+    return {"hparams": hparams, "kwargs": kwargs}
+
+
+def semantic_overrides(
+    config: TranslateTrainConfig, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The constructor overrides (``--set`` keys that are constructor arguments only; by default
+    those of ``config``) with the semantic-consistency weight settled: 1 (CyCADA's) when a
     segmenter is given without a weight; refused where the method has no such term, or where a
     positive weight comes without a segmenter."""
     from udaseg.translation.registry import list_translators, translator_spec
@@ -165,12 +126,12 @@ def semantic_overrides(config: TranslateTrainConfig) -> dict[str, Any]:
     def has_term(name: str) -> bool:
         return "lambda_semantic" in accepted_kwargs(translator_spec(name).builder)
 
-    overrides = dict(config.method_kwargs)
+    overrides = dict(split_overrides(config)[1] if overrides is None else overrides)
     weight = float(overrides.get("lambda_semantic", 0.0))
     if config.semantic_segmenter is None:
         if weight > 0:
             raise UdasegError(
-                f"--method-arg lambda_semantic={weight:g} needs a frozen segmenter",
+                f"--set lambda_semantic={weight:g} needs a frozen segmenter",
                 hint="pass --semantic-segmenter W/segment/<run> (trained on the source labels)",
                 exit_code=2,
             )
@@ -186,17 +147,12 @@ def semantic_overrides(config: TranslateTrainConfig) -> dict[str, Any]:
     if weight <= 0:
         if "lambda_semantic" in overrides:
             raise UdasegError(
-                f"--semantic-segmenter is given but --method-arg lambda_semantic={weight:g}",
+                f"--semantic-segmenter is given but --set lambda_semantic={weight:g}",
                 hint="give the term a positive weight, or drop --semantic-segmenter",
                 exit_code=2,
             )
         overrides["lambda_semantic"] = SEMANTIC_WEIGHT
     return overrides
-
-
-def _plain(value: Any) -> Any:
-    # tuples come back from JSON (model.json) and checkpoints as lists; store them as lists
-    return list(value) if isinstance(value, tuple) else value
 
 
 def run_name(config: TranslateTrainConfig, source: Store, target: Store) -> str:
@@ -231,16 +187,15 @@ def run(
     ``resume=True`` continues it from its last checkpoint (same options required).
 
     Raises:
-        UdasegError: unknown method or recipe option, stale or unsuitable stores, torchrun with
+        UdasegError: unknown method or hparams option, stale or unsuitable stores, torchrun with
             more than one process, resuming a run started with other options.
     """
     progress = progress or NullProgress()
     inputs, source, target = _inputs(config, force)
-    recipe = resolved_recipe(config)
-    _patch_size(recipe)  # refuse a bad size before any folder is made
-    kwargs = constructor_kwargs(config.method, recipe, semantic_overrides(config))
-    out = Path(work) / "translate" / run_name(config, source, target)
-    stage_config = {**_result_config(config), "recipe": recipe, "kwargs": kwargs}
+    hparams, kwargs = resolve(config)
+    _patch_size(hparams)  # refuse a bad size before any folder is made
+    out = layout.run_dir(work, layout.TRANSLATE, run_name(config, source, target))
+    stage_config = result_config(config, hparams=hparams, kwargs=kwargs)
     done = artifacts.reuse_if_current(
         out, stage_config, inputs, progress.log, force=force, redo="use --force to retrain"
     )
@@ -253,7 +208,7 @@ def run(
         )
         started = time.perf_counter()
         summary = _train(
-            config, recipe, kwargs, (source, target), tmp, runtime, progress, stage_config
+            config, hparams, kwargs, (source, target), tmp, runtime, progress, stage_config
         )
         summary.update(output=str(out), seconds=round(time.perf_counter() - started, 2))
         return artifacts.publish(
@@ -272,20 +227,6 @@ def _runtime(config: TranslateTrainConfig) -> loop.Runtime:
             exit_code=2,
         )
     return loop.setup_runtime(config.device, config.amp, config.channels_last, compile=False)
-
-
-def _result_config(config: TranslateTrainConfig) -> dict[str, Any]:
-    data = asdict(config)
-    for key in ("device", "amp", "channels_last", "resume", "log_every", "name"):
-        data.pop(key)
-    data["source"] = str(Path(config.source).resolve())
-    data["target"] = str(Path(config.target).resolve())
-    if config.semantic_segmenter is None:
-        # absent rather than null: runs made before the option existed keep their config hash
-        data.pop("semantic_segmenter")
-    else:
-        data["semantic_segmenter"] = str(Path(config.semantic_segmenter).resolve())
-    return data
 
 
 def _inputs(config: TranslateTrainConfig, force: bool) -> tuple[dict, Store, Store]:
@@ -357,7 +298,7 @@ def _segmenter_input(path: Path, source: Store, target: Store, force: bool) -> d
 # --- training ------------------------------------------------------------------------------------
 
 
-def _train(config, recipe, kwargs, stores, tmp, runtime, progress, stage_config) -> dict:
+def _train(config, hparams, kwargs, stores, tmp, runtime, progress, stage_config) -> dict:
     from udaseg.translation.registry import create_translator, translator_spec
 
     spec = translator_spec(config.method)
@@ -371,13 +312,13 @@ def _train(config, recipe, kwargs, stores, tmp, runtime, progress, stage_config)
         segmenter, _ = load_model(Path(config.semantic_segmenter), "final", runtime.device)
         translator.use_semantic_model(segmenter.to(memory_format=fmt))
     labelled = bool(getattr(translator, "needs_source_labels", False))
-    state = _state(config, recipe, translator, kwargs, runtime)
+    state = _state(config, hparams, translator, kwargs, runtime)
     state.extra["config_hash"] = artifacts.config_hash(stage_config)
     if config.resume and loop.resume_from(state, tmp):
         progress.log(f"resumed from step {state.step}")
-    patch = _patch_size(recipe)
+    patch = _patch_size(hparams)
     samplers = [
-        _sampler(path, split, store, patch, int(recipe["batch_size"]), state.numpy_rng, labels)
+        _sampler(path, split, store, patch, int(hparams["batch_size"]), state.numpy_rng, labels)
         for path, split, store, labels in zip(
             (config.source, config.target),
             (config.source_split, config.target_split),
@@ -386,13 +327,13 @@ def _train(config, recipe, kwargs, stores, tmp, runtime, progress, stage_config)
             strict=True,
         )
     ]
-    write = _sample_writer(config, spec.has_style_codes, samplers, tmp / "samples", runtime)
+    write = _sample_writer(config, spec.has_style_codes, samplers, tmp / layout.SAMPLES, runtime)
     step_fn = _with_samples(
-        _step_fn(samplers, runtime, labelled), write, config.sample_every, int(recipe["steps"])
+        _step_fn(samplers, runtime, labelled), write, config.sample_every, int(hparams["steps"])
     )
-    write_model_json(tmp, _model_info(config, recipe, kwargs, spec, stores))
+    write_model_json(tmp, _model_info(config, hparams, kwargs, spec, stores))
     schedule = loop.LoopSchedule(
-        int(recipe["steps"]), config.checkpoint_every, val_every=0, log_every=config.log_every
+        int(hparams["steps"]), config.checkpoint_every, val_every=0, log_every=config.log_every
     )
     loop.run_loop(
         state,
@@ -407,18 +348,18 @@ def _train(config, recipe, kwargs, stores, tmp, runtime, progress, stage_config)
         "method": config.method,
         "steps": state.step,
         "has_style_codes": spec.has_style_codes,
-        "last_losses": _last_losses(tmp / loop.METRICS),
-        "samples": len(list((tmp / "samples").glob("*.png"))),
+        "last_losses": _last_losses(tmp / layout.METRICS),
+        "samples": len(list((tmp / layout.SAMPLES).glob("*.png"))),
         "skipped": False,
     }
 
 
-def _state(config, recipe, translator, kwargs, runtime) -> loop.TrainState:
+def _state(config, hparams, translator, kwargs, runtime) -> loop.TrainState:
     from udaseg.training.optim import build_scheduler
 
-    optimizers = translator.optimizers(recipe)
-    steps = int(recipe["steps"])
-    schedulers = {name: build_scheduler(o, recipe, steps) for name, o in optimizers.items()}
+    optimizers = translator.optimizers(hparams)
+    steps = int(hparams["steps"])
+    schedulers = {name: build_scheduler(o, hparams, steps) for name, o in optimizers.items()}
     return loop.TrainState(
         {"model": translator},
         optimizers,
@@ -429,12 +370,12 @@ def _state(config, recipe, translator, kwargs, runtime) -> loop.TrainState:
     )
 
 
-def _patch_size(recipe: dict[str, Any]) -> tuple[int, int]:
-    patch = tuple(int(s) for s in recipe["patch_size"])
+def _patch_size(hparams: dict[str, Any]) -> tuple[int, int]:
+    patch = tuple(int(s) for s in hparams["patch_size"])
     if len(patch) != 2:
         raise UdasegError(
             f"patch size {list(patch)}: translators work on 2D slices",
-            hint="give two numbers to --patch-size, e.g. 256,256",
+            hint="give two numbers, e.g. --set patch_size=256,256",
             exit_code=2,
         )
     return patch
@@ -472,8 +413,8 @@ def _step_fn(samplers: list[SliceSampler], runtime: loop.Runtime, labelled: bool
         if not all(np.isfinite(v) for v in parts.values()):
             raise UdasegError(
                 f"translator losses became non-finite at step {state.step + 1}: {parts}",
-                hint="lower the learning rates (--lr-g/--lr-d) or resume from an earlier "
-                "checkpoint; the run so far is kept in the .partial folder",
+                hint="lower the learning rates (--set lr_g=... --set lr_d=...) or resume from "
+                "an earlier checkpoint; the run so far is kept in the .partial folder",
             )
         return parts
 
@@ -500,8 +441,6 @@ def fixed_slices(bank: VolumeBank, patch: tuple[int, int], count: int, seed: int
     """``count`` slices (count, 1, H, W) drawn once with a seeded generator from the middle two
     thirds of the bank's volumes, centre-cropped/padded to ``patch``: the same every time, so
     sample grids compare over training."""
-    from udaseg.stages.cluster_styles import middle_slices
-
     rng = np.random.default_rng(seed)
     pool = [(i, k) for i, fg in enumerate(bank.foreground) for k in middle_slices(len(fg))]
     picks = rng.choice(len(pool), size=count, replace=len(pool) < count)
@@ -574,14 +513,14 @@ def _numpy(images: torch.Tensor) -> np.ndarray:
     return images.detach().float().cpu().numpy()[:, 0]
 
 
-def _model_info(config, recipe, kwargs, spec, stores) -> dict[str, Any]:
+def _model_info(config, hparams, kwargs, spec, stores) -> dict[str, Any]:
     source, target = stores
     return {
         "name": config.method,
         "kwargs": kwargs,
         "has_style_codes": spec.has_style_codes,
-        "patch_size": list(recipe["patch_size"]),
-        "recipe": {k: _plain(v) for k, v in recipe.items()},
+        "patch_size": list(hparams["patch_size"]),
+        "hparams": {k: recorded_value(v) for k, v in hparams.items()},
         "source": store_identity(source),
         "target": store_identity(target),
     }

@@ -26,16 +26,19 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from udaseg import layout
 from udaseg.errors import UdasegError
+
+if TYPE_CHECKING:
+    from udaseg.data.store import Store
 
 FORMAT = "udaseg-checkpoint"
 VERSION = 1
-MODEL_JSON = "model.json"
 # stages whose output is a model directory (checkpoints + model.json) that others may load
 MODEL_STAGES = ("segment-train", "adapt")
 
@@ -94,7 +97,28 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def write_model_json(directory: Path, info: dict[str, Any]) -> None:
-    (Path(directory) / MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    (Path(directory) / layout.MODEL_JSON).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def model_info(
+    name: str, kwargs: dict, dims: int, hparams: dict, store: Store, train_on: str
+) -> dict[str, Any]:
+    """``model.json`` of a model directory: what ``udaseg predict`` needs to rebuild and apply
+    the model (``store`` gives the classes, dataset, domain and view it predicts)."""
+    return {
+        "name": name,
+        "kwargs": kwargs,
+        "dims": dims,
+        "classes": list(store.classes),
+        "num_classes": len(store.classes) + 1,
+        "in_channels": kwargs["in_channels"],
+        "dataset": store.dataset,
+        "domain": store.domain,
+        "view": store.view,
+        "patch_size": list(hparams["patch_size"]),
+        "train_on": train_on,
+        "hparams": hparams,
+    }
 
 
 def read_model_json(
@@ -103,9 +127,9 @@ def read_model_json(
 ) -> dict[str, Any]:
     """A run folder's ``model.json`` (a segmenter's, or a translator's, also while it trains in
     its ``.partial`` folder); ``hint`` says which folder the caller wants."""
-    path = Path(directory) / MODEL_JSON
+    path = Path(directory) / layout.MODEL_JSON
     if not path.is_file():
-        raise UdasegError(f"{directory} holds no {MODEL_JSON}", hint=hint, path=directory)
+        raise UdasegError(f"{directory} holds no {layout.MODEL_JSON}", hint=hint, path=directory)
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -122,7 +146,7 @@ def find_checkpoint(
     """
     names = tuple(dict.fromkeys((which, *fallbacks)))
     for name in names:
-        path = Path(directory) / f"checkpoint_{name}.pt"
+        path = Path(directory) / layout.checkpoint_name(name)
         if path.is_file():
             return path
     raise UdasegError(

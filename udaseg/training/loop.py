@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from udaseg import layout
+from udaseg.device import resolve_device
 from udaseg.errors import UdasegError
 from udaseg.progress import NullProgress, Progress
 from udaseg.training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
-
-METRICS = "metrics.jsonl"
-
 
 # --- runtime: device, precision, distributed ------------------------------------------------
 
@@ -65,11 +64,15 @@ class Runtime:
 def setup_runtime(
     device: str = "auto", amp: bool = True, channels_last: bool = True, compile: bool = False
 ) -> Runtime:
-    """Resolve the device and, when launched by torchrun, join the process group."""
+    """Resolve the device (``auto``: this process's GPU under torchrun, see
+    :func:`udaseg.device.resolve_device`) and, when launched by torchrun, join the process group.
+
+    Raises:
+        UdasegError (exit code 2): a device name torch does not know, or CUDA without a GPU.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device, local_rank)
     if world_size > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend)
@@ -175,11 +178,11 @@ class TrainState:
 
 def resume_from(state: TrainState, work: Path) -> bool:
     """Load ``work/checkpoint_latest.pt`` into ``state`` if present; cut the log back to it."""
-    path = Path(work) / "checkpoint_latest.pt"
+    path = Path(work) / layout.checkpoint_name("latest")
     if not path.is_file():
         return False
     state.load(load_checkpoint(path))
-    truncate_metrics(Path(work) / METRICS, state.step)
+    truncate_metrics(Path(work) / layout.METRICS, state.step)
     return True
 
 
@@ -199,7 +202,7 @@ def prepare_resume(
     Raises:
         UdasegError: ``resume`` asked for a run started with other options.
     """
-    latest = Path(work) / "checkpoint_latest.pt"
+    latest = Path(work) / layout.checkpoint_name("latest")
     if not latest.is_file():
         return
     saved = load_checkpoint(latest)
@@ -272,7 +275,7 @@ def run_loop(
     runtime = runtime or Runtime()
     progress = progress if runtime.is_main else NullProgress()
     progress = progress or NullProgress()
-    log = MetricsLog(Path(work) / METRICS, enabled=runtime.is_main)
+    log = MetricsLog(Path(work) / layout.METRICS, enabled=runtime.is_main)
     task = progress.task(description, schedule.steps)
     progress.advance(task, state.step)
     last_val: dict[str, Any] = {}
@@ -300,10 +303,10 @@ def run_loop(
         ):
             last_val = _validate(state, work, validate_fn, log, runtime, select_best)
         if step % schedule.checkpoint_every == 0 or step == schedule.steps:
-            _save(state, Path(work) / "checkpoint_latest.pt", runtime)
+            _save(state, Path(work) / layout.checkpoint_name("latest"), runtime)
         # a custom field, not "total": rich would take that as the bar's length
         progress.advance(task, 1, loss=round(float(parts.get("total", 0.0)), 4))
-    _save(state, Path(work) / "checkpoint_final.pt", runtime)
+    _save(state, Path(work) / layout.checkpoint_name("final"), runtime)
     return last_val
 
 
@@ -316,7 +319,7 @@ def _validate(state, work, validate_fn, log, runtime, select_best) -> dict[str, 
     log.write({"step": state.step, "val": result})
     if select_best and (state.best is None or result["score"] > state.best["score"]):
         state.best = {"score": result["score"], "step": state.step}
-        _save(state, Path(work) / "checkpoint_best.pt", runtime)
+        _save(state, Path(work) / layout.checkpoint_name("best"), runtime)
     return result
 
 

@@ -20,14 +20,14 @@ al. 2018). A frozen segmenter f trained on source labels (and able to read both 
 trained with GIN intensity augmentation) must read G_st(s) as the source label says and G_ts(t) as
 it reads t itself. The aim is to keep the anatomy by what the segmenter sees rather than only by
 the pixel cycle, so that a lower cycle weight leaves each organ free to take its own target tone;
-measured with GIN-trained segmenters (README, session 14) it keeps shapes but does not steer the
-organs' intensities, since such a segmenter accepts any tone.
+measured with GIN-trained segmenters (docs/results/translation.md) it keeps shapes but does not
+steer the organs' intensities, since such a segmenter accepts any tone.
 The segmenter is attached with :meth:`CycleTranslator.use_semantic_model`; it is not part of the
 translator's state (checkpoints and ``translate apply`` never need it).
 
 Loss weights and the pool size are constructor kwargs (``lambda_cycle``, ``lambda_identity``,
 ``pool_size``) so they are saved with the checkpoint's kwargs; the translate stage passes the
-recipe's values of the same keys into the constructor. ``optimizers(recipe)`` reads only
+hparams' values of the same keys into the constructor. ``optimizers(hparams)`` reads only
 ``lr_g``, ``lr_d`` and ``betas``.
 """
 
@@ -50,7 +50,7 @@ from udaseg.translation.registry import register_translator
 Autocast = Callable[[], AbstractContextManager]
 
 # SIFA (Sec. III-D): Adam 2e-4, 20k iterations; CycleGAN: batch 1, betas (0.5, 0.999), pool 50.
-CYCLEGAN_RECIPE: dict[str, Any] = {
+CYCLEGAN_HPARAMS: dict[str, Any] = {
     "lr_g": 2e-4,
     "lr_d": 2e-4,
     "betas": [0.5, 0.999],
@@ -65,8 +65,8 @@ CYCLEGAN_RECIPE: dict[str, Any] = {
 
 # AttENT (Sec. IV-A.3): Adam with learning rate 0.001, 10k iterations, batch size 1, 256 x 256
 # slices; betas, loss weights and the pool are not stated, so CycleGAN's are kept.
-ATTENT_RECIPE: dict[str, Any] = {
-    **CYCLEGAN_RECIPE,
+ATTENT_HPARAMS: dict[str, Any] = {
+    **CYCLEGAN_HPARAMS,
     "lr_g": 1e-3,
     "lr_d": 1e-3,
     "steps": 10000,
@@ -126,7 +126,7 @@ class ImagePool(nn.Module):
             raise UdasegError(
                 f"the image pool holds {tuple(self.images.shape[1:])} images but got "
                 f"{tuple(images.shape[1:])}",
-                hint="train a translator with one fixed patch size (the recipe's patch_size)",
+                hint="train a translator with one fixed patch size (the hparams' patch_size)",
             )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -352,17 +352,17 @@ class CycleTranslator(nn.Module):
     def discriminators(self) -> list[nn.Module]:
         return [self.D_t, self.D_s]
 
-    def optimizers(self, recipe: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
+    def optimizers(self, hparams: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
         """Adam over both generators (``lr_g``) and over both discriminators (``lr_d``)."""
-        betas = tuple(float(b) for b in recipe["betas"])
+        betas = tuple(float(b) for b in hparams["betas"])
 
         def adam(modules: list[nn.Module], lr: float) -> torch.optim.Optimizer:
             params = [p for m in modules for p in m.parameters()]
             return torch.optim.Adam(params, lr=float(lr), betas=betas)
 
         return {
-            "generator": adam(self.generators, recipe["lr_g"]),
-            "discriminator": adam(self.discriminators, recipe["lr_d"]),
+            "generator": adam(self.generators, hparams["lr_g"]),
+            "discriminator": adam(self.discriminators, hparams["lr_d"]),
         }
 
     # --- training ---------------------------------------------------------------------------
@@ -445,7 +445,7 @@ class CycleTranslator(nn.Module):
                 f"lambda_semantic is {self.lambda_semantic:g} but the translator was given "
                 f"{missing}",
                 hint="pass --semantic-segmenter RUN (a segment-train run on the source labels) "
-                "to `udaseg translate train`, or set --method-arg lambda_semantic=0",
+                "to `udaseg translate train`, or pass --set lambda_semantic=0",
                 exit_code=2,
             )
         with autocast():
@@ -553,7 +553,7 @@ def _logits(output: Any) -> torch.Tensor:
 @register_translator(
     "cyclegan.v1",
     has_style_codes=False,
-    recipe=CYCLEGAN_RECIPE,
+    hparams=CYCLEGAN_HPARAMS,
     tiny={"width": 4, "blocks": 1, "disc_width": 4},
 )
 class CycleGAN(CycleTranslator):
@@ -573,7 +573,7 @@ class CycleGAN(CycleTranslator):
 @register_translator(
     "attention-cyclegan.v1",
     has_style_codes=False,
-    recipe=ATTENT_RECIPE,
+    hparams=ATTENT_HPARAMS,
     tiny={"width": 4, "depth": 2, "disc_width": 4},
 )
 class AttentionCycleGAN(CycleTranslator):

@@ -31,9 +31,9 @@ neither learns it in a few thousand tiny steps, while a contrast change is learn
 Per step: generator update first (discriminators frozen), then (disentangled only) the EMA update,
 then the discriminators on real images against the step's detached fakes.
 
-Loss weights (and ``ema_decay``) are constructor kwargs with the same names as the recipe keys, so
-the translate stage passes the recipe's values into the constructor and they are checkpointed.
-``optimizers(recipe)`` reads ``lr_g``, ``lr_d``, ``betas`` and ``weight_decay`` (default 0).
+Loss weights (and ``ema_decay``) are constructor kwargs with the same names as the hparams keys, so
+the translate stage passes the hparams' values into the constructor and they are checkpointed.
+``optimizers(hparams)`` reads ``lr_g``, ``lr_d``, ``betas`` and ``weight_decay`` (default 0).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ SOURCE, TARGET = 0, 1  # domain labels of domain-style.v1
 # project's substitute, as for the segmenter); betas, batch size and loss weights are not stated:
 # MUNIT's (0.5, 0.999), batch 1, image/cycle 10, content/style/adversarial 1. 100k steps ~ 50
 # epochs of ~2k slices at batch 1.
-DISENTANGLED_RECIPE: dict[str, Any] = {
+DISENTANGLED_HPARAMS: dict[str, Any] = {
     "lr_g": 1e-4,
     "lr_d": 2e-4,
     "betas": [0.5, 0.999],
@@ -82,7 +82,7 @@ DISENTANGLED_RECIPE: dict[str, Any] = {
 # GLUA (Sec. IV-A.1): Adam, batch 8, learning rate 2e-4 (one rate stated, used for both), weight
 # decay 1e-4, 50k iterations; lambda_rec.im = lambda_cyc = 20, lambda_rec.c = lambda_adv = 1.
 # Betas and the GAN loss are not stated: (0.5, 0.999) and LSGAN.
-DOMAIN_STYLE_RECIPE: dict[str, Any] = {
+DOMAIN_STYLE_HPARAMS: dict[str, Any] = {
     "lr_g": 2e-4,
     "lr_d": 2e-4,
     "betas": [0.5, 0.999],
@@ -335,9 +335,9 @@ def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(a.float(), b.float())
 
 
-def adam(params, lr: float, recipe: dict[str, Any]) -> torch.optim.Adam:
-    betas = tuple(float(b) for b in recipe["betas"])
-    decay = float(recipe.get("weight_decay", 0.0))
+def adam(params, lr: float, hparams: dict[str, Any]) -> torch.optim.Adam:
+    betas = tuple(float(b) for b in hparams["betas"])
+    decay = float(hparams.get("weight_decay", 0.0))
     return torch.optim.Adam(list(params), lr=float(lr), betas=betas, weight_decay=decay)
 
 
@@ -373,7 +373,7 @@ def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float]) ->
 @register_translator(
     "disentangled.v1",
     has_style_codes=True,
-    recipe=DISENTANGLED_RECIPE,
+    hparams=DISENTANGLED_HPARAMS,
     tiny=TINY_DISENTANGLED,
     description="DAR-UNet's content-style disentangled GAN (shared content encoder and decoder, "
     "per-domain style encoders, AdaIN, content discriminator, EMA)",
@@ -474,13 +474,13 @@ class DisentangledTranslator(nn.Module):
     def discriminators(self) -> list[nn.Module]:
         return [self.disc_source, self.disc_target, self.disc_content]
 
-    def optimizers(self, recipe: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
+    def optimizers(self, hparams: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
         """TTUR: Adam over the generator (``lr_g``) and the three discriminators (``lr_d``);
         the EMA copy is never optimised."""
         disc_params = [p for d in self.discriminators for p in d.parameters()]
         return {
-            "generator": adam(self.generator.parameters(), recipe["lr_g"], recipe),
-            "discriminator": adam(disc_params, recipe["lr_d"], recipe),
+            "generator": adam(self.generator.parameters(), hparams["lr_g"], hparams),
+            "discriminator": adam(disc_params, hparams["lr_d"], hparams),
         }
 
     # --- training ---------------------------------------------------------------------------
@@ -683,7 +683,7 @@ class DisentangledTranslator(nn.Module):
 @register_translator(
     "domain-style.v1",
     has_style_codes=False,
-    recipe=DOMAIN_STYLE_RECIPE,
+    hparams=DOMAIN_STYLE_HPARAMS,
     tiny=TINY_DOMAIN_STYLE,
     description="GLUA's domain-style AdaIN auto-encoder (learned per-domain style, "
     "domain-conditioned PatchGAN)",
@@ -734,13 +734,13 @@ class DomainStyleTranslator(nn.Module):
     def generators(self) -> list[nn.Module]:
         return [self.encoder, self.decoder, self.style_mlp]
 
-    def optimizers(self, recipe: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
+    def optimizers(self, hparams: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
         """Adam over encoder, decoder and style MLP (``lr_g``) and over the discriminator
-        (``lr_d``), both with the recipe's ``weight_decay`` (GLUA: 1e-4)."""
+        (``lr_d``), both with the hparams' ``weight_decay`` (GLUA: 1e-4)."""
         gen_params = [p for m in self.generators for p in m.parameters()]
         return {
-            "generator": adam(gen_params, recipe["lr_g"], recipe),
-            "discriminator": adam(self.disc.parameters(), recipe["lr_d"], recipe),
+            "generator": adam(gen_params, hparams["lr_g"], hparams),
+            "discriminator": adam(self.disc.parameters(), hparams["lr_d"], hparams),
         }
 
     def domain_params(self, domain: int, n: int, like: torch.Tensor):

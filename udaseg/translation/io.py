@@ -1,4 +1,4 @@
-"""Reading translate runs back, and the pictures the translation stages write.
+"""Reading translate runs back, rendering volumes with them, and the translation pictures.
 
 A translate run is the ``translate-train`` artifact ``W/translate/<run>/`` (see
 :mod:`udaseg.stages.translate_train`): ``model.json`` says which registered method it is and what
@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from udaseg import artifacts
+from udaseg import artifacts, layout
+from udaseg.errors import UdasegError
 
 STAGE = "translate-train"
 CHECKPOINTS = ("final", "latest")
@@ -77,6 +78,41 @@ def open_run(directory: Path, *, force: bool = False) -> TranslateRun:
         Path(manifest.inputs["source"]["path"]),
         Path(manifest.inputs["target"]["path"]),
     )
+
+
+def open_unfinished_run(
+    directory: Path, source_store: Path | None = None, target_store: Path | None = None
+) -> TranslateRun:
+    """A translate run that has no manifest yet (still training, or killed), to measure it: its
+    folder (the ``.partial`` one where it exists), ``model.json`` and its stores:
+    ``source_store`` / ``target_store``, else the store artifacts of the ``dataset`` and
+    ``domain`` its model.json names, where the workspace layout puts them
+    (``W/preprocessed/<dataset>__<domain>``, ``W`` being the folder above ``W/translate``).
+
+    Raises:
+        UdasegError: no model.json, or no store where one is looked for.
+    """
+    from udaseg.data.sampling import store_path
+
+    directory = Path(directory)
+    partial = artifacts.partial_dir(directory)
+    if not directory.name.endswith(layout.PARTIAL_SUFFIX) and partial.is_dir():
+        directory = partial
+    info = read_model_json(directory)
+    work = directory.resolve().parent.parent
+    stores = []
+    for side, given in (("source", source_store), ("target", target_store)):
+        store_dir = given or layout.run_dir(
+            work, layout.PREPROCESSED, layout.joined(info[side]["dataset"], info[side]["domain"])
+        )
+        if not store_path(store_dir).is_file():
+            raise UdasegError(
+                f"the {side} store of {directory.name} is not at {store_dir}",
+                hint=f"name it with --{side}-store W/preprocessed/<dataset>__<domain>",
+                path=store_dir,
+            )
+        stores.append(store_dir)
+    return TranslateRun(directory, None, info, *stores)
 
 
 def read_model_json(directory: Path) -> dict[str, Any]:
@@ -165,6 +201,39 @@ def encode_styles(
         with torch.no_grad(), inference_autocast(device, amp):
             codes.append(translator.encode_style(batch, domain=domain).float().cpu().numpy())
     return np.concatenate(codes).astype(np.float32, copy=False)
+
+
+def render_volume(
+    translator,
+    volume: np.ndarray,
+    style: np.ndarray | None,
+    batch_size: int,
+    device: str,
+    amp: bool = True,
+    back: bool = False,
+) -> np.ndarray:
+    """Translate an (S, H, W) float32 volume slice by slice in ``style``: one code
+    (style_dim,), one per slice (S, style_dim), or the default style (None); returns (S, H, W)
+    float32. ``back``: render a target-domain volume in the source appearance instead
+    (``translate_back``, used to check cycle consistency)."""
+    import torch
+
+    out = np.empty(volume.shape, np.float32)
+    code = None if style is None else torch.as_tensor(style, dtype=torch.float32, device=device)
+    for start in range(0, len(volume), batch_size):
+        padded, (rows, cols) = pad_to_multiple(volume[start : start + batch_size], PAD_MULTIPLE)
+        batch = torch.from_numpy(padded)[:, None].to(device)
+        if code is None:
+            codes = None
+        elif code.dim() == 2:  # one code per slice: they follow their slices
+            codes = code[start : start + len(batch)]
+        else:
+            codes = code.expand(len(batch), -1)
+        with torch.no_grad(), inference_autocast(device, amp):
+            render = translator.translate_back if back else translator.translate
+            result = render(batch, codes)
+        out[start : start + len(batch)] = result.float().cpu().numpy()[:, 0, rows, cols]
+    return out
 
 
 # --- pictures ------------------------------------------------------------------------------------

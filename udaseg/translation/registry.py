@@ -6,7 +6,7 @@ method and the shared training loop (``udaseg.training.loop``) trains it like an
 this contract (images are (N, 1, H, W) float32 in the stores' normalised range [-1, 1]):
 
     method = create_translator(name, **kwargs)
-    method.optimizers(recipe) -> dict[str, Optimizer]    # {"generator": .., "discriminator": ..}
+    method.optimizers(hparams) -> dict[str, Optimizer]    # {"generator": .., "discriminator": ..}
     method.train_step(source, target, optimizers, autocast) -> dict[str, float]
         one iteration on an unpaired batch, all updates in the method's order; returns the
         losses for metrics.jsonl (each generator term, each discriminator loss, and "total").
@@ -31,19 +31,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from udaseg.errors import UdasegError
-from udaseg.registry import Registry, first_doc_line
+from udaseg.registry import Registry, accepted_kwargs, first_doc_line
 
 
 @dataclass(frozen=True)
 class TranslatorSpec:
     """A registered translator: ``has_style_codes`` says whether cluster-styles applies;
-    ``recipe`` holds the paper's training settings (lr_g, lr_d, betas, batch_size, patch_size,
+    ``hparams`` holds the paper's training settings (lr_g, lr_d, betas, batch_size, patch_size,
     steps, loss weights); ``tiny`` constructor kwargs give a small variant for tests."""
 
     name: str
     builder: Callable[..., Any]
     has_style_codes: bool
-    recipe: dict[str, Any]
+    hparams: dict[str, Any]
     tiny: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
@@ -59,7 +59,7 @@ def register_translator(
     name: str,
     *,
     has_style_codes: bool,
-    recipe: dict[str, Any],
+    hparams: dict[str, Any],
     tiny: dict[str, Any] | None = None,
     description: str = "",
 ) -> Callable:
@@ -69,7 +69,7 @@ def register_translator(
             name,
             builder,
             has_style_codes,
-            dict(recipe),
+            dict(hparams),
             dict(tiny or {}),
             description or first_doc_line(builder),
         ),
@@ -99,3 +99,19 @@ def require_style_codes(name: str) -> None:
             f"{', '.join(styled)}",
             exit_code=2,
         )
+
+
+def constructor_kwargs(method: str, hparams: dict[str, Any], overrides: dict[str, Any]) -> dict:
+    """Keyword arguments for the method's builder: every hparams key it takes (the loss weights,
+    e.g. ``lambda_cycle``), then ``overrides`` (constructor arguments given with ``--set``),
+    which win."""
+    accepted = accepted_kwargs(translator_spec(method).builder)
+    kwargs = {k: recorded_value(v) for k, v in hparams.items() if k in accepted}
+    kwargs.update(overrides)
+    return kwargs
+
+
+def recorded_value(value: Any) -> Any:
+    """``value`` as model.json and checkpoints give it back: tuples as lists (JSON has no tuples),
+    so what a run records compares equal to what it reads later."""
+    return list(value) if isinstance(value, tuple) else value

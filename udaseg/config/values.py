@@ -1,0 +1,67 @@
+"""Option values given as text on the command line, turned into what the stages use.
+
+Each function takes the text (``"0/4"``, ``"a,b"``) or the value already converted (a tuple, a
+list), so configs built by code, tests or pipelines hold the same values as the command line's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from udaseg.errors import UdasegError
+
+
+def parse_shard(
+    value: str | Sequence[int] | None, option: str = "--shard"
+) -> tuple[int, int] | None:
+    """``"i/n"`` or ``(i, n)`` -> ``(i, n)`` with ``0 <= i < n``; None stays None.
+
+    Raises:
+        UdasegError: naming ``option``, for text not of the form i/n or an i outside 0..n-1.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value
+        try:
+            index, count = (int(v) for v in value.split("/"))
+        except ValueError as exc:
+            raise UdasegError(
+                f'{option} "{value}" must look like i/n, e.g. 0/4', exit_code=2
+            ) from exc
+    else:
+        index, count = (int(v) for v in value)
+        text = f"{index}/{count}"
+    if count < 1 or not 0 <= index < count:
+        raise UdasegError(
+            f"{option} {text}: need 0 <= i < n",
+            hint="SLURM: --shard ${SLURM_ARRAY_TASK_ID}/N with --array=0-(N-1)",
+            exit_code=2,
+        )
+    return index, count
+
+
+def comma_list(value: str | Sequence[Any] | None) -> list[str] | None:
+    """``"a, b,c"`` or ``["a", "b", "c"]`` -> ``["a", "b", "c"]`` (blank items dropped); None
+    and blank text are None (nothing chosen)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def parse_ints(value: Any, option: str) -> list[int]:
+    """``"128,128"``, ``"16x128x128"``, ``[128, 128]`` or ``128`` as a list of ints.
+
+    Raises:
+        UdasegError: naming ``option`` when the text is not a list of integers.
+    """
+    if isinstance(value, int | float):
+        return [int(value)]
+    if isinstance(value, list | tuple):
+        return [int(v) for v in value]
+    try:
+        return [int(v) for v in str(value).replace("x", ",").split(",")]
+    except ValueError as exc:
+        raise UdasegError(f'{option} "{value}" must be numbers like 256,256', exit_code=2) from exc

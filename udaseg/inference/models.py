@@ -1,0 +1,90 @@
+"""Model directories to segment with: the ``segment-train`` / ``adapt`` output, checked and
+described for the manifest of the run that uses it.
+
+A model directory holds ``model.json`` (registered name, kwargs, dims, classes, view, patch size,
+input channels; see :mod:`udaseg.training.checkpoint`) and ``checkpoint_{best,final,latest}.pt``;
+it is an artifact when it also holds ``manifest.json``. The network itself is rebuilt by
+:func:`udaseg.training.checkpoint.load_model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from udaseg import artifacts, layout
+from udaseg.errors import UdasegError, look_up_option
+
+CHECKPOINTS = ("best", "final", "latest")
+
+
+@dataclass
+class ModelSource:
+    """A model directory: its model.json, the checkpoint file ``load_model`` will read, and
+    whether the directory is an artifact (has a manifest)."""
+
+    directory: Path
+    info: dict[str, Any]
+    checkpoint: Path
+    artifact: bool
+
+    def record(self) -> dict[str, Any]:
+        """What identifies the model in a run's config (an artifact is tracked by its manifest
+        hash in the run's ``inputs``, any other directory by a fingerprint of its files)."""
+        files = None if self.artifact else [self.directory / layout.MODEL_JSON, self.checkpoint]
+        return {
+            "path": str(self.directory.resolve()),
+            "name": self.info.get("name"),
+            "checkpoint": self.checkpoint.name,
+            "fingerprint": file_fingerprint(files) if files else None,
+        }
+
+
+def resolve_model(directory: Path, which: str) -> ModelSource:
+    """The model directory's model.json and the checkpoint ``load_model(directory, which)`` reads.
+
+    Raises:
+        UdasegError: unknown checkpoint name (exit code 2), no model.json, or no checkpoint.
+    """
+    from udaseg.training.checkpoint import find_checkpoint, read_model_json
+
+    look_up_option(which, CHECKPOINTS, what="checkpoint")
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UdasegError(
+            f"model directory {directory} does not exist",
+            hint="pass the output directory of `udaseg segment-train` or `udaseg adapt`",
+            path=directory,
+        )
+    info = read_model_json(directory)
+    # the same fallback as load_model: the requested checkpoint, then final, then latest
+    path = find_checkpoint(directory, which)
+    artifact = (directory / layout.MANIFEST).is_file()
+    return ModelSource(directory, info, path, artifact)
+
+
+def require_model(model: ModelSource, force: bool) -> None:
+    """Refuse a model directory artifact that changed or whose inputs were rebuilt since."""
+    if not model.artifact:
+        return
+    stage = artifacts.load_manifest(model.directory).stage
+    artifacts.require_input(model.directory, stage=stage, rerun=f"udaseg {stage}", force=force)
+
+
+def model_dims(info: dict[str, Any]) -> int:
+    """2 (slice-wise) or 3 (volumetric): model.json's ``dims``, else the registered model's."""
+    if "dims" in info:
+        return int(info["dims"])
+    from udaseg.models.registry import model_spec
+
+    return model_spec(info["name"]).dims
+
+
+def file_fingerprint(paths: list[Path]) -> str:
+    """Hash of (resolved path, size, mtime in ns) of input files that are not artifacts."""
+    rows = []
+    for path in paths:
+        stat = Path(path).stat()
+        rows.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    return artifacts.config_hash({"files": rows})

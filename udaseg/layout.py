@@ -1,0 +1,102 @@
+"""The workspace layout: every folder and fixed file name a stage reads or writes under ``--work``.
+
+Nothing else in udaseg spells these names; a stage asks here where its artifact goes::
+
+    W/preprocessed/<dataset>__<domain>/   store.h5, splits.json, fingerprint.json, manifest.json
+    W/translate/<run>/                    checkpoint_{latest,final}.pt, model.json, metrics.jsonl,
+                                          style_codes.h5, samples/*.png
+    W/styles/<run>/                       centroids.npy, codes.npy, members.json, styles.png
+    W/translated/<run>/                   store.h5 (K styles per source case, labels kept)
+    W/segment/<run>/  W/adapt/<run>/      checkpoint_{latest,best,final}.pt, model.json,
+                                          metrics.jsonl; adapt also extras/
+    W/pseudo/<run>/                       store.h5 (pseudo-labelled target)
+    W/predict/<run>/                      <case>.nii.gz in the original geometry
+    W/evaluate/<run>/                     per_case.csv, summary.json, table.md
+    W/report/                             report.html, report.md, figures/
+    W/runs/<pipeline>/                    summary.json, comparison.md (``udaseg run``)
+
+Every artifact folder also holds ``manifest.json`` (see :mod:`udaseg.artifacts`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# one folder per stage under the workspace root
+PREPROCESSED = "preprocessed"
+TRANSLATE = "translate"
+STYLES = "styles"
+TRANSLATED = "translated"
+SEGMENT = "segment"
+ADAPT = "adapt"
+PSEUDO = "pseudo"
+PREDICT = "predict"
+EVALUATE = "evaluate"
+REPORT = "report"
+RUNS = "runs"
+
+# the folder of each stage's artifacts, keyed by the stage name its manifest records
+STAGE_FOLDERS = {
+    "preprocess": PREPROCESSED,
+    "translate-train": TRANSLATE,
+    "cluster-styles": STYLES,
+    "translate-apply": TRANSLATED,
+    "segment-train": SEGMENT,
+    "adapt": ADAPT,
+    "pseudo-label": PSEUDO,
+    "predict": PREDICT,
+    "evaluate": EVALUATE,
+    "report": REPORT,
+}
+
+# identity parts of a default run name are joined with this (``dataset__domain``)
+JOIN = "__"
+
+# file names inside artifacts
+MANIFEST = "manifest.json"
+STORE = "store.h5"
+SPLITS = "splits.json"
+FINGERPRINT = "fingerprint.json"
+MODEL_JSON = "model.json"
+METRICS = "metrics.jsonl"
+STYLE_CODES = "style_codes.h5"
+CENTROIDS = "centroids.npy"
+CODES = "codes.npy"
+MEMBERS = "members.json"
+STYLES_PICTURE = "styles.png"
+SAMPLES = "samples"
+PER_CASE = "per_case.csv"
+SUMMARY = "summary.json"
+TABLE = "table.md"
+COMPARISON = "comparison.md"
+REPORT_HTML = "report.html"
+REPORT_MARKDOWN = "report.md"
+FIGURES = "figures"
+EXTRAS = "extras"  # what an adaptation method writes for inspection
+
+# the manifest `udaseg phantom` writes beside the raw files it makes (outside the workspace)
+PHANTOM_MANIFEST = "dataset.yaml"
+
+# suffixes of folders that are not (yet, or any more) complete artifacts
+PARTIAL_SUFFIX = ".partial"
+OLD_SUFFIX = ".old"
+
+
+def checkpoint_name(which: str) -> str:
+    """File name of a training checkpoint: ``latest``, ``best`` or ``final``."""
+    return f"checkpoint_{which}.pt"
+
+
+def stage_dir(work: Path, folder: str) -> Path:
+    """``W/<folder>``: where one stage keeps its runs (``folder`` is one of the names above)."""
+    return Path(work) / folder
+
+
+def run_dir(work: Path, folder: str, name: str) -> Path:
+    """``W/<folder>/<name>``: one run's artifact folder."""
+    return Path(work) / folder / name
+
+
+def joined(*parts: str) -> str:
+    """A default run name from its identity parts: ``joined("mmwhs", "ct") == "mmwhs__ct"``."""
+    return JOIN.join(parts)

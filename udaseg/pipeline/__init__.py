@@ -1,0 +1,1 @@
+"""`udaseg run PIPELINE`: YAML pipelines of stage commands, run in order."""
