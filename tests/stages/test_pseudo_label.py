@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_segment_train import config as train_config
+from tests.stages.test_segment_train import config as train_config
 from udaseg.cli import app
 from udaseg.config.report import ReportConfig
 from udaseg.data.sampling import IGNORE_INDEX, SliceSampler, Source, VolumeBank, split_cases

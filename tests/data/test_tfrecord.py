@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import SHARED_DATA
 from udaseg.data import tfrecord
 from udaseg.data.tfrecord import (
     crc32c,
@@ -23,7 +24,6 @@ from udaseg.data.tfrecord import (
 )
 from udaseg.errors import UdasegError
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / "../shared/data"
 SIFA_DIR = SHARED_DATA / "sifa_mmwhs_examples"
 SIFA_FILES = ("training_ct", "training_mr", "validation_ct", "validation_mr")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.test_dicom import write_png, write_series
+from tests.data.test_dicom import write_png, write_series
 from udaseg.data.store import Store
 from udaseg.stages import preprocess
 
