@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from udaseg.errors import UdasegError
-from udaseg.translation import disentangled as dis
+from udaseg.translation import domain_style
 from udaseg.translation.registry import create_translator, translator_spec
 
 NAMES = ["disentangled.v1", "domain-style.v1"]
@@ -290,7 +290,9 @@ def test_domain_style_discriminator_is_conditioned_on_the_domain():
     assert all(torch.equal(x[:, 1:], x[:, 1:, :1, :1].expand_as(x[:, 1:])) for x in seen)
     image = _batch(1)[0]
     with torch.no_grad():
-        assert (model.disc(image, dis.SOURCE) - model.disc(image, dis.TARGET)).abs().max() > 0
+        assert (
+            model.disc(image, domain_style.SOURCE) - model.disc(image, domain_style.TARGET)
+        ).abs().max() > 0
 
 
 # --- toy sanity run -----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""Content/style translators with AdaIN decoders: ``disentangled.v1`` and ``domain-style.v1``.
+"""DAR-UNet's content/style translator with an AdaIN decoder: ``disentangled.v1``.
 
-Both follow the contract of :mod:`udaseg.translation.registry`. Images are (N, 1, H, W) float32 in
+It follows the contract of :mod:`udaseg.translation.registry`. Images are (N, 1, H, W) float32 in
 the stores' normalised range [-1, 1]; decoders end in tanh, so outputs stay in [-1, 1]. Content
 codes are (N, 4 * width, H / 4, W / 4) feature maps (two stride-2 convolutions).
 
@@ -14,12 +14,9 @@ codes are (N, 4 * width, H / 4, W / 4) feature maps (two stride-2 convolutions).
   prior. The default style (``style=None``) is therefore the running mean of the target style
   codes (the paper's "mean style", Fig. 4's red star), not the zero code. An EMA copy of the
   generator (content encoder, style encoders, decoder) gives the inference weights.
-- ``domain-style.v1`` — GLUA's feature-disentanglement synthesis subnet ("Mind the Gap",
-  Sec. III-B.1 and IV-A.1): one shared AdaIN auto-encoder whose style is a learned per-domain code
-  (an MLP of the one-hot domain label gives the AdaIN parameters of both the encoder,
-  c_i = G_E(x_i, d_i), and the decoder, x_ij = G_D(c_i, d_j)), and one Markovian (PatchGAN)
-  discriminator conditioned on the domain, D_i(x) = D(x | d_i)
-  (:class:`ConditionalPatchDiscriminator`).
+
+The building blocks it shares with ``domain-style.v1`` (GLUA's translator,
+:mod:`udaseg.translation.domain_style`) live in :mod:`udaseg.translation.adain`.
 
 Decoders (both methods) are MUNIT-shaped (AdaIN residual blocks, two x2 upsamplings, conv7, tanh)
 with AdaIN also in the upsampling blocks (as StarGAN v2; MUNIT uses layer norm there): neither
@@ -39,21 +36,27 @@ the translate stage passes the hparams' values into the constructor and they are
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from udaseg.errors import UdasegError
 from udaseg.losses.gan import discriminator_loss, gan_loss, set_requires_grad
 from udaseg.models.discriminators import MultiScaleDiscriminator, PatchDiscriminator
+from udaseg.translation.adain import (
+    Autocast,
+    ContentEncoder,
+    StyleDecoder,
+    StyleEncoder,
+    adam,
+    check_images,
+    l1,
+    pad_to_multiple,
+    scalars,
+    weighted_total,
+)
 from udaseg.translation.registry import register_translator
-
-Autocast = Callable[[], AbstractContextManager]
-SOURCE, TARGET = 0, 1  # domain labels of domain-style.v1
 
 # DAR-UNet (Sec. IV-A.2): LSGAN, TTUR with lr 1e-4 (generators) / 2e-4 (discriminators), 50
 # epochs (~6 h on one RTX 3090) with AdaBelief. AdaBelief is not in torch, so Adam is used (the
@@ -79,23 +82,6 @@ DISENTANGLED_HPARAMS: dict[str, Any] = {
     "ema_decay": 0.999,
 }
 
-# GLUA (Sec. IV-A.1): Adam, batch 8, learning rate 2e-4 (one rate stated, used for both), weight
-# decay 1e-4, 50k iterations; lambda_rec.im = lambda_cyc = 20, lambda_rec.c = lambda_adv = 1.
-# Betas and the GAN loss are not stated: (0.5, 0.999) and LSGAN.
-DOMAIN_STYLE_HPARAMS: dict[str, Any] = {
-    "lr_g": 2e-4,
-    "lr_d": 2e-4,
-    "betas": [0.5, 0.999],
-    "weight_decay": 1e-4,
-    "batch_size": 8,
-    "patch_size": [256, 256],
-    "steps": 50_000,
-    "schedule": "constant",
-    "lambda_image": 20.0,
-    "lambda_cycle": 20.0,
-    "lambda_content": 1.0,
-    "lambda_adv": 1.0,
-}
 
 TINY_DISENTANGLED = {
     "width": 4,
@@ -106,268 +92,6 @@ TINY_DISENTANGLED = {
     "disc_scales": 2,
     "content_disc_layers": 1,
 }
-TINY_DOMAIN_STYLE = {"width": 4, "n_res": 1, "mlp_dim": 16, "disc_width": 4, "disc_layers": 2}
-
-
-# --- shared building blocks -------------------------------------------------------------------
-
-
-def conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
-    """Convolution with reflection padding ("same" size at stride 1): no dark zero borders."""
-    return nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, padding_mode="reflect")
-
-
-def conv_norm_relu(cin: int, cout: int, kernel: int, stride: int = 1, norm: str = "instance"):
-    """conv -> norm ("instance" or "none") -> ReLU."""
-    layers: list[nn.Module] = [conv(cin, cout, kernel, stride)]
-    if norm == "instance":
-        layers.append(nn.InstanceNorm2d(cout))
-    layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
-def adain(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Adaptive instance normalisation (Huang & Belongie 2017): ``gamma * IN(x) + beta``.
-
-    Args:
-        x: (N, C, H, W) features.
-        params: (N, 2C) = [gamma, beta] straight from an MLP (as MUNIT, no +1 offset on the
-            scale): styles start with independent random scales, so they differ from step 0.
-    """
-    gamma, beta = params.float().chunk(2, dim=1)
-    normed = F.instance_norm(x.float())
-    out = normed * gamma[:, :, None, None] + beta[:, :, None, None]
-    return out.to(x.dtype)
-
-
-class ResBlock(nn.Module):
-    """Residual block conv3-IN-ReLU-conv3-IN (+ input): the content encoder's blocks."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            conv_norm_relu(channels, channels, 3),
-            conv(channels, channels, 3),
-            nn.InstanceNorm2d(channels),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
-class AdaINResBlock(nn.Module):
-    """Residual block conv3-AdaIN-ReLU-conv3-AdaIN (+ input); ``params`` (N, 4C) per call."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = conv(channels, channels, 3)
-        self.conv2 = conv(channels, channels, 3)
-        self.num_params = 4 * channels
-
-    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        first, second = params.chunk(2, dim=1)
-        h = F.relu(adain(self.conv1(x), first))
-        return x + adain(self.conv2(h), second)
-
-
-class AdaINConv(nn.Module):
-    """conv -> AdaIN -> ReLU; ``params`` (N, 2 * cout) per call. In every decoder block (as
-    StarGAN v2, not only MUNIT's residual blocks) because a style that must flip or remap
-    intensities needs a style-controlled affine right before the output convolution."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv = conv(cin, cout, kernel, stride)
-        self.num_params = 2 * cout
-
-    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        return F.relu(adain(self.conv(x), params))
-
-
-class AdaINUp(AdaINConv):
-    """nearest x2 upsampling -> conv5 -> AdaIN -> ReLU (upsampling without checkerboards)."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(cin, cout, 5)
-
-    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"), params)
-
-
-class Styled(nn.Module):
-    """Blocks that each take a slice of one parameter vector (N, num_params), split in order."""
-
-    def __init__(self, blocks: list[nn.Module]) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-        self.sizes = [b.num_params for b in blocks]
-        self.num_params = sum(self.sizes)
-
-    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        for block, p in zip(self.blocks, params.split(self.sizes, dim=1), strict=True):
-            x = block(x, p)
-        return x
-
-
-class ContentEncoder(nn.Module):
-    """(N, C_in, H, W) image -> (N, 4 * width, H / 4, W / 4) content code.
-
-    conv7 -> two stride-2 conv4 (width doubling) -> ``n_res`` residual blocks. Plain (DAR-UNet's
-    shared G_enc_c, as MUNIT): instance norm everywhere, which strips the style statistics.
-    ``adain=True`` (GLUA's c_i = G_E(x_i, d_i)): every normalisation is AdaIN driven by the input
-    domain's parameters (N, num_params), so the encoder can undo each domain's rendering.
-    """
-
-    def __init__(self, in_channels: int, width: int, n_res: int, adain: bool = False) -> None:
-        super().__init__()
-        widths = [in_channels, width, 2 * width, 4 * width]
-        kernels, strides = [7, 4, 4], [1, 2, 2]
-        self.out_channels = 4 * width
-        self.adain = adain
-        layers = zip(widths[:-1], widths[1:], kernels, strides, strict=True)
-        if adain:
-            blocks = [AdaINConv(a, b, k, s) for a, b, k, s in layers]
-            blocks += [AdaINResBlock(self.out_channels) for _ in range(n_res)]
-            self.net: nn.Module = Styled(blocks)
-            self.num_params = self.net.num_params
-        else:
-            convs = [conv_norm_relu(a, b, k, s) for a, b, k, s in layers]
-            self.net = nn.Sequential(*convs, *(ResBlock(self.out_channels) for _ in range(n_res)))
-            self.num_params = 0
-
-    def forward(self, x: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(x, params) if self.adain else self.net(x)
-
-
-class StyleEncoder(nn.Module):
-    """(N, C_in, H, W) image -> (N, style_dim) style code.
-
-    conv7 -> four stride-2 conv4 (width doubling twice, then kept) -> global average pooling ->
-    1x1 conv. No normalisation: instance norm would erase the statistics that are the style.
-    """
-
-    def __init__(self, in_channels: int, width: int, style_dim: int, downs: int = 4) -> None:
-        super().__init__()
-        layers, channels = [conv_norm_relu(in_channels, width, 7, norm="none")], width
-        for i in range(downs):
-            out = channels * 2 if i < 2 else channels
-            layers.append(conv_norm_relu(channels, out, 4, 2, norm="none"))
-            channels = out
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, style_dim, 1)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten(1)
-
-
-class Decoder(nn.Module):
-    """(N, C, h, w) content code + (N, num_params) AdaIN parameters -> (N, C_out, 4h, 4w) in
-    [-1, 1]: ``n_res`` AdaIN residual blocks, two AdaIN upsampling blocks (channels halved),
-    conv7, tanh."""
-
-    def __init__(self, channels: int, n_res: int, out_channels: int = 1) -> None:
-        super().__init__()
-        blocks: list[nn.Module] = [AdaINResBlock(channels) for _ in range(n_res)]
-        blocks += [AdaINUp(channels, channels // 2), AdaINUp(channels // 2, channels // 4)]
-        self.body = Styled(blocks)
-        self.num_params = self.body.num_params
-        self.head = nn.Sequential(conv(channels // 4, out_channels, 7), nn.Tanh())
-
-    def forward(self, content: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(content, params))
-
-
-def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 3) -> nn.Sequential:
-    """Linear-ReLU-...-Linear: code -> AdaIN parameters (MUNIT uses 3 layers of 256)."""
-    dims = [in_dim] + [hidden] * (layers - 1)
-    modules: list[nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:], strict=True):
-        modules += [nn.Linear(a, b), nn.ReLU(inplace=True)]
-    modules.append(nn.Linear(dims[-1], out_dim))
-    return nn.Sequential(*modules)
-
-
-class StyleDecoder(nn.Module):
-    """DAR-UNet's shared decoder G_dec(c, s): content (N, C, h, w) + style (N, style_dim) ->
-    image (N, 1, 4h, 4w) in [-1, 1]; an MLP maps the style code to every AdaIN parameter."""
-
-    def __init__(self, channels: int, n_res: int, style_dim: int, mlp_dim: int) -> None:
-        super().__init__()
-        self.decoder = Decoder(channels, n_res)
-        self.mlp = mlp(style_dim, mlp_dim, self.decoder.num_params)
-
-    def forward(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        return self.decoder(content, self.mlp(style))
-
-
-class ConditionalPatchDiscriminator(nn.Module):
-    """GLUA's domain-conditioned Markovian discriminator D(x | d).
-
-    The one-hot domain label is broadcast to ``num_domains`` constant maps and concatenated to the
-    image channels in front of a :class:`PatchDiscriminator` (why a new class: the project's
-    discriminators take no condition). Input (N, C, H, W) and domain labels (N,) or an int ->
-    patch map (N, 1, H/8 - 2, W/8 - 2) for the default three layers.
-    """
-
-    def __init__(
-        self, in_channels: int = 1, num_domains: int = 2, width: int = 64, layers: int = 3
-    ) -> None:
-        super().__init__()
-        self.num_domains = num_domains
-        self.net = PatchDiscriminator(in_channels + num_domains, width, layers, norm="instance")
-
-    def forward(self, x: torch.Tensor, domain: torch.Tensor | int) -> torch.Tensor:
-        return self.net(torch.cat([x, domain_maps(domain, x, self.num_domains)], dim=1))
-
-
-def domain_maps(domain: torch.Tensor | int, x: torch.Tensor, num_domains: int) -> torch.Tensor:
-    """(N, num_domains, H, W) one-hot maps of the domain label(s), in ``x``'s dtype/device."""
-    labels = torch.as_tensor(domain, device=x.device).expand(x.shape[0])
-    onehot = F.one_hot(labels.long(), num_domains).to(x.dtype)
-    return onehot[:, :, None, None].expand(-1, -1, *x.shape[2:])
-
-
-# --- shared helpers ---------------------------------------------------------------------------
-
-
-def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error in float32 (losses stay float32 under bf16 autocast)."""
-    return F.l1_loss(a.float(), b.float())
-
-
-def adam(params, lr: float, hparams: dict[str, Any]) -> torch.optim.Adam:
-    betas = tuple(float(b) for b in hparams["betas"])
-    decay = float(hparams.get("weight_decay", 0.0))
-    return torch.optim.Adam(list(params), lr=float(lr), betas=betas, weight_decay=decay)
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int = 4) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Replicate-pad (N, C, H, W) at the bottom/right so H and W divide by ``multiple`` (the two
-    stride-2 layers); returns the padded tensor and the original (H, W) to crop back to."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    return x, (h, w)
-
-
-def check_images(x: torch.Tensor, what: str) -> None:
-    if x.dim() != 4 or x.shape[1] != 1:
-        raise UdasegError(
-            f"{what} must be (N, 1, H, W) images, got shape {tuple(x.shape)}",
-            hint="pass a batch of single-channel 2D slices",
-        )
-
-
-def scalars(losses: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {name: float(value.detach()) for name, value in losses.items()}
-
-
-def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
-    return sum(weights[name] * terms[name] for name in weights)
-
-
-# --- disentangled.v1 (DAR-UNet) ---------------------------------------------------------------
 
 
 @register_translator(
@@ -678,191 +402,3 @@ class DisentangledTranslator(nn.Module):
 
 
 # --- domain-style.v1 (GLUA) -------------------------------------------------------------------
-
-
-@register_translator(
-    "domain-style.v1",
-    has_style_codes=False,
-    hparams=DOMAIN_STYLE_HPARAMS,
-    tiny=TINY_DOMAIN_STYLE,
-    description="GLUA's domain-style AdaIN auto-encoder (learned per-domain style, "
-    "domain-conditioned PatchGAN)",
-)
-class DomainStyleTranslator(nn.Module):
-    """GLUA's synthesis subnet ("Mind the Gap", Sec. III-B.1): one style per domain.
-
-    ``style_mlp`` maps the one-hot domain label d (2,) to the AdaIN parameters of the encoder's
-    residual blocks followed by those of the decoder's, so c_i = G_E(x_i, d_i) and
-    x_ij = G_D(c_i, d_j). ``disc`` is D(x | d): real images of domain d vs translations into d.
-
-    Args:
-        width: first encoder width (64); content codes have 4 * width channels.
-        n_res: AdaIN residual blocks in the encoder and in the decoder (4).
-        mlp_dim: hidden width of the domain-style MLP (256).
-        disc_width / disc_layers: the conditioned PatchGAN (64 / 3: 70x70 receptive field).
-        lambda_image: L1 self-reconstruction x_ii, both domains (20).
-        lambda_cycle: L1 cycle G_D(G_E(x_ij, d_j), d_i) vs x_i, both domains (20).
-        lambda_content: L1 content reconstruction G_E(x_ij, d_j) vs c_i (1).
-        lambda_adv: adversarial terms of both translations (1).
-    """
-
-    def __init__(
-        self,
-        width: int = 64,
-        n_res: int = 4,
-        mlp_dim: int = 256,
-        disc_width: int = 64,
-        disc_layers: int = 3,
-        lambda_image: float = 20.0,
-        lambda_cycle: float = 20.0,
-        lambda_content: float = 1.0,
-        lambda_adv: float = 1.0,
-    ) -> None:
-        super().__init__()
-        self.weights = {
-            "image_rec": float(lambda_image),
-            "cycle": float(lambda_cycle),
-            "content_rec": float(lambda_content),
-            "adv": float(lambda_adv),
-        }
-        self.encoder = ContentEncoder(1, width, n_res, adain=True)
-        self.decoder = Decoder(self.encoder.out_channels, n_res)
-        self.style_mlp = mlp(2, mlp_dim, self.encoder.num_params + self.decoder.num_params)
-        self.disc = ConditionalPatchDiscriminator(1, 2, disc_width, disc_layers)
-
-    @property
-    def generators(self) -> list[nn.Module]:
-        return [self.encoder, self.decoder, self.style_mlp]
-
-    def optimizers(self, hparams: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
-        """Adam over encoder, decoder and style MLP (``lr_g``) and over the discriminator
-        (``lr_d``), both with the hparams' ``weight_decay`` (GLUA: 1e-4)."""
-        gen_params = [p for m in self.generators for p in m.parameters()]
-        return {
-            "generator": adam(gen_params, hparams["lr_g"], hparams),
-            "discriminator": adam(self.disc.parameters(), hparams["lr_d"], hparams),
-        }
-
-    def domain_params(self, domain: int, n: int, like: torch.Tensor):
-        """(encoder, decoder) AdaIN parameters of ``domain``, each (n, P)."""
-        onehot = F.one_hot(torch.tensor([domain], device=like.device), 2).to(like.dtype)
-        params = self.style_mlp(onehot).expand(n, -1)
-        return params.split([self.encoder.num_params, self.decoder.num_params], dim=1)
-
-    def encode(self, x: torch.Tensor, domain: int) -> torch.Tensor:
-        """(N, 1, H, W) of ``domain`` -> (N, 4 * width, H / 4, W / 4) content code."""
-        return self.encoder(x, self.domain_params(domain, x.shape[0], x)[0])
-
-    def decode(self, content: torch.Tensor, domain: int) -> torch.Tensor:
-        """Content code -> (N, 1, 4h, 4w) image in ``domain``'s style, in [-1, 1]."""
-        return self.decoder(content, self.domain_params(domain, content.shape[0], content)[1])
-
-    # --- training ---------------------------------------------------------------------------
-
-    def train_step(
-        self,
-        source: torch.Tensor,
-        target: torch.Tensor,
-        optimizers: dict[str, torch.optim.Optimizer],
-        autocast: Autocast,
-    ) -> dict[str, float]:
-        """One iteration on unpaired (N, 1, H, W) batches (H, W divisible by 4).
-
-        Returns unweighted ``image_rec``, ``cycle``, ``content_rec``, ``adv``, the weighted
-        generator objective ``total``, and ``d_source`` / ``d_target`` (the conditioned
-        discriminator's loss under each label; their sum is optimised).
-        """
-        set_requires_grad([self.disc], False)
-        with autocast():
-            out = self._forward(source, target)
-            terms = self._generator_terms(source, target, out)
-        total = weighted_total(terms, self.weights)
-        optimizers["generator"].zero_grad(set_to_none=True)
-        total.backward()
-        optimizers["generator"].step()
-
-        set_requires_grad([self.disc], True)
-        with autocast():
-            d_terms = {
-                "d_source": discriminator_loss(
-                    self.disc(source, SOURCE), self.disc(out["x_ts"].detach(), SOURCE)
-                ),
-                "d_target": discriminator_loss(
-                    self.disc(target, TARGET), self.disc(out["x_st"].detach(), TARGET)
-                ),
-            }
-        optimizers["discriminator"].zero_grad(set_to_none=True)
-        sum(d_terms.values()).backward()
-        optimizers["discriminator"].step()
-        return scalars({**terms, "total": total, **d_terms})
-
-    def _forward(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        c_s, c_t = self.encode(source, SOURCE), self.encode(target, TARGET)
-        x_st, x_ts = self.decode(c_s, TARGET), self.decode(c_t, SOURCE)
-        c_st, c_ts = self.encode(x_st, TARGET), self.encode(x_ts, SOURCE)
-        out = {
-            "c_s": c_s,
-            "c_t": c_t,
-            "x_ss": self.decode(c_s, SOURCE),
-            "x_tt": self.decode(c_t, TARGET),
-            "x_st": x_st,
-            "x_ts": x_ts,
-            "c_st": c_st,
-            "c_ts": c_ts,
-        }
-        if self.weights["cycle"]:
-            out["x_sts"], out["x_tst"] = self.decode(c_st, SOURCE), self.decode(c_ts, TARGET)
-        return out
-
-    def _generator_terms(self, source, target, out) -> dict[str, torch.Tensor]:
-        zero = source.new_zeros((), dtype=torch.float32)
-        cycle = l1(out["x_sts"], source) + l1(out["x_tst"], target) if "x_sts" in out else zero
-        return {
-            "image_rec": l1(out["x_ss"], source) + l1(out["x_tt"], target),
-            "cycle": cycle,
-            "content_rec": l1(out["c_st"], out["c_s"]) + l1(out["c_ts"], out["c_t"]),
-            "adv": gan_loss(self.disc(out["x_st"], TARGET), True)
-            + gan_loss(self.disc(out["x_ts"], SOURCE), True),
-        }
-
-    # --- inference ----------------------------------------------------------------------------
-
-    def encode_style(self, images: torch.Tensor, domain: str = "target") -> torch.Tensor:
-        raise UdasegError(
-            "translation method domain-style.v1 has no per-image style codes",
-            hint="it renders one learned style per domain; use disentangled.v1 for style codes",
-            exit_code=2,
-        )
-
-    def translate(self, source: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
-        """Source (N, 1, H, W) -> target appearance (N, 1, H, W) in [-1, 1] (the target domain's
-        learned style; ``style`` must be None)."""
-        return self._render(source, style, SOURCE, TARGET)
-
-    def translate_back(self, target: torch.Tensor, style: torch.Tensor | None = None):
-        """Target (N, 1, H, W) -> source appearance (the source domain's learned style)."""
-        return self._render(target, style, TARGET, SOURCE)
-
-    def _render(self, images, style, domain_in: int, domain_out: int) -> torch.Tensor:
-        check_images(images, "images")
-        if style is not None:
-            raise UdasegError(
-                "domain-style.v1 takes no style codes (one learned style per domain)",
-                hint="call translate without style",
-                exit_code=2,
-            )
-        padded, (h, w) = pad_to_multiple(images)
-        return self.decode(self.encode(padded, domain_in), domain_out)[..., :h, :w]
-
-    @torch.no_grad()
-    def samples(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Panels (N, 1, H, W): source, translated, reconstructed (translated back), target,
-        translated_back."""
-        translated = self.translate(source)
-        return {
-            "source": source,
-            "translated": translated,
-            "reconstructed": self.translate_back(translated),
-            "target": target,
-            "translated_back": self.translate_back(target),
-        }

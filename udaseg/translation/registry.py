@@ -49,7 +49,7 @@ class TranslatorSpec:
 
 
 def _load_builtin() -> None:
-    from udaseg.translation import cyclegan, disentangled  # noqa: F401
+    from udaseg.translation import cyclegan, disentangled, domain_style  # noqa: F401
 
 
 _REGISTRY: Registry[TranslatorSpec] = Registry("translation method", _load_builtin)
