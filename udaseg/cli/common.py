@@ -78,7 +78,7 @@ def _parameter(item: Any, annotation: Any) -> inspect.Parameter:
         info = typer.Option(f"{name}/--no-{name[2:]}", help=help_text, rich_help_panel=panel)
         cli_type = bool
     elif origin is dict:
-        info = typer.Option(name, help=help_text, rich_help_panel=panel)
+        info = typer.Option(name, help=help_text, rich_help_panel=panel, metavar="KEY=VALUE")
         cli_type = list[str] | None
     elif origin is list:
         info = typer.Option(name, help=help_text, rich_help_panel=panel)
