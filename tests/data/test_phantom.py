@@ -337,7 +337,6 @@ def test_small_size_matrix(tmp_path):
     assert read(tmp_path / CT_DIR / "image_0.nii.gz")[0].shape == (48, 96, 96)
     mr_id = summary["case_ids"]["mr"][0]
     assert read(tmp_path / MR_DIR / f"image_{mr_id}.nii.gz")[0].shape == (16, 96, 96)
-    assert summary["seconds"] < 10.0
 
 
 def test_command_line_writes_the_asked_number_of_cases(tmp_path, monkeypatch, capsys):
