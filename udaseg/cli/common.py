@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,28 +63,26 @@ def opt(cls: type, name: str, *decls: str, **extra: Any) -> Any:
     return typer.Option(*decls, help=cfg.help_of(cls, name), rich_help_panel=panel, **extra)
 
 
-def _parameter(item: Any, annotation: Any) -> inspect.Parameter:
+def _parameter(item: Any, shape: cfg.Shape) -> inspect.Parameter:
     """The typer parameter of one config field."""
-    inner, optional = cfg.optional_inner(annotation)
-    origin = typing.get_origin(inner)
     panel = RESULTS if item.metadata["kind"] == cfg.RESULT else RUNTIME
     help_text = item.metadata["help"]
     name = flag(item.name)
     if item.metadata.get("argument"):
         info: Any = typer.Argument(help=help_text)
-        cli_type = annotation
-    elif inner is bool:
+        cli_type = shape.item | None if shape.optional else shape.item
+    elif shape.kind == "switch":
         info = typer.Option(f"{name}/--no-{name[2:]}", help=help_text, rich_help_panel=panel)
         cli_type = bool
-    elif origin is dict:
+    elif shape.kind == "pairs":
         info = typer.Option(name, help=help_text, rich_help_panel=panel, metavar="KEY=VALUE")
         cli_type = list[str] | None
-    elif origin is list:
+    elif shape.kind == "list":
         info = typer.Option(name, help=help_text, rich_help_panel=panel)
-        cli_type = list[typing.get_args(inner)[0]] | None
+        cli_type = list[shape.item] | None
     else:
         info = typer.Option(name, help=help_text, rich_help_panel=panel)
-        cli_type = inner | None if optional else inner
+        cli_type = shape.item | None if shape.optional else shape.item
     if item.default_factory is not cfg.dataclasses.MISSING:
         default = None  # lists and dicts: absent on the command line, the factory's value
     elif item.default is cfg.dataclasses.MISSING:
@@ -102,15 +99,14 @@ def _parameter(item: Any, annotation: Any) -> inspect.Parameter:
 
 def config_from_options(cls: type, options: dict[str, Any]) -> Any:
     """Build ``cls`` from parsed command-line values (lists and ``--set`` pairs converted)."""
-    types = cfg.field_types(cls)
+    shapes = cfg.field_shapes(cls)
     values = {}
     for item in cfg.config_fields(cls):
-        value = options[item.name]
-        origin = typing.get_origin(cfg.optional_inner(types[item.name])[0])
-        if origin is dict:
+        value, kind = options[item.name], shapes[item.name].kind
+        if kind == "pairs":
             value = parse_kv(value, flag(item.name))
-        elif origin is list and item.default_factory is not cfg.dataclasses.MISSING:
-            value = list(value or [])
+        elif kind == "list" and item.default_factory is not cfg.dataclasses.MISSING:
+            value = list(value or [])  # absent on the command line: the factory's empty list
         values[item.name] = value
     return cls(**values)
 
@@ -136,13 +132,13 @@ def stage_command(
     # the config class is read at registration (for the options) without importing torch: the
     # stage modules import it only inside their functions
     cls = entry.config_class
-    types = cfg.field_types(cls)
+    shapes = cfg.field_shapes(cls)
     parameters = []
     if entry.takes_work:
         parameters.append(
             inspect.Parameter("work", inspect.Parameter.KEYWORD_ONLY, annotation=WorkOpt)
         )
-    parameters += [_parameter(item, types[item.name]) for item in cfg.config_fields(cls)]
+    parameters += [_parameter(item, shapes[item.name]) for item in cfg.config_fields(cls)]
     if entry.shows_defaults:
         parameters.append(
             inspect.Parameter(

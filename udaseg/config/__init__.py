@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from udaseg.errors import UdasegError
+
 RESULT = "result"
 RUNTIME = "runtime"
 
@@ -81,14 +83,16 @@ class StageConfig:
     VERSION: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
-        types = field_types(type(self))
+        shapes = field_shapes(type(self))
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             _check_bounds(item, value)
-            inner, _ = optional_inner(types[item.name])
-            if inner is Path and isinstance(value, str):
+            shape = shapes[item.name]
+            if shape.item is not Path:
+                continue
+            if shape.kind == "value" and isinstance(value, str):
                 setattr(self, item.name, Path(value))
-            elif typing.get_args(inner) == (Path,) and isinstance(value, list | tuple):
+            elif shape.kind == "list" and isinstance(value, list | tuple):
                 setattr(self, item.name, [Path(v) for v in value])
 
 
@@ -98,8 +102,6 @@ def _check_bounds(item: dataclasses.Field, value: Any) -> None:
     if value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return
     if (low is not None and value < low) or (high is not None and value > high):
-        from udaseg.errors import UdasegError
-
         span = (
             f">= {low:g}"
             if high is None
@@ -150,6 +152,37 @@ def is_result(cls: type[StageConfig], name: str) -> bool:
 def field_types(cls: type[StageConfig]) -> dict[str, Any]:
     """Each field's annotation as a type (the classes use postponed annotations)."""
     return typing.get_type_hints(cls)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """How a field is written on a command line. ``kind``: ``switch`` (``--x/--no-x``),
+    ``pairs`` (a dict, as repeated ``key=value``), ``list`` (a repeated option, each an ``item``)
+    or ``value`` (one ``item``: int, float, str or Path). ``optional``: the field may be None."""
+
+    kind: str
+    item: Any
+    optional: bool
+
+
+@functools.cache
+def field_shapes(cls: type[StageConfig]) -> dict[str, Shape]:
+    """The :class:`Shape` of every field of ``cls``: the one reading of its annotations that the
+    command line, the pipeline parser and the configs themselves share."""
+    types = field_types(cls)
+    shapes = {}
+    for item in dataclasses.fields(cls):
+        inner, optional = optional_inner(types[item.name])
+        origin = typing.get_origin(inner)
+        if inner is bool:
+            shapes[item.name] = Shape("switch", bool, optional)
+        elif origin is dict:
+            shapes[item.name] = Shape("pairs", dict, optional)
+        elif origin is list:
+            shapes[item.name] = Shape("list", typing.get_args(inner)[0], optional)
+        else:
+            shapes[item.name] = Shape("value", inner, optional)
+    return shapes
 
 
 def plain(value: Any) -> Any:
@@ -222,8 +255,6 @@ def parse_kv(items: list[str] | None, option: str) -> dict[str, Any]:
         UdasegError: naming ``option`` for an item without ``=``.
     """
     import yaml
-
-    from udaseg.errors import UdasegError
 
     parsed = {}
     for item in items or []:

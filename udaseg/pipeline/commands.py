@@ -9,7 +9,6 @@ for a list, ``--set key=value`` for hyperparameters.
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ def parse(args: list[str]) -> Command:
     """
     entry, rest = _entry(args)
     cls = entry.config_class
-    types = cfg.field_types(cls)
+    shapes = cfg.field_shapes(cls)
     fields = {cfg.option_flag(f.name): f for f in cfg.config_fields(cls)}
     argument = next((f for f in fields.values() if f.metadata.get("argument")), None)
     values: dict[str, Any] = {}
@@ -64,7 +63,7 @@ def parse(args: list[str]) -> Command:
                 raise UdasegError(
                     f"unexpected argument {token!r} for `udaseg {entry.command}`", exit_code=2
                 )
-            values[argument.name] = _convert(token, types[argument.name], token)
+            values[argument.name] = _convert(token, shapes[argument.name].item, token)
             continue
         name, inline, text = token.partition("=")
         if inline and name in fields:
@@ -78,7 +77,7 @@ def parse(args: list[str]) -> Command:
                 f"`udaseg {entry.command}` has no option {token}{did_you_mean(token, known)}",
                 exit_code=2,
             )
-        _assign(values, item, types[item.name], token, negated, tokens)
+        _assign(values, item.name, shapes[item.name], token, negated, tokens)
     if entry.takes_work and work is None:
         raise UdasegError(f"`udaseg {entry.command}` needs --work", exit_code=2)
     try:
@@ -107,27 +106,21 @@ def _value(tokens: list[str], option: str) -> str:
     return tokens.pop(0)
 
 
-def _assign(values, item, annotation, token, negated, tokens) -> None:
-    inner, _ = cfg.optional_inner(annotation)
-    origin = typing.get_origin(inner)
-    if inner is bool:
-        values[item.name] = not negated
-    elif origin is dict:
-        values.setdefault(item.name, {}).update(cfg.parse_kv([_value(tokens, token)], token))
-    elif origin is list:
-        element = typing.get_args(inner)[0]
-        values.setdefault(item.name, []).append(_convert(_value(tokens, token), element, token))
+def _assign(values, name: str, shape: cfg.Shape, token, negated, tokens) -> None:
+    if shape.kind == "switch":
+        values[name] = not negated
+    elif shape.kind == "pairs":
+        values.setdefault(name, {}).update(cfg.parse_kv([_value(tokens, token)], token))
+    elif shape.kind == "list":
+        values.setdefault(name, []).append(_convert(_value(tokens, token), shape.item, token))
     else:
-        values[item.name] = _convert(_value(tokens, token), annotation, token)
+        values[name] = _convert(_value(tokens, token), shape.item, token)
 
 
-def _convert(text: str, annotation: Any, option: str) -> Any:
-    inner, _ = cfg.optional_inner(annotation)
+def _convert(text: str, kind: Any, option: str) -> Any:
     try:
-        if inner in (int, float, Path):
-            return inner(text)
-        return text
+        return kind(text) if kind in (int, float, Path) else text
     except ValueError as exc:
         raise UdasegError(
-            f"option {option}: {text!r} is not a valid {inner.__name__}", exit_code=2
+            f"option {option}: {text!r} is not a valid {kind.__name__}", exit_code=2
         ) from exc
