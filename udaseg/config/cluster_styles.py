@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from udaseg.config import StageConfig, result, runtime
+from udaseg.config import StageConfig, result, runtime, shared
 
 STAGE = "cluster-styles"
 PICKS = ("nearest", "random")
@@ -36,7 +36,7 @@ class ClusterStylesConfig(StageConfig):
     embedding: str = result("tsne", help="2D embedding in styles.png: tsne or pca.")
     seed: int = result(0, help="Random seed of KMeans, random picks and t-SNE.")
     checkpoint: str = result("final", help="final or latest.")
-    amp: bool = result(True, help="bfloat16 autocast on CUDA.")
+    amp: bool = shared.amp()
     name: str | None = runtime(None, help="Run name (default TRANSLATOR__kK).")
     batch_size: int = runtime(32, help="Slices per forward pass.", low=1)
-    device: str = runtime("auto", help="auto, cpu, cuda or cuda:N.")
+    device: str = shared.device()

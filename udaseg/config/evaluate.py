@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from udaseg.config import StageConfig, result, runtime
+from udaseg.config import StageConfig, result, runtime, shared
 from udaseg.config.values import comma_list
 
 STAGE = "evaluate"
@@ -84,7 +84,7 @@ class EvaluateConfig(StageConfig):
         None,
         help="Run name: results go to WORK/evaluate/NAME (default: the --pred folder's name).",
     )
-    workers: int = runtime(1, help="Cases processed in parallel.", low=1)
+    workers: int = shared.workers()
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from udaseg.config import StageConfig, result, runtime
-from udaseg.config.help import MODEL_DIR_HELP, WINDOW_BATCH_HELP
+from udaseg.config import StageConfig, result, runtime, shared
+from udaseg.config.shared import MODEL_DIR_HELP, WINDOW_BATCH_HELP
 from udaseg.config.values import comma_list, parse_shard
 from udaseg.errors import UdasegError
 
@@ -67,7 +67,7 @@ class PredictConfig(StageConfig):
         help="Sliding-window step: a fraction of the window (default 0.5) or voxels per window "
         "axis, e.g. 16,128,128 (3D) or 128,128 (2D).",
     )
-    amp: bool = result(True, help="bfloat16 autocast on CUDA (faster; ignored on CPU).")
+    amp: bool = shared.amp()
     cases: str | None = result(None, help="Comma list of case ids (default: all).")
     split: str | None = result(
         None,
@@ -79,7 +79,7 @@ class PredictConfig(StageConfig):
         "unet__phantom-abdomen__mr).",
     )
     batch_size: int = runtime(8, help=WINDOW_BATCH_HELP, low=1)
-    device: str = runtime("auto", help="auto, cpu, cuda or cuda:N.")
+    device: str = shared.device()
     shard: str | None = runtime(
         None,
         help="Predict only shard i of n (0-based) into NAME__shard-i-of-n; join with "

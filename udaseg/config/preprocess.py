@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from udaseg.config import StageConfig, parse_kv, result, runtime
+from udaseg.config import StageConfig, parse_kv, result, runtime, shared
 from udaseg.config.values import parse_shard
 
 STAGE = "preprocess"
@@ -42,7 +42,7 @@ class PreprocessConfig(StageConfig):
         "--merge-shards.",
     )
     merge_shards: bool = runtime(False, help="Join finished shards into one store.")
-    workers: int = runtime(1, help="Cases processed in parallel.", low=1)
+    workers: int = shared.workers()
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from udaseg.config import StageConfig, result, runtime
-from udaseg.config.help import MODEL_DIR_HELP, WINDOW_BATCH_HELP
+from udaseg.config import StageConfig, result, runtime, shared
+from udaseg.config.shared import MODEL_DIR_HELP, WINDOW_BATCH_HELP
 
 STAGE = "pseudo-label"
 
@@ -57,9 +57,9 @@ class PseudoLabelConfig(StageConfig):
         "labelled background, so the student unlearns them.",
     )
     checkpoint: str = result("final", help="best, final or latest.")
-    amp: bool = result(True, help="bfloat16 autocast on CUDA.")
+    amp: bool = shared.amp()
     name: str | None = runtime(
         None, help="Run name: the store goes to WORK/pseudo/NAME (default MODELDIR__SPLIT)."
     )
     batch_size: int = runtime(8, help=WINDOW_BATCH_HELP, low=1)
-    device: str = runtime("auto", help="auto, cpu, cuda or cuda:N.")
+    device: str = shared.device()

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from udaseg.config import StageConfig, result, runtime
-from udaseg.config.help import INTENSITY_NET_HELP
+from udaseg.config import StageConfig, result, runtime, shared
+from udaseg.config.shared import INTENSITY_NET_HELP
 
 STAGE = "segment-train"
 
@@ -81,18 +81,18 @@ class SegmentTrainConfig(StageConfig):
     val_every: int = result(
         500, help="Steps between validations (0: only at the end); picks checkpoint_best.", low=0
     )
-    amp: bool = result(True, help="bfloat16 autocast where the device supports it.")
+    amp: bool = shared.amp()
     name: str | None = runtime(None, help="Run name (default model__train-on__dataset__domain).")
     monitor: list[Path] = runtime(
         factory=list, help="Also log Dice on these stores (information only, never selects)."
     )
     monitor_split: str = runtime("all", help="Split of the --monitor stores.")
-    checkpoint_every: int = runtime(200, help="Steps between checkpoint_latest.pt.", low=1)
-    log_every: int = runtime(10, help="Steps between metrics.jsonl lines.", low=1)
-    device: str = runtime("auto", help="auto, cpu, cuda or cuda:N.")
-    channels_last: bool = runtime(True, help="Channels-last memory format on CUDA.")
-    compile: bool = runtime(False, help="Try torch.compile.")
-    resume: bool = runtime(False, help="Continue an interrupted run from its last checkpoint.")
+    checkpoint_every: int = shared.checkpoint_every()
+    log_every: int = shared.log_every()
+    device: str = shared.device()
+    channels_last: bool = shared.channels_last()
+    compile: bool = shared.compile_model()
+    resume: bool = shared.resume()
 
     @property
     def train(self) -> list[Path]:

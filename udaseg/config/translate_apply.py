@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from udaseg.config import StageConfig, result, runtime
+from udaseg.config import StageConfig, result, runtime, shared
 from udaseg.config.values import parse_shard
 
 STAGE = "translate-apply"
@@ -40,7 +40,7 @@ class TranslateApplyConfig(StageConfig):
         help="Source store artifact to translate (default: the one the translator was trained on).",
     )
     checkpoint: str = result("final", help="final or latest.")
-    amp: bool = result(True, help="bfloat16 autocast on CUDA.")
+    amp: bool = shared.amp()
     name: str | None = runtime(
         None,
         help="Run name (default: the style run's name, else TRANSLATOR__k1, or "
@@ -53,7 +53,7 @@ class TranslateApplyConfig(StageConfig):
         "all to segment-train --translated).",
     )
     batch_size: int = runtime(16, help="Slices per forward pass.", low=1)
-    device: str = runtime("auto", help="auto, cpu, cuda or cuda:N.")
+    device: str = shared.device()
 
     def __post_init__(self) -> None:
         super().__post_init__()

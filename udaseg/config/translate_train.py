@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from udaseg.config import StageConfig, result, runtime
+from udaseg.config import StageConfig, result, runtime, shared
 
 STAGE = "translate-train"
 
@@ -55,7 +55,7 @@ class TranslateTrainConfig(StageConfig):
         "abdominal pair it kept shapes but not organ tones (docs/results/translation.md).",
     )
     seed: int = result(0, help="Random seed (CPU runs repeat exactly).")
-    amp: bool = result(True, help="bfloat16 autocast on CUDA.")
+    amp: bool = shared.amp()
     name: str | None = runtime(
         None, help="Run name (default METHOD__DATASET_SOURCEDOMAIN__to__TARGETDOMAIN)."
     )
@@ -69,10 +69,10 @@ class TranslateTrainConfig(StageConfig):
         "target slices (methods with style codes).",
         low=0,
     )
-    checkpoint_every: int = runtime(200, help="Steps between checkpoint_latest.pt.", low=1)
-    log_every: int = runtime(10, help="Steps between metrics.jsonl lines.", low=1)
-    device: str = runtime("auto", help="auto, cpu, cuda or cuda:N.")
-    channels_last: bool = runtime(True, help="Channels-last memory format on CUDA.")
+    checkpoint_every: int = shared.checkpoint_every()
+    log_every: int = shared.log_every()
+    device: str = shared.device()
+    channels_last: bool = shared.channels_last()
     resume: bool = runtime(
         False,
         help="Continue an interrupted run from its last checkpoint (step count, optimiser state "

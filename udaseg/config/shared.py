@@ -1,0 +1,50 @@
+"""Options several stages share, declared once: the same name, default, help and bounds
+everywhere (``device: str = shared.device()``), and help texts shared by options of one meaning.
+"""
+
+from typing import Any
+
+from udaseg.config import result, runtime
+
+INTENSITY_NET_HELP = (
+    "Probability that a labelled training image is re-rendered by a random shallow network "
+    "(GIN intensity augmentation, Ouyang et al. 2022; 0 = off). Makes the segmenter rely on "
+    "shape rather than one modality's contrast."
+)
+
+# the stages that run a trained segmenter over scans (predict, pseudo-label)
+MODEL_DIR_HELP = "Model directory (output of `udaseg segment-train` or `udaseg adapt`)."
+WINDOW_BATCH_HELP = "Windows per forward pass."
+
+
+def device() -> Any:
+    return runtime("auto", help="auto, cpu, cuda or cuda:N.")
+
+
+def amp() -> Any:
+    # a result: bfloat16 changes the numbers, so an fp32 run and a bf16 run are different artifacts
+    return result(True, help="bfloat16 autocast on CUDA (faster; ignored on CPU).")
+
+
+def workers() -> Any:
+    return runtime(1, help="Cases processed in parallel.", low=1)
+
+
+def checkpoint_every() -> Any:
+    return runtime(200, help="Steps between checkpoint_latest.pt.", low=1)
+
+
+def log_every() -> Any:
+    return runtime(10, help="Steps between metrics.jsonl lines.", low=1)
+
+
+def channels_last() -> Any:
+    return runtime(True, help="Channels-last memory format on CUDA.")
+
+
+def compile_model() -> Any:
+    return runtime(False, help="Try torch.compile.")
+
+
+def resume() -> Any:
+    return runtime(False, help="Continue an interrupted run from its last checkpoint.")
