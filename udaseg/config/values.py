@@ -6,10 +6,10 @@ list), so configs built by code, tests or pipelines hold the same values as the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from udaseg.errors import UdasegError
+from udaseg.errors import UdasegError, look_up_option
 
 
 def parse_shard(
@@ -65,3 +65,34 @@ def parse_ints(value: Any, option: str) -> list[int]:
         return [int(v) for v in str(value).replace("x", ",").split(",")]
     except ValueError as exc:
         raise UdasegError(f'{option} "{value}" must be numbers like 256,256', exit_code=2) from exc
+
+
+def split_overrides(
+    overrides: Mapping[str, Any],
+    hparams: Mapping[str, Any],
+    *,
+    keys: Collection[str],
+    accepted: Collection[str] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(hparams, constructor arguments)`` from a training run's ``--set`` pairs.
+
+    A key in ``keys`` overrides a copy of ``hparams`` (a None value keeps the default); any other
+    key is a constructor argument. ``accepted``: the constructor's keywords, against which those
+    are checked, or None to return them unchecked (checked once the constructor is known).
+    ``patch_size`` comes out as a list of ints.
+
+    Raises:
+        UdasegError: a key in neither ``keys`` nor ``accepted``, with a "did you mean".
+    """
+    resolved, constructor = dict(hparams), {}
+    for key, value in overrides.items():
+        if key in keys:
+            if value is not None:
+                resolved[key] = value
+        elif accepted is None or key in accepted:
+            constructor[key] = value
+        else:
+            look_up_option(key, sorted({*keys, *accepted}), what="--set key")
+    if "patch_size" in resolved:
+        resolved["patch_size"] = parse_ints(resolved["patch_size"], "--set patch_size")
+    return resolved, constructor

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from udaseg.registry import Registry, first_doc_line
+from udaseg.registry import Registry, accepted_kwargs, first_doc_line
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,12 @@ def model_spec(name: str) -> ModelSpec:
 
 def list_models() -> list[str]:
     return _REGISTRY.names()
+
+
+def model_keywords(name: str) -> set[str]:
+    """The architecture arguments a registered model takes (``--set`` may give them), without
+    ``in_channels`` and ``num_classes``, which come from the data."""
+    return accepted_kwargs(model_spec(name).builder) - {"in_channels", "num_classes"}
 
 
 def create_model(name: str, in_channels: int = 1, num_classes: int = 2, **kwargs: Any):

@@ -29,14 +29,12 @@ import numpy as np
 import torch
 
 from udaseg import artifacts, layout
-from udaseg.config import result_config
+from udaseg.config import result_config, values
 from udaseg.config.adapt import STAGE, AdaptConfig
-from udaseg.config.values import parse_ints
 from udaseg.data.sampling import SliceSampler, Source, VolumeBank, split_cases, store_path
 from udaseg.data.store import Store
-from udaseg.errors import UdasegError, look_up_option
+from udaseg.errors import UdasegError
 from udaseg.progress import NullProgress, Progress
-from udaseg.registry import accepted_kwargs
 from udaseg.training import loop
 from udaseg.training.checkpoint import MODEL_STAGES, model_info
 from udaseg.training.validation import dice_on
@@ -52,15 +50,7 @@ def split_overrides(config: AdaptConfig) -> tuple[dict[str, Any], dict[str, Any]
     from udaseg.adaptation.registry import COMMON_DEFAULTS, method_spec
 
     hparams = {**COMMON_DEFAULTS, **method_spec(config.method).hparams}
-    rest: dict[str, Any] = {}
-    for key, value in config.hparams.items():
-        if key not in hparams:
-            rest[key] = value
-        elif value is not None:
-            hparams[key] = value
-    if "patch_size" in hparams:
-        hparams["patch_size"] = parse_ints(hparams["patch_size"], "--set patch_size")
-    return hparams, rest
+    return values.split_overrides(config.hparams, hparams, keys=hparams)
 
 
 def resolved_hparams(config: AdaptConfig) -> dict[str, Any]:
@@ -88,13 +78,9 @@ def show_defaults(config: AdaptConfig) -> dict[str, Any]:
 def _model_overrides(model: str, hparams: dict, rest: dict[str, Any]) -> dict[str, Any]:
     """``rest`` checked against the segmenter's constructor: an unknown key is refused with the
     keys that exist (hparams and constructor arguments)."""
-    from udaseg.models.registry import model_spec
+    from udaseg.models.registry import model_keywords
 
-    accepted = accepted_kwargs(model_spec(model).builder) - {"in_channels", "num_classes"}
-    for key in rest:
-        if key not in accepted:
-            look_up_option(key, sorted({*hparams, *accepted}), what="--set key")
-    return dict(rest)
+    return values.split_overrides(rest, hparams, keys=hparams, accepted=model_keywords(model))[1]
 
 
 def run(

@@ -22,9 +22,8 @@ import numpy as np
 import torch
 
 from udaseg import artifacts, layout
-from udaseg.config import result_config
+from udaseg.config import result_config, values
 from udaseg.config.segment_train import HPARAM_KEYS, STAGE, TRAIN_ON, SegmentTrainConfig
-from udaseg.config.values import parse_ints
 from udaseg.data.sampling import (
     BalancedSampler,
     PatchSampler,
@@ -37,7 +36,6 @@ from udaseg.data.sampling import (
 from udaseg.data.store import Store
 from udaseg.errors import UdasegError, look_up_option
 from udaseg.progress import NullProgress, Progress
-from udaseg.registry import accepted_kwargs
 from udaseg.training import loop
 from udaseg.training.checkpoint import model_info, write_model_json
 from udaseg.training.validation import dice_on
@@ -58,22 +56,14 @@ def resolved_hparams(config: SegmentTrainConfig) -> dict[str, Any]:
 def split_overrides(config: SegmentTrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(hparams, model_kwargs)``: the model's hparams with the run's ``--set`` overrides, and
     the overrides that are constructor arguments of the model; any other key is refused."""
-    from udaseg.models.registry import model_spec
+    from udaseg.models.registry import model_keywords, model_spec
 
-    spec = model_spec(config.model)
-    hparams = dict(spec.hparams)
-    kwargs: dict[str, Any] = {}
-    accepted = accepted_kwargs(spec.builder) - {"in_channels", "num_classes"}
-    for key, value in config.hparams.items():
-        if key in HPARAM_KEYS:
-            if value is not None:
-                hparams[key] = value
-        elif key in accepted:
-            kwargs[key] = value
-        else:
-            look_up_option(key, sorted({*HPARAM_KEYS, *accepted}), what="--set key")
-    hparams["patch_size"] = parse_ints(hparams["patch_size"], "--set patch_size")
-    return hparams, kwargs
+    return values.split_overrides(
+        config.hparams,
+        model_spec(config.model).hparams,
+        keys=HPARAM_KEYS,
+        accepted=model_keywords(config.model),
+    )
 
 
 def show_defaults(config: SegmentTrainConfig) -> dict[str, Any]:

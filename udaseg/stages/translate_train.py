@@ -44,9 +44,8 @@ import numpy as np
 import torch
 
 from udaseg import artifacts, layout
-from udaseg.config import result_config
+from udaseg.config import result_config, values
 from udaseg.config.translate_train import HPARAM_KEYS, STAGE, TranslateTrainConfig
-from udaseg.config.values import parse_ints
 from udaseg.data.sampling import (
     SliceSampler,
     Source,
@@ -57,7 +56,7 @@ from udaseg.data.sampling import (
     store_path,
 )
 from udaseg.data.store import Store
-from udaseg.errors import UdasegError, look_up_option
+from udaseg.errors import UdasegError
 from udaseg.progress import NullProgress, Progress
 from udaseg.registry import accepted_kwargs
 from udaseg.training import loop
@@ -79,19 +78,12 @@ def split_overrides(config: TranslateTrainConfig) -> tuple[dict[str, Any], dict[
     from udaseg.translation.registry import translator_spec
 
     spec = translator_spec(config.method)
-    hparams = dict(spec.hparams)
-    accepted = accepted_kwargs(spec.builder)
-    overrides: dict[str, Any] = {}
-    for key, value in config.hparams.items():
-        if key in HPARAM_KEYS or key in spec.hparams:
-            if value is not None:
-                hparams[key] = value
-        elif key in accepted:
-            overrides[key] = value
-        else:
-            look_up_option(key, sorted({*HPARAM_KEYS, *spec.hparams, *accepted}), what="--set key")
-    hparams["patch_size"] = parse_ints(hparams["patch_size"], "--set patch_size")
-    return hparams, overrides
+    return values.split_overrides(
+        config.hparams,
+        spec.hparams,
+        keys={*HPARAM_KEYS, *spec.hparams},
+        accepted=accepted_kwargs(spec.builder),
+    )
 
 
 def resolved_hparams(config: TranslateTrainConfig) -> dict[str, Any]:
