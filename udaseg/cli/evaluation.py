@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import typer
 
 from udaseg import layout
 from udaseg.cli.common import stage_command, state
+from udaseg.evaluation.comparison import read_summary
 
 
 def register(app: typer.Typer) -> None:
@@ -40,16 +38,11 @@ def _predicted_line(manifest) -> str:
     return f"predict {s['run']}: {state(s, done)} -> {s['output']}"
 
 
-def _read_summary(manifest) -> dict:
-    out = Path(manifest.summary["output"])
-    return json.loads((out / layout.SUMMARY).read_text(encoding="utf-8"))
-
-
 def _summary_json(manifest) -> dict:
     """evaluate's --json: its summary.json, with whether it ran and how long it took."""
     skipped = bool(manifest.summary.get("skipped"))
     return {
-        **_read_summary(manifest),
+        **read_summary(manifest.summary["output"]),
         "skipped": skipped,
         "seconds": manifest.summary.get("seconds"),
     }
@@ -60,7 +53,7 @@ def _scores(manifest):
 
     from udaseg.metrics.tables import rich_table
 
-    summary = _read_summary(manifest)
+    summary = read_summary(manifest.summary["output"])
     done = f"{summary['n_cases']} cases in {manifest.summary.get('seconds', 0)} s"
     line = (
         f"{state(manifest.summary, done)} -> {manifest.summary['output']} "

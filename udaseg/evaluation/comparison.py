@@ -7,7 +7,11 @@ run`` writes them as ``comparison.md`` and ``udaseg report`` shows them.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Protocol
+
+from udaseg import layout
 
 
 class Described(Protocol):
@@ -15,6 +19,11 @@ class Described(Protocol):
 
     name: str
     description: str
+
+
+def read_summary(run: Path) -> dict[str, Any]:
+    """The scores of an evaluate run: its ``summary.json`` (see :mod:`udaseg.metrics.tables`)."""
+    return json.loads((Path(run) / layout.SUMMARY).read_text(encoding="utf-8"))
 
 
 def comparison(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

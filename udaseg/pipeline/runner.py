@@ -38,7 +38,7 @@ import yaml
 
 from udaseg import layout
 from udaseg.errors import UdasegError, look_up_option
-from udaseg.evaluation.comparison import comparison, comparison_markdown
+from udaseg.evaluation.comparison import comparison, comparison_markdown, read_summary
 from udaseg.progress import NullProgress, Progress
 
 PIPELINE_KEYS = ("description", "vars", "presets", "stages", "notes")
@@ -151,7 +151,7 @@ def load_pipeline(
         args = shlex.split(text)
         if args[:1] == ["udaseg"]:
             args = args[1:]
-        look_up_option(_command_word(args), commands(), what=f"command of stage {name}")
+        look_up_option(args[0] if args else "", commands(), what=f"command of stage {name}")
         stages.append(Stage(name, args, entry.get("label")))
     return Pipeline(path.stem, path, str(data.get("description", "")), stages, variables)
 
@@ -161,10 +161,6 @@ def commands() -> list[str]:
     from udaseg.stages import STAGES
 
     return sorted({command.split()[0] for command in STAGES})
-
-
-def _command_word(args: list[str]) -> str:
-    return args[0] if args else ""
 
 
 def check(stage: Stage) -> None:
@@ -301,8 +297,7 @@ def _call(stage: Stage, progress: Progress) -> Any:
     if not hasattr(result, "summary"):
         return result
     if result.stage == "evaluate":
-        scores = Path(result.summary["output"]) / layout.SUMMARY
-        return {**json.loads(scores.read_text(encoding="utf-8")), **result.summary}
+        return {**read_summary(result.summary["output"]), **result.summary}
     return result.summary
 
 

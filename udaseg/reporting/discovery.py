@@ -17,6 +17,7 @@ from typing import Any
 from udaseg import artifacts, layout
 from udaseg.data.dicom import natural_key
 from udaseg.errors import UdasegError
+from udaseg.evaluation.comparison import read_summary
 
 # errors that mean "this artifact cannot be drawn": reported in the page, never a crash
 SKIPPABLE = (UdasegError, OSError, ValueError)
@@ -140,7 +141,7 @@ def load_evaluations(workspace: Workspace) -> tuple[list[Evaluation], list[str]]
     found, notes = [], []
     for artifact in workspace.runs("evaluate"):
         try:
-            summary = json.loads((artifact.path / layout.SUMMARY).read_text(encoding="utf-8"))
+            summary = read_summary(artifact.path)
             dice = _per_case_dice(artifact.path / layout.PER_CASE)
         except SKIPPABLE as exc:
             notes.append(f"{artifact.key}: cannot read its results: {exc}")
