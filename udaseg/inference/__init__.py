@@ -14,31 +14,22 @@ One module per job:
 * :mod:`~udaseg.inference.options`: the sliding-window options for a model's layout.
 
 The device a run uses is resolved by :func:`udaseg.device.resolve_device`.
-
-The re-exported names load :mod:`~udaseg.inference.sliding_window` (and so torch) on first use,
-so importing a light submodule such as :mod:`~udaseg.inference.cases` does not import torch.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from udaseg.inference.sliding_window import (
-        DEFAULT_PATCH_3D,
-        DEFAULT_STRIDE,
-        GAUSSIAN_SIGMA_SCALE,
-        PAD_MULTIPLE,
-        flip_sets,
-        gaussian_importance,
-        keep_largest_component,
-        predict_volume,
-        segment_volume,
-        window_shape,
-        window_starts,
-        window_step,
-    )
+from udaseg.inference.sliding_window import (
+    DEFAULT_PATCH_3D,
+    DEFAULT_STRIDE,
+    GAUSSIAN_SIGMA_SCALE,
+    PAD_MULTIPLE,
+    flip_sets,
+    gaussian_importance,
+    keep_largest_component,
+    predict_volume,
+    segment_volume,
+    window_shape,
+    window_starts,
+    window_step,
+)
 
 __all__ = [
     "DEFAULT_PATCH_3D",
@@ -54,11 +45,3 @@ __all__ = [
     "window_starts",
     "window_step",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        value = getattr(importlib.import_module("udaseg.inference.sliding_window"), name)
-        globals()[name] = value  # later look-ups (and monkeypatching) see a plain attribute
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
