@@ -4,7 +4,7 @@ Nothing else in udaseg spells these names; a stage asks here where its artifact 
 
     W/preprocessed/<dataset>__<domain>/   store.h5, splits.json, fingerprint.json, manifest.json
     W/translate/<run>/                    checkpoint_{latest,final}.pt, model.json, metrics.jsonl,
-                                          style_codes.h5, samples/*.png
+                                          samples/*.png
     W/styles/<run>/                       centroids.npy, codes.npy, members.json, styles.png
     W/translated/<run>/                   store.h5 (K styles per source case, labels kept)
     W/segment/<run>/  W/adapt/<run>/      checkpoint_{latest,best,final}.pt, model.json,
@@ -35,20 +35,6 @@ EVALUATE = "evaluate"
 REPORT = "report"
 RUNS = "runs"
 
-# the folder of each stage's artifacts, keyed by the stage name its manifest records
-STAGE_FOLDERS = {
-    "preprocess": PREPROCESSED,
-    "translate-train": TRANSLATE,
-    "cluster-styles": STYLES,
-    "translate-apply": TRANSLATED,
-    "segment-train": SEGMENT,
-    "adapt": ADAPT,
-    "pseudo-label": PSEUDO,
-    "predict": PREDICT,
-    "evaluate": EVALUATE,
-    "report": REPORT,
-}
-
 # identity parts of a default run name are joined with this (``dataset__domain``)
 JOIN = "__"
 
@@ -59,7 +45,6 @@ SPLITS = "splits.json"
 FINGERPRINT = "fingerprint.json"
 MODEL_JSON = "model.json"
 METRICS = "metrics.jsonl"
-STYLE_CODES = "style_codes.h5"
 CENTROIDS = "centroids.npy"
 CODES = "codes.npy"
 MEMBERS = "members.json"

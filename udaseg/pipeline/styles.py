@@ -32,28 +32,15 @@ def render_in_styles(
     from udaseg.translation.io import open_run
 
     cluster, apply = STAGES["cluster-styles"], STAGES["translate apply"]
+    shared = {"translator": translator, "batch_size": batch_size, "device": device, "amp": amp}
     manifests = []
     style_run = None
     if open_run(translator, force=force).has_style_codes:
         config = cluster.config_class(
-            translator=translator,
-            styles=styles or 5,
-            pick=pick,
-            embedding=embedding,
-            seed=seed,
-            batch_size=batch_size,
-            device=device,
-            amp=amp,
+            **shared, styles=styles or 5, pick=pick, embedding=embedding, seed=seed
         )
         manifests.append(cluster.run(config, work, force=force, progress=progress))
         style_run = Path(manifests[-1].summary["output"])
-    config = apply.config_class(
-        translator=translator,
-        styles=styles,
-        style_run=style_run,
-        batch_size=batch_size,
-        device=device,
-        amp=amp,
-    )
+    config = apply.config_class(**shared, styles=styles, style_run=style_run)
     manifests.append(apply.run(config, work, force=force, progress=progress))
     return manifests
