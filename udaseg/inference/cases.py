@@ -12,9 +12,10 @@ def select_cases(
 
     ``wanted``: None for every case of ``available``.
 
+    ``shard`` comes checked from the config (:func:`udaseg.config.values.parse_shard`).
+
     Raises:
-        UdasegError (exit code 2): a wanted case the data does not hold, or a shard index outside
-            0..n-1.
+        UdasegError (exit code 2): a wanted case the data does not hold.
     """
     ids = list(available)
     if wanted is not None:
@@ -29,7 +30,5 @@ def select_cases(
         ids = [c for c in ids if c in set(wanted)]
     if shard is not None:
         index, count = shard
-        if not 0 <= index < count:
-            raise UdasegError(f"--shard {index}/{count}: need 0 <= i < n", exit_code=2)
         ids = ids[index::count]
     return ids
