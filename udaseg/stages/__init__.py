@@ -12,29 +12,37 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from udaseg.errors import look_up_option
+from udaseg.config.adapt import AdaptConfig
+from udaseg.config.cluster_styles import ClusterStylesConfig
+from udaseg.config.evaluate import EvaluateConfig
+from udaseg.config.phantom import PhantomConfig
+from udaseg.config.predict import PredictConfig
+from udaseg.config.preprocess import PreprocessConfig
+from udaseg.config.pseudo_label import PseudoLabelConfig
+from udaseg.config.report import ReportConfig
+from udaseg.config.segment_train import SegmentTrainConfig
+from udaseg.config.translate_apply import TranslateApplyConfig
+from udaseg.config.translate_train import TranslateTrainConfig
 
 
 @dataclass(frozen=True)
 class StageEntry:
-    """One stage command: ``udaseg <command>`` runs ``udaseg.stages.<module>.run``."""
+    """One stage: its config class (from the light ``udaseg.config.<stage>``, no torch) names the
+    command, ``udaseg.stages.<stage>.run`` does the work."""
 
-    command: str
-    module_name: str
-    config_name: str
+    config_class: type
     takes_work: bool = True
     # training stages: the module's ``show_defaults(config)`` resolves their hyperparameters
     shows_defaults: bool = False
 
     @property
-    def module(self) -> Any:
-        return importlib.import_module(f"udaseg.stages.{self.module_name}")
+    def command(self) -> str:
+        return self.config_class.COMMAND
 
     @property
-    def config_class(self) -> type:
-        """The config class, from the light ``udaseg.config.<module>`` (no torch import)."""
-        module = importlib.import_module(f"udaseg.config.{self.module_name}")
-        return getattr(module, self.config_name)
+    def module(self) -> Any:
+        stage = self.config_class.__module__.rsplit(".", 1)[1]
+        return importlib.import_module(f"udaseg.stages.{stage}")
 
     def run(self, config: Any, work: Any, *, force: bool = False, progress: Any = None) -> Any:
         """Run the stage: a :class:`~udaseg.artifacts.Manifest`, a list of them (one per
@@ -45,23 +53,16 @@ class StageEntry:
 STAGES = {
     entry.command: entry
     for entry in (
-        StageEntry("phantom", "phantom", "PhantomConfig", takes_work=False),
-        StageEntry("preprocess", "preprocess", "PreprocessConfig"),
-        StageEntry(
-            "translate train", "translate_train", "TranslateTrainConfig", shows_defaults=True
-        ),
-        StageEntry("cluster-styles", "cluster_styles", "ClusterStylesConfig"),
-        StageEntry("translate apply", "translate_apply", "TranslateApplyConfig"),
-        StageEntry("segment-train", "segment_train", "SegmentTrainConfig", shows_defaults=True),
-        StageEntry("adapt", "adapt", "AdaptConfig", shows_defaults=True),
-        StageEntry("pseudo-label", "pseudo_label", "PseudoLabelConfig"),
-        StageEntry("predict", "predict", "PredictConfig"),
-        StageEntry("evaluate", "evaluate", "EvaluateConfig"),
-        StageEntry("report", "report", "ReportConfig"),
+        StageEntry(PhantomConfig, takes_work=False),
+        StageEntry(PreprocessConfig),
+        StageEntry(TranslateTrainConfig, shows_defaults=True),
+        StageEntry(ClusterStylesConfig),
+        StageEntry(TranslateApplyConfig),
+        StageEntry(SegmentTrainConfig, shows_defaults=True),
+        StageEntry(AdaptConfig, shows_defaults=True),
+        StageEntry(PseudoLabelConfig),
+        StageEntry(PredictConfig),
+        StageEntry(EvaluateConfig),
+        StageEntry(ReportConfig),
     )
 }
-
-
-def stage_entry(command: str) -> StageEntry:
-    """The stage that ``udaseg <command>`` runs (an unknown command gets a "did you mean")."""
-    return STAGES[look_up_option(command, list(STAGES), what="udaseg command")]
