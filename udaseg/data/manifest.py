@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,39 +262,48 @@ def _resolve(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> tuple[dict
     return data, path
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to raw manifest data."""
+def apply_overrides(data: dict, overrides: Mapping[str, Any] | list[str]) -> dict:
+    """Apply overrides to raw manifest data: ``{"geometry.inplane_mm": 2.0}``, or ``key.sub=value``
+    strings whose values are read as YAML."""
+    if not isinstance(overrides, Mapping):
+        parsed = {}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise UdasegError(
+                    f'override "{item}" is not of the form key=value',
+                    hint="e.g. --set geometry.inplane_mm=2.0",
+                    exit_code=2,
+                )
+            parsed[key] = yaml.safe_load(value)
+        overrides = parsed
     data = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UdasegError(
-                f'override "{item}" is not of the form key=value',
-                hint="e.g. --set geometry.inplane_mm=2.0",
-                exit_code=2,
-            )
+    for key, value in overrides.items():
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise UdasegError(f'override "{item}": "{part}" is not a section', exit_code=2)
-        node[parts[-1]] = yaml.safe_load(value)
+                raise UdasegError(f'override "{key}": "{part}" is not a section', exit_code=2)
+        node[parts[-1]] = value
     return data
 
 
-def load_manifest(name_or_path: str | Path, overrides: list[str] | None = None) -> DatasetManifest:
+def load_manifest(
+    name_or_path: str | Path, overrides: Mapping[str, Any] | list[str] | None = None
+) -> DatasetManifest:
     """Load, merge (``extends``), override and validate a dataset manifest.
 
     Args:
         name_or_path: a built-in dataset name (``mmwhs``) or the path of a YAML file.
-        overrides: ``key.sub=value`` strings applied after loading (e.g. from ``--set``).
+        overrides: ``{"key.sub": value}`` (``--set``, already parsed) or ``key.sub=value``
+            strings, applied after loading.
 
     Raises:
         UdasegError: unknown dataset, unreadable YAML, unknown keys, wrong types or values.
     """
     data, path = _resolve(name_or_path)
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, overrides or {})
     return _validate(data, str(path))
 
 

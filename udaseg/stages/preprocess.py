@@ -48,9 +48,7 @@ def run(
     files is skipped (its summary says ``"skipped": true``) unless ``force``.
     """
     progress = progress or NullProgress()
-    # the values were read as YAML; JSON is YAML, so each reads back as it was given
-    overrides = [f"{key}={json.dumps(value)}" for key, value in config.overrides.items()]
-    manifest = load_manifest(config.dataset, overrides)
+    manifest = load_manifest(config.dataset, config.overrides)
     domains = config.domain or list(manifest.domains)
     results = []
     for name in domains:
