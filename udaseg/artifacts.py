@@ -315,16 +315,40 @@ def reuse_if_current(
 
 
 def check_run_name(name: str) -> str:
-    """Refuse a run name that is not a plain folder name (it becomes ``W/<stage>/<name>/``)."""
-    import re
+    """Refuse a ``--name`` that is not a plain folder name (it becomes ``W/<stage>/<name>/``)."""
+    return layout.check_name(name, "--name")
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
-        raise UdasegError(
-            f'--name "{name}" is not a plain folder name',
-            hint="use letters, digits and . _ + - (no slashes)",
-            exit_code=2,
-        )
-    return name
+
+def check_finished(path: Path, option: str) -> Path:
+    """Refuse ``path`` when it is, or lies inside, an unfinished (``.partial``) or replaced
+    (``.old``) folder: such a folder may hold checkpoints and files, but nothing vouches for them.
+
+    Raises:
+        UdasegError (exit code 2): naming ``option`` and the finished folder to pass instead.
+    """
+    path = Path(path)
+    for part in (path, *path.parents):
+        for suffix in (PARTIAL_SUFFIX, layout.OLD_SUFFIX):
+            if part.name.endswith(suffix):
+                finished = part.with_name(part.name[: -len(suffix)])
+                state = "unfinished" if suffix == PARTIAL_SUFFIX else "replaced"
+                raise UdasegError(
+                    f"{option} {path} is an {state} run ({part.name} ends in {suffix})",
+                    hint=f"pass the finished {finished} (rerun its stage to finish it)",
+                    path=path,
+                    exit_code=2,
+                )
+    return path
+
+
+def input_dir(artifact_dir: Path, record: dict[str, str]) -> Path:
+    """The folder of one input recorded in ``artifact_dir``'s manifest (``inputs[name]``).
+
+    Inputs inside the same workspace are recorded relative to the artifact that uses them, so a
+    workspace can be copied or moved; others keep their absolute path.
+    """
+    path = Path(record["path"])
+    return path if path.is_absolute() else Path(os.path.normpath(Path(artifact_dir) / path))
 
 
 def partial_dir(artifact_dir: Path) -> Path:

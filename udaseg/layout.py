@@ -20,7 +20,10 @@ Every artifact folder also holds ``manifest.json`` (see :mod:`udaseg.artifacts`)
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+from udaseg.errors import UdasegError
 
 # one folder per stage under the workspace root
 PREPROCESSED = "preprocessed"
@@ -72,14 +75,44 @@ def checkpoint_name(which: str) -> str:
     return f"checkpoint_{which}.pt"
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """Refuse a name that becomes a file or folder name in the workspace unless it is plain.
+
+    Plain: letters, digits and ``. _ + -``, starting with a letter or digit, not ending in a
+    reserved suffix (``.partial``, ``.old``). So no separator, ``..`` or absolute path can lead a
+    write or a delete outside ``--work``, and no run can take the name of another's unfinished
+    or replaced folder.
+
+    Raises:
+        UdasegError (exit code 2): naming ``what`` (the option or file the name came from).
+    """
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+        raise UdasegError(
+            f'{what} "{name}" is not a plain folder name',
+            hint="use letters, digits and . _ + - (starting with a letter or digit; no slashes)",
+            exit_code=2,
+        )
+    for suffix in (PARTIAL_SUFFIX, OLD_SUFFIX):
+        if name.endswith(suffix):
+            raise UdasegError(
+                f'{what} "{name}" ends in {suffix}, which marks unfinished or replaced folders',
+                hint=f"choose a name that does not end in {PARTIAL_SUFFIX} or {OLD_SUFFIX}",
+                exit_code=2,
+            )
+    return name
+
+
 def stage_dir(work: Path, folder: str) -> Path:
     """``W/<folder>``: where one stage keeps its runs (``folder`` is one of the names above)."""
     return Path(work) / folder
 
 
 def run_dir(work: Path, folder: str, name: str) -> Path:
-    """``W/<folder>/<name>``: one run's artifact folder."""
-    return Path(work) / folder / name
+    """``W/<folder>/<name>``: one run's artifact folder (``name`` checked by :func:`check_name`)."""
+    return Path(work) / folder / check_name(name, "run name")
 
 
 def joined(*parts: str) -> str:
