@@ -187,6 +187,17 @@ def test_the_demo_pipeline_runs_every_stage_then_skips_then_reruns_what_changed(
     # a second call finds every artifact complete and current
     second = udaseg("run", "phantom-demo", "--work", str(work), "--preset", "smoke")
     assert {s["status"] for s in second["stages"]} == {"skipped"}
+    # a copy of the workspace is just as current, with the original gone, and its report complete
+    report = udaseg("report", "--work", str(work))
+    copy, gone = tmp_path / "copy" / "w2", tmp_path / "gone"
+    copy.parent.mkdir()
+    subprocess.run(["cp", "-r", str(work), str(copy)], check=True)
+    work.rename(gone)
+    moved = udaseg("run", "phantom-demo", "--work", str(copy), "--preset", "smoke")
+    assert {s["status"] for s in moved["stages"]} == {"skipped"}
+    assert udaseg("report", "--work", str(copy))["sections"] == report["sections"]
+    assert not any(s["notes"] for s in report["sections"].values())
+    gone.rename(work)
     # longer adaptation: adapt and what reads its model rerun, nothing upstream does
     third = udaseg(
         "run", "phantom-demo", "--work", str(work), "--preset", "smoke", "--var", "adapt_steps=3"

@@ -9,15 +9,24 @@ input artifact with the hash of *its* manifest, and every output file with its s
 A consumer calls :func:`require_input` on each input directory. That refuses an artifact whose files
 changed since it was written, whose own inputs were rebuilt since (so it is stale), or whose schema
 version this udaseg does not know, with a message naming the stage to rerun. ``force=True`` turns
-those refusals into warnings.
+those refusals into warnings, and the consumer records that it was built from a stale input, so
+it and everything built from it are out of date until the input is rebuilt (staleness is checked
+through every level of inputs, not only the first).
+
+Paths inside the workspace are written as ``<work>/segment/x`` and expanded on reading against the
+workspace the artifact is in now, so a workspace copied or moved elsewhere stays current; paths
+outside it (raw data) are written resolved. While an artifact is built, its stage holds an
+exclusive lock on ``<dir>.lock`` (see :func:`locked`).
 
 Layout of ``manifest.json`` (all keys always present)::
 
     {"schema_version": 1, "stage": "preprocess", "created": "2026-11-21T07:00:00Z",
      "udaseg_version": "0.1.0", "git_commit": "abc123" | null, "libraries": {"numpy": "2.4.6", ...},
      "config": {...}, "config_hash": "sha256 hex",
-     "inputs": {"source": {"path": "/abs/dir", "stage": "preprocess", "manifest_hash": "..."}},
-     "outputs": {"store.h5": {"size": 123, "sha256": "...", "mtime_ns": 0}},
+     "inputs": {"source": {"path": "<work>/preprocessed/x", "stage": "preprocess",
+                           "manifest_hash": "...", "stale": "why (only when forced)"}},
+     "outputs": {"store.h5": {"size": 123, "sha256": "...", "mtime_ns": 0, "ctime_ns": 0,
+                              "inode": 0}},
      "summary": {...}}
 """
 
@@ -25,12 +34,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import importlib.metadata
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -49,8 +62,19 @@ PARTIAL_SUFFIX = layout.PARTIAL_SUFFIX
 _LIBRARIES = ("numpy", "SimpleITK", "h5py", "torch", "scikit-learn", "scipy", "PyYAML")
 
 
+# how paths inside the workspace are written in manifests and summaries
+WORK_TOKEN = "<work>"
+LOCK_SUFFIX = ".lock"
+# set to a folder to keep lock files there instead of beside the artifacts (see :func:`locked`)
+LOCK_DIR_ENV = "UDASEG_LOCK_DIR"
+
+
 class StaleInputError(UdasegError):
     """An input artifact is missing, incomplete, modified or out of date."""
+
+
+class ArtifactLockedError(UdasegError):
+    """Another process is building the same artifact."""
 
 
 @dataclass
@@ -84,6 +108,53 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
 def manifest_hash(artifact_dir: Path) -> str:
     """Hash identifying one build of an artifact: SHA-256 of its manifest file's bytes."""
     return file_sha256(Path(artifact_dir) / MANIFEST_NAME)
+
+
+def portable(value: Any, artifact_dir: Path) -> Any:
+    """``value`` (JSON-ready) with every absolute path inside ``artifact_dir``'s workspace written
+    as ``<work>/...``; the inverse of :func:`expanded`. Other values are returned unchanged."""
+    root = layout.workspace_of(artifact_dir)
+    if root is None:
+        return value
+
+    def convert(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {k: convert(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [convert(v) for v in item]
+        if isinstance(item, str) and os.path.isabs(item):
+            path = Path(item)
+            if path == root or root in path.parents:
+                rest = path.relative_to(root).as_posix()
+                return WORK_TOKEN if rest == "." else f"{WORK_TOKEN}/{rest}"
+        return item
+
+    return convert(value)
+
+
+def expanded(value: Any, artifact_dir: Path) -> Any:
+    """``value`` with every ``<work>/...`` path made absolute against the workspace
+    ``artifact_dir`` lies in now (see :func:`portable`)."""
+    root = layout.workspace_of(artifact_dir)
+    if root is None:
+        return value
+
+    def convert(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {k: convert(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [convert(v) for v in item]
+        if isinstance(item, str) and (item == WORK_TOKEN or item.startswith(WORK_TOKEN + "/")):
+            return str(root / item[len(WORK_TOKEN) + 1 :]) if item != WORK_TOKEN else str(root)
+        return item
+
+    return convert(value)
+
+
+def run_hash(config: dict[str, Any], artifact_dir: Path) -> str:
+    """The config hash an artifact at ``artifact_dir`` records for ``config``: paths inside the
+    workspace count relative to it, so the same run in a moved workspace has the same hash."""
+    return config_hash(portable(json.loads(canonical_json(config)), artifact_dir))
 
 
 def library_versions() -> dict[str, str]:
@@ -125,7 +196,7 @@ def load_manifest(artifact_dir: Path) -> Manifest:
         StaleInputError: the directory or its manifest is missing (an unfinished run), the manifest
             is unreadable, or it has a schema version this udaseg does not know.
     """
-    artifact_dir = Path(artifact_dir)
+    artifact_dir = check_finished(Path(artifact_dir), "input")
     path = artifact_dir / MANIFEST_NAME
     if not path.is_file():
         partial = artifact_dir.with_name(artifact_dir.name + PARTIAL_SUFFIX)
@@ -152,11 +223,16 @@ def load_manifest(artifact_dir: Path) -> Manifest:
             path=path,
         )
     known = set(Manifest.__dataclass_fields__)
-    return Manifest(**{k: v for k, v in data.items() if k in known})
+    manifest = Manifest(**{k: v for k, v in data.items() if k in known})
+    manifest.config = expanded(manifest.config, artifact_dir)
+    manifest.inputs = expanded(manifest.inputs, artifact_dir)
+    manifest.summary = expanded(manifest.summary, artifact_dir)
+    return manifest
 
 
 def describe_outputs(artifact_dir: Path, names: Iterable[str] | None = None) -> dict[str, dict]:
-    """Size, SHA-256 and mtime of every file under ``artifact_dir`` (except the manifest)."""
+    """Size, SHA-256, mtime, ctime and inode of every file under ``artifact_dir`` (except the
+    manifest)."""
     artifact_dir = Path(artifact_dir)
     if names is None:
         names = sorted(
@@ -170,16 +246,26 @@ def describe_outputs(artifact_dir: Path, names: Iterable[str] | None = None) -> 
         outputs[name] = {
             "size": stat.st_size,
             "sha256": file_sha256(artifact_dir / name),
-            "mtime_ns": stat.st_mtime_ns,
+            **_identity(stat),
         }
     return outputs
+
+
+def _identity(stat: os.stat_result) -> dict[str, int]:
+    """What tells that a file may have changed without reading it. ``cp -p`` or ``touch -r`` can
+    restore an mtime, but any write, copy or restore gives a new ctime or inode."""
+    return {"mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
+
+
+# files whose hash this process already checked: (path, size, mtime, ctime, inode) -> sha256
+_checked: dict[tuple, str] = {}
 
 
 def verify_outputs(artifact_dir: Path, manifest: Manifest, *, full: bool = False) -> list[str]:
     """Names of recorded output files that are missing or changed.
 
-    Sizes are always compared; hashes are recomputed when ``full`` or when a file's mtime differs
-    from the recorded one (copies to another node change mtimes without changing content).
+    Sizes are always compared; hashes are recomputed when ``full`` or when a file's mtime, ctime
+    or inode differs from the recorded one (a copied workspace is hashed once per process).
     """
     problems = []
     for name, meta in manifest.outputs.items():
@@ -190,24 +276,59 @@ def verify_outputs(artifact_dir: Path, manifest: Manifest, *, full: bool = False
         stat = path.stat()
         if stat.st_size != meta["size"]:
             problems.append(f"{name} changed size ({meta['size']} -> {stat.st_size} bytes)")
-        elif (full or stat.st_mtime_ns != meta.get("mtime_ns")) and file_sha256(path) != meta[
-            "sha256"
-        ]:
+            continue
+        identity = _identity(stat)
+        if not full and all(meta.get(k) == v for k, v in identity.items()):
+            continue
+        key = (str(path.resolve()), stat.st_size, *identity.values())
+        digest = _checked.get(key) if not full else None
+        if digest is None:
+            digest = _checked[key] = file_sha256(path)
+        if digest != meta["sha256"]:
             problems.append(f"{name} changed content")
     return problems
 
 
-def _stale_reason(artifact_dir: Path, manifest: Manifest) -> str | None:
-    """Why this artifact no longer matches what it was built from, or None if it still does."""
+def stale_reason(artifact_dir: Path, manifest: Manifest | None = None) -> str | None:
+    """Why this artifact no longer matches what it was built from, or None if it still does.
+
+    Checked through every level of inputs: an artifact is out of date when its files changed, an
+    input is gone or was rebuilt since, it was built with ``--force`` from an input that was out
+    of date, or any input is itself out of date for one of these reasons.
+    """
+    return _stale_reason(Path(artifact_dir), manifest or load_manifest(artifact_dir), set())
+
+
+def _stale_reason(artifact_dir: Path, manifest: Manifest, seen: set[Path]) -> str | None:
     problems = verify_outputs(artifact_dir, manifest)
     if problems:
         return "; ".join(problems)
     for name, record in manifest.inputs.items():
-        upstream = Path(record["path"])
+        if record["path"].startswith(WORK_TOKEN):
+            # a folder moved out of its workspace (a model handed on alone): its inputs are not
+            # there to check; its own files were
+            continue
+        upstream = input_dir(artifact_dir, record)
         if not (upstream / MANIFEST_NAME).is_file():
             return f"its input '{name}' ({upstream}) no longer exists"
         if manifest_hash(upstream) != record["manifest_hash"]:
             return f"its input '{name}' ({upstream}) was rebuilt after it"
+        if record.get("stale"):
+            return (
+                f"it was built with --force from its input '{name}' ({upstream}), which was "
+                f"out of date: {record['stale']}"
+            )
+        key = upstream.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            upstream_manifest = load_manifest(upstream)
+        except StaleInputError as exc:
+            return f"its input '{name}' ({upstream}): {exc.message}"
+        reason = _stale_reason(upstream, upstream_manifest, seen)
+        if reason:
+            return f"its input '{name}' ({upstream}) is out of date: {reason}"
     return None
 
 
@@ -259,7 +380,7 @@ def require_input(artifact_dir: Path, *, stage: str, rerun: str, force: bool = F
             hint=f"pass the output directory of `{rerun}`",
             path=artifact_dir,
         )
-    reason = _stale_reason(Path(artifact_dir), manifest)
+    reason = stale_reason(artifact_dir, manifest)
     if reason:
         message = f"input {artifact_dir} is out of date: {reason}"
         if not force:
@@ -273,25 +394,31 @@ def require_input(artifact_dir: Path, *, stage: str, rerun: str, force: bool = F
 
 
 def input_record(artifact_dir: Path, manifest: Manifest) -> dict[str, str]:
-    """The entry a consumer stores in its own manifest's ``inputs`` for one input artifact."""
-    return {
+    """The entry a consumer stores in its own manifest's ``inputs`` for one input artifact;
+    ``stale`` says why, when the input is out of date and used anyway (``--force``)."""
+    record = {
         "path": str(Path(artifact_dir).resolve()),
         "stage": manifest.stage,
         "manifest_hash": manifest_hash(artifact_dir),
     }
+    reason = stale_reason(artifact_dir, manifest)
+    if reason:
+        record["stale"] = reason
+    return record
 
 
 def is_current(artifact_dir: Path, config: dict[str, Any], inputs: dict[str, dict]) -> bool:
-    """True when ``artifact_dir`` is complete, intact, and was built from this config and inputs."""
+    """True when ``artifact_dir`` is complete, intact, and was built from this config and inputs,
+    none of them out of date (:func:`stale_reason`)."""
     try:
         manifest = load_manifest(artifact_dir)
     except StaleInputError:
         return False
-    if manifest.config_hash != config_hash(config):
+    if manifest.config_hash != run_hash(config, artifact_dir):
         return False
     recorded = {k: v.get("manifest_hash") for k, v in manifest.inputs.items()}
     wanted = {k: v.get("manifest_hash") for k, v in inputs.items()}
-    return recorded == wanted and _stale_reason(Path(artifact_dir), manifest) is None
+    return recorded == wanted and stale_reason(artifact_dir, manifest) is None
 
 
 def reuse_if_current(
@@ -356,29 +483,122 @@ def partial_dir(artifact_dir: Path) -> Path:
     return artifact_dir.with_name(artifact_dir.name + PARTIAL_SUFFIX)
 
 
+def lock_path(artifact_dir: Path) -> Path:
+    """The lock file of an artifact: ``<dir>.lock`` beside it, or, when ``UDASEG_LOCK_DIR`` is
+    set, a file in that folder named after the artifact's resolved path."""
+    artifact_dir = Path(artifact_dir)
+    folder = os.environ.get(LOCK_DIR_ENV)
+    if not folder:
+        return artifact_dir.with_name(artifact_dir.name + LOCK_SUFFIX)
+    key = hashlib.sha256(str(artifact_dir.resolve()).encode()).hexdigest()[:16]
+    return Path(folder) / f"{artifact_dir.name}-{key}{LOCK_SUFFIX}"
+
+
+@contextlib.contextmanager
+def locked(artifact_dir: Path) -> Iterator[None]:
+    """Hold the exclusive lock of ``artifact_dir`` for the body, or fail at once.
+
+    The lock is a ``flock`` on :func:`lock_path`, which also records who holds it (host, pid,
+    start time, command). The kernel drops the lock when its process dies however it dies, so a
+    lock left by a killed run is simply taken over; the file is removed on release. On a local
+    filesystem and on NFS (Linux emulates ``flock`` with NFS byte-range locks) this excludes every
+    other process; on Lustre only when it is mounted with ``-o flock`` (``localflock`` excludes
+    processes of the same node only). Where locks are not honoured, set ``UDASEG_LOCK_DIR`` to a
+    folder on a filesystem that honours them.
+
+    Raises:
+        ArtifactLockedError: another process holds the lock (exit code 3), naming it.
+        UdasegError: the filesystem refuses locks.
+    """
+    path = lock_path(artifact_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ArtifactLockedError(
+                f"{artifact_dir} is being built by another process ({_holder(path)})",
+                hint="wait for it to finish, or stop it; this run changed nothing",
+                path=artifact_dir,
+                exit_code=3,
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            raise UdasegError(
+                f"cannot lock {path}: the filesystem does not support locks ({exc.strerror})",
+                hint=f"set {LOCK_DIR_ENV} to a folder on a filesystem that does (every process "
+                "that may build the same artifact must use the same folder)",
+                path=path,
+            ) from exc
+        # the previous holder may have removed the file between our open and our lock
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    holder = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": " ".join(sys.argv),
+    }
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps(holder) + "\n").encode())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    """Who holds a lock, as its file says."""
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        return (
+            f"pid {holder['pid']} on {holder['host']} since {holder['started']}: "
+            f"{holder['command']}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"see {path}"
+
+
 @contextlib.contextmanager
 def building(
     artifact_dir: Path, *, keep_partial: bool = False, discard_on_error: bool = False
 ) -> Iterator[Path]:
-    """Build an artifact in ``<artifact_dir>.partial/``; the caller finishes with :func:`publish`.
+    """Build an artifact in ``<artifact_dir>.partial/``; the caller finishes with :func:`publish`
+    inside the body.
+
+    The artifact's lock (:func:`locked`) is held from before anything is touched until the body
+    ends, so a second process building the same artifact fails at once and changes nothing.
+    Under ``torchrun`` every rank enters with the same folder; rank 0 holds the lock.
 
     A stale ``.partial`` left by a killed run is removed first unless ``keep_partial`` (training
     stages keep it to resume from its checkpoints). If the body raises, the ``.partial`` directory
     stays where it is (visibly unfinished; the next run clears or resumes it), or, with
     ``discard_on_error`` (stages with nothing to resume), is removed before the error goes on.
     """
-    work = partial_dir(artifact_dir)
-    if work.exists() and not keep_partial:
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    if not discard_on_error:
-        yield work
-        return
-    try:
-        yield work
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    lock = locked(artifact_dir) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    with lock:
+        work = partial_dir(artifact_dir)
+        if work.exists() and not keep_partial:
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        if not discard_on_error:
+            yield work
+            return
+        try:
+            yield work
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
 
 
 def publish(
@@ -392,24 +612,27 @@ def publish(
 ) -> Manifest:
     """Write the manifest (last) into ``work`` and move it into place as ``artifact_dir``.
 
-    An existing ``artifact_dir`` (an older build) is replaced; the swap goes through a temporary
-    name so a crash at any point leaves either the old complete artifact or none.
+    The file holds paths inside the workspace as ``<work>/...`` (:func:`portable`); the returned
+    manifest holds them absolute, as :func:`load_manifest` would. An existing ``artifact_dir``
+    (an older build) is replaced; the swap goes through a temporary name so a crash at any point
+    leaves either the old complete artifact or none.
     """
-    manifest = Manifest(
+    artifact_dir = Path(artifact_dir)
+    plain_config = json.loads(canonical_json(config))
+    recorded = Manifest(
         stage=stage,
-        config=json.loads(canonical_json(config)),
-        config_hash=config_hash(config),
-        inputs=inputs or {},
+        config=portable(plain_config, artifact_dir),
+        config_hash=run_hash(plain_config, artifact_dir),
+        inputs=portable(inputs or {}, artifact_dir),
         outputs=describe_outputs(work),
-        summary=summary or {},
+        summary=portable(json.loads(json.dumps(summary or {}, default=json_default)), artifact_dir),
         git_commit=git_commit(),
         libraries=library_versions(),
         created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
     tmp = work / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(manifest.to_json())
+    tmp.write_text(recorded.to_json())
     os.replace(tmp, work / MANIFEST_NAME)
-    artifact_dir = Path(artifact_dir)
     old = artifact_dir.with_name(artifact_dir.name + layout.OLD_SUFFIX)
     if artifact_dir.exists():
         if old.exists():
@@ -418,7 +641,10 @@ def publish(
     os.replace(work, artifact_dir)
     if old.exists():
         shutil.rmtree(old)
-    return manifest
+    recorded.config = expanded(recorded.config, artifact_dir)
+    recorded.inputs = expanded(recorded.inputs, artifact_dir)
+    recorded.summary = expanded(recorded.summary, artifact_dir)
+    return recorded
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -38,6 +38,20 @@ EVALUATE = "evaluate"
 REPORT = "report"
 RUNS = "runs"
 
+# folders that hold one artifact per run (``W/<folder>/<run>/``); the report is ``W/report/``
+RUN_FOLDERS = (
+    PREPROCESSED,
+    TRANSLATE,
+    STYLES,
+    TRANSLATED,
+    SEGMENT,
+    ADAPT,
+    PSEUDO,
+    PREDICT,
+    EVALUATE,
+    RUNS,
+)
+
 # identity parts of a default run name are joined with this (``dataset__domain``)
 JOIN = "__"
 
@@ -113,6 +127,17 @@ def stage_dir(work: Path, folder: str) -> Path:
 def run_dir(work: Path, folder: str, name: str) -> Path:
     """``W/<folder>/<name>``: one run's artifact folder (``name`` checked by :func:`check_name`)."""
     return Path(work) / folder / check_name(name, "run name")
+
+
+def workspace_of(artifact_dir: Path) -> Path | None:
+    """The workspace root ``W`` an artifact folder lies in (resolved), or None when the folder is
+    not where this layout puts artifacts (e.g. a model directory copied elsewhere)."""
+    artifact_dir = Path(artifact_dir).resolve()
+    if artifact_dir.parent.name in RUN_FOLDERS:
+        return artifact_dir.parent.parent
+    if artifact_dir.name == REPORT:
+        return artifact_dir.parent
+    return None
 
 
 def joined(*parts: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from udaseg import layout
 from udaseg.data import nifti
 from udaseg.data.dicom import natural_key
 from udaseg.data.geometry import canonical_direction
@@ -75,7 +76,8 @@ def find_cases(domain: Domain, raw: Path) -> list[CaseFiles]:
     for path in raw.glob(domain.images.replace("{case}", "*")):
         match = regex.search(path.relative_to(raw).as_posix())
         if match:
-            found[match.group("case")] = path
+            # a case id names the files written for it (W/predict/<run>/<case>.nii.gz)
+            found[layout.check_name(match.group("case"), f"case id of {path}")] = path
     if not found:
         raise UdasegError(
             f"no {domain.name} images matching '{domain.images}' under {raw}",

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from udaseg import layout
+from udaseg import artifacts, layout
 
 
 class Described(Protocol):
@@ -23,7 +23,8 @@ class Described(Protocol):
 
 def read_summary(run: Path) -> dict[str, Any]:
     """The scores of an evaluate run: its ``summary.json`` (see :mod:`udaseg.metrics.tables`)."""
-    return json.loads((Path(run) / layout.SUMMARY).read_text(encoding="utf-8"))
+    data = json.loads((Path(run) / layout.SUMMARY).read_text(encoding="utf-8"))
+    return artifacts.expanded(data, run)
 
 
 def comparison(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

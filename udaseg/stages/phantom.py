@@ -50,7 +50,7 @@ def run(
     )
     check_options(task, size, seed, n_cases)
     path = out / layout.PHANTOM_MANIFEST
-    text = _manifest_text(task, seed, size, n_cases, path, out)
+    text = _manifest_text(task, seed, size, n_cases)
     if not force and path.is_file() and path.read_text(encoding="utf-8") == text:
         return {"skipped": True, "manifest": str(path), "out": str(out), "cases": None}
     path.unlink(missing_ok=True)  # an unfinished rewrite must not look complete
@@ -62,14 +62,16 @@ def run(
     return {**summary, "cases": cases, "manifest": str(path), "out": str(out), "skipped": False}
 
 
-def _manifest_text(task, seed, size, n_cases, path: Path, out: Path) -> str:
+def _manifest_text(task, seed, size, n_cases) -> str:
+    """The manifest's text: nothing in it depends on where the phantom is, so a copied or moved
+    phantom is still complete."""
     manifest = {
         **PHANTOM_MANIFESTS[task],
         "description": f"udaseg phantom ({task}, seed {seed}, size {size}, cases {n_cases}) in "
         f"the layout of {PHANTOM_MANIFESTS[task]['extends']}",
     }
     return (
-        "# written by `udaseg phantom`; preprocess with:\n"
-        f"#   udaseg preprocess {path} --raw {out} --work W\n"
+        "# written by `udaseg phantom`; preprocess with (FOLDER: the folder of this file):\n"
+        f"#   udaseg preprocess FOLDER/{layout.PHANTOM_MANIFEST} --raw FOLDER --work W\n"
         + yaml.safe_dump(manifest, sort_keys=False)
     )
