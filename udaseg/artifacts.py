@@ -105,6 +105,43 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+# files this process already hashed: (path, size, mtime, ctime, inode) -> sha256
+_hashed: dict[tuple, str] = {}
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file, read once per process while its size, times and inode stay the same."""
+    stat = Path(path).stat()
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    if key not in _hashed:
+        _hashed[key] = file_sha256(Path(path))
+    return _hashed[key]
+
+
+def files_fingerprint(paths: Iterable[Path], root: Path | None = None) -> list[list]:
+    """``[name, size, sha256]`` of every file at or under ``paths``: how a stage identifies inputs
+    that are not artifacts (raw scans, label folders, exported models).
+
+    Names are relative to ``root`` when given (so ``--raw data``, ``./data`` and ``/abs/data``,
+    or a copied folder, give the same rows), else absolute. The content is hashed rather than the
+    mtime trusted: ``cp -r`` sets new times on the same data, and changed data can keep an old
+    mtime (about 1 s per GB, each file read once per process).
+    """
+    base = os.path.abspath(root) if root is not None else None
+    rows = []
+    for path in paths:
+        path = Path(path)
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for file in files:
+            if not file.is_file():
+                continue
+            name = os.path.abspath(file)
+            if base is not None:
+                name = Path(os.path.relpath(name, base)).as_posix()
+            rows.append([name, file.stat().st_size, content_hash(file)])
+    return rows
+
+
 def manifest_hash(artifact_dir: Path) -> str:
     """Hash identifying one build of an artifact: SHA-256 of its manifest file's bytes."""
     return file_sha256(Path(artifact_dir) / MANIFEST_NAME)

@@ -4,7 +4,7 @@
 #
 #   examples/slurm/submit.sh PIPELINE [udaseg run options]
 #   WORK=/scratch/me/w RAW=~/data/MMWHS examples/slurm/submit.sh sifa-mmwhs --var src=ct --var tgt=mr
-#   DRY=1 examples/slurm/submit.sh darunet-abdominal     # print the sbatch lines, submit nothing
+#   GPUS=2 DRY=1 RAW=~/data/abdominal examples/slurm/submit.sh darunet-abdominal  # print only
 #
 # The commands are exactly those `udaseg run PIPELINE --work W --dry-run` prints (one stage's:
 # `--only NAME`); each becomes the job of its kind, with the scripts beside this one:
@@ -13,19 +13,27 @@
 #   cluster-styles        one GPU
 #   translate apply       array of SHARDS tasks when only segment-train reads the store (each
 #                         shard is a complete store: passed as several --translated), else one job
-#   segment-train, adapt  torchrun on GPUS GPUs of one node
+#   segment-train, adapt  torchrun on GPUS GPUs of one node; --set batch_size is per process,
+#                         so the pipeline's batch (or the model's default) is divided by GPUS to
+#                         keep the paper's batch per step (refused when it does not divide;
+#                         PER_GPU_BATCH=1 keeps the batch per GPU instead, GPUS times larger)
 #   predict               array of PRED_SHARDS tasks, then a --merge-shards job
 #   pseudo-label          one GPU
 #   evaluate              CPU job
 # Independent branches (the bounds, each method) run side by side. Every stage skips an artifact
 # that is complete and current, so after a failure, fix it and submit again: only what is
-# missing or stale runs. Logs: $WORK/slurm/<kind>:<name>-<job>[_<task>].out.
+# missing or stale runs. A training job that hit its time limit continues by itself when
+# submitted again with the same settings (GPUS and PER_GPU_BATCH included): it picks up its
+# <run>.partial/ folder at its last checkpoint_latest.pt (at most --checkpoint-every steps are
+# redone, and the result is the same as an uninterrupted run); a run started with other options
+# or inputs starts over. Logs: $WORK/slurm/<kind>:<name>-<job>[_<task>].out.
 set -euo pipefail
 
 # ---- settings (edit, or set in the environment) -----------------------------------------------
 WORK=${WORK:-/scratch/$USER/udaseg}      # workspace on a filesystem that every node sees
 RAW=${RAW:-$HOME/data/MMWHS}             # the downloaded dataset: the pipeline's `raw` variable
 GPUS=${GPUS:-4}                          # GPUs (torchrun processes) per segment-train / adapt job
+PER_GPU_BATCH=${PER_GPU_BATCH:-0}        # 1: each GPU takes the pipeline's whole batch (GPUS x)
 SHARDS=${SHARDS:-8}                      # array tasks of preprocess and translate apply
 PRED_SHARDS=${PRED_SHARDS:-4}            # array tasks of predict: at most the cases predicted
 read -r -a EXTRA <<<"${SBATCH_EXTRA:-}"  # more sbatch options, e.g. "--account=x --partition=gpu"
@@ -36,6 +44,14 @@ DRY=${DRY:-0}                            # 1: print what would be submitted
 PIPELINE=${1:?usage: submit.sh PIPELINE [udaseg run options, e.g. --preset cpu-small --var src=ct]}
 shift
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [[ ! -d $RAW || ! -r $RAW || ! -x $RAW ]]; then
+  echo "RAW=$RAW is not a readable folder: set RAW to the downloaded dataset" >&2
+  exit 2
+fi
+if ! [[ $GPUS =~ ^[1-9][0-9]*$ ]]; then
+  echo "GPUS=$GPUS must be a whole number of at least 1" >&2
+  exit 2
+fi
 if [[ -f "$UDASEG_VENV/bin/activate" ]]; then source "$UDASEG_VENV/bin/activate"; fi
 plan=$(udaseg run "$PIPELINE" --work "$WORK" --var "raw=$RAW" "$@" --dry-run)
 mapfile -t lines <<<"$plan"
@@ -63,6 +79,51 @@ only_translated() {  # only_translated STORE FIRST: do stages FIRST.. read STORE
   done
   return 0
 }
+
+gpu_batch() {  # gpu_batch LABEL KIND ARG...: prints the batch per GPU (nothing: keep the line's)
+  local label=$1 kind=$2
+  shift 2
+  ((GPUS > 1)) && [[ $PER_GPU_BATCH != 1 ]] || return 0
+  local batch= previous= arg
+  for arg in "$@"; do
+    [[ $previous == --set && $arg == batch_size=* ]] && batch=${arg#batch_size=}
+    previous=$arg
+  done
+  if [[ -z $batch ]]; then  # the model's or method's default, as the stage resolves it
+    batch=$(udaseg $kind "$@" --show-defaults --json |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["hparams"]["batch_size"])') || {
+      echo "$label: cannot read its default batch size; add --set batch_size=N to it" >&2
+      return 2
+    }
+  fi
+  if ! [[ $batch =~ ^[0-9]+$ ]] || ((batch % GPUS)); then
+    echo "$label: its batch of $batch does not divide over GPUS=$GPUS: choose GPUS dividing" \
+      "it, or set PER_GPU_BATCH=1 to give each GPU the whole batch ($GPUS times larger)" >&2
+    return 2
+  fi
+  echo $((batch / GPUS))
+}
+
+set_batch() {  # set_batch N: the job's args with --set batch_size=N (none given: unchanged)
+  [[ -n $1 ]] || return 0
+  local a found=0
+  for ((a = 1; a < ${#args[@]}; a++)); do
+    if [[ ${args[a - 1]} == --set && ${args[a]} == batch_size=* ]]; then
+      args[a]="batch_size=$1" found=1
+    fi
+  done
+  ((found)) || args+=(--set "batch_size=$1")
+}
+
+# every torchrun job's batch is settled before anything is submitted
+declare -a per_batch=()
+for i in "${!lines[@]}"; do
+  eval "cmd=(${lines[i]})"
+  if [[ ${cmd[1]} == segment-train || ${cmd[1]} == adapt ]]; then
+    label="${cmd[1]}:$(value --name "${cmd[@]:2}")"
+    per_batch[i]=$(gpu_batch "$label" "${cmd[1]}" "${cmd[@]:2}") || exit 2
+  fi
+done
 
 fake=0
 submit() {  # submit AFTER SBATCH-OPTION... SCRIPT ARG...: sets JOB to the new job's id
@@ -158,6 +219,7 @@ for i in "${!lines[@]}"; do
         submit "$after" --job-name="$label" "$here/translate-apply.sbatch" "${args[@]}"
       fi ;;
     segment-train | adapt)
+      set_batch "${per_batch[i]:-}"
       submit "$after" --job-name="$label" --gres="gpu:$GPUS" "$here/$kind.sbatch" "${args[@]}" ;;
     predict)
       submit "$after" --job-name="$label" --array="0-$((PRED_SHARDS - 1))" \

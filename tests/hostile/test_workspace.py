@@ -129,6 +129,7 @@ def test_two_training_processes_on_one_run(tiny_dataset, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        encoding="utf-8",
     )
     try:
         deadline = time.monotonic() + 120
@@ -140,7 +141,11 @@ def test_two_training_processes_on_one_run(tiny_dataset, tmp_path):
         os.kill(first.pid, signal.SIGSTOP)
         try:
             second = subprocess.run(
-                _train_command(work, store, steps), capture_output=True, text=True, timeout=120
+                _train_command(work, store, steps),
+                capture_output=True,
+                text=True,
+                encoding="utf-8",
+                timeout=120,
             )
         finally:
             os.kill(first.pid, signal.SIGCONT)

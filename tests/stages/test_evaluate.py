@@ -24,6 +24,7 @@ from udaseg.cli import app, main
 from udaseg.data.manifest import load_manifest
 from udaseg.data.store import StoreWriter
 from udaseg.errors import UdasegError
+from udaseg.evaluation.comparison import read_summary
 from udaseg.evaluation.labels import GRID_HINT
 from udaseg.metrics import evaluate_case, image_diagonal
 from udaseg.stages import evaluate as stage
@@ -245,7 +246,7 @@ def test_empty_prediction_is_missing_not_a_crash(toy):
     rows = read_csv(out / "per_case.csv")
     assert rows["c2", "b"]["dice"] == 0.0
     assert math.isnan(rows["c2", "b"]["assd"]) and math.isnan(rows["c2", "b"]["hd95"])
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    summary = read_summary(out)
     assert summary == {k: v for k, v in manifest.summary.items() if k not in ("skipped", "seconds")}
     hd95_b = summary["per_class"]["b"]["hd95"]
     assert (hd95_b["n"], hd95_b["n_missing"]) == (2, 1)
@@ -260,7 +261,7 @@ def test_class_empty_everywhere_shows_a_dash_and_diagonal_option(toy):
         write(toy.pred / f"{case}.nii.gz", np.where(prediction(i) == 2, 0, prediction(i)))
     stage.run(config(toy), toy.work)
     out = toy.work / "evaluate" / "sifa_preds"
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    summary = read_summary(out)
     assert summary["per_class"]["b"]["assd"]["mean"] is None  # null in JSON, never NaN
     table = (out / "table.md").read_text(encoding="utf-8")
     assert "| — |" in table and "(3 missing)" in table
@@ -483,7 +484,7 @@ def test_cli_prints_the_table_and_json(toy):
     out = toy.work / "evaluate" / "sifa_preds"
     assert summary.pop("skipped") is True  # the second call found it current
     summary.pop("seconds")
-    assert summary == json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary == read_summary(out)
     assert summary["options"] == {
         "metrics": ["dice", "assd", "hd95"], "unit": "mm", "hd95": "pooled", "assd": "pooled",
         "connectivity": 1, "empty_distance": "nan",

@@ -159,6 +159,8 @@ def test_an_unreadable_prediction_is_noted_and_the_rest_still_reported(work, tmp
     summary_path = other / "evaluate" / "gone" / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     summary["pred"]["path"] = str(tmp_path / "deleted-predictions")
+    # moved alone into another workspace, its paths in the old one are written out absolute
+    summary["ref"]["path"] = str(work / "raw")
     summary_path.write_text(json.dumps(summary), encoding="utf-8")
     (tmp_path / "W2" / "translate" / "half.partial").mkdir(parents=True)
     built = report.run(ReportConfig(), other).summary

@@ -80,6 +80,7 @@ def run_pipeline(
     if dry_run:
         for stage in chosen:
             runner.check(stage)
+        runner.check_inputs(loaded, chosen)
         commands = [s.command for s in chosen]
         if as_json:
             emit({"pipeline": str(loaded.path), "commands": commands}, True)

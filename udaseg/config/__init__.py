@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -261,5 +262,14 @@ def parse_kv(items: list[str] | None, option: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UdasegError(f'{option} "{item}" must look like key=value', exit_code=2)
-        parsed[key] = yaml.safe_load(value)
+        parsed[key] = _exponent_number(yaml.safe_load(value))
     return parsed
+
+
+def _exponent_number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (an exponent without a dot) as text; people mean the number."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value):
+        return float(value)
+    if isinstance(value, list):
+        return [_exponent_number(v) for v in value]
+    return value

@@ -46,5 +46,12 @@ def compile_model() -> Any:
     return runtime(False, help="Try torch.compile.")
 
 
+RESUME_HELP = (
+    "Insist on continuing the interrupted run (its .partial folder) from its last checkpoint, "
+    "refusing if there is none or it was made with other options or inputs. Without it a rerun "
+    "continues such a run when it can (same options and inputs) and otherwise starts over."
+)
+
+
 def resume() -> Any:
-    return runtime(False, help="Continue an interrupted run from its last checkpoint.")
+    return runtime(False, help=RESUME_HELP)

@@ -73,8 +73,4 @@ class TranslateTrainConfig(StageConfig):
     log_every: int = shared.log_every()
     device: str = shared.device()
     channels_last: bool = shared.channels_last()
-    resume: bool = runtime(
-        False,
-        help="Continue an interrupted run from its last checkpoint (step count, optimiser state "
-        "and random generators).",
-    )
+    resume: bool = shared.resume()

@@ -6,6 +6,7 @@ list), so configs built by code, tests or pipelines hold the same values as the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -59,11 +60,11 @@ def parse_ints(value: Any, option: str) -> list[int]:
     """
     if isinstance(value, int | float):
         return [int(value)]
-    if isinstance(value, list | tuple):
-        return [int(v) for v in value]
     try:
+        if isinstance(value, list | tuple):
+            return [int(v) for v in value]
         return [int(v) for v in str(value).replace("x", ",").split(",")]
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise UdasegError(f'{option} "{value}" must be numbers like 256,256', exit_code=2) from exc
 
 
@@ -95,4 +96,78 @@ def split_overrides(
             look_up_option(key, sorted({*keys, *accepted}), what="--set key")
     if "patch_size" in resolved:
         resolved["patch_size"] = parse_ints(resolved["patch_size"], "--set patch_size")
+    check_hparams(resolved)
     return resolved, constructor
+
+
+# what a hyperparameter's value may be, by its name (see _rule); checked in this order, so
+# warmup_steps is a _WHOLE and not a _WHOLE_POSITIVE. A training stage refuses anything else
+# before it makes a folder.
+_WHOLE_POSITIVE = ("steps", "batch_size", "patch_size", "width", "blocks")
+_WHOLE = ("warmup_steps", "pool_size")
+_NON_NEGATIVE = (
+    "lr",  # 0 holds a network still (a warm-start test, a frozen part)
+    "weight_decay",
+    "weight",
+    "weights",
+    "lambda",
+    "momentum",
+    "poly_power",
+)
+_FRACTION = ("betas", "decay_from", "ema_decay")  # in [0, 1)
+# the optimisers and learning-rate schedules udaseg.training.optim builds
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "poly", "linear")
+_NAMED = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+
+
+def _rule(key: str, names: tuple[str, ...]) -> bool:
+    """``key`` is one of ``names``, or one with a prefix (``d_lr``, ``lambda_cycle``'s
+    ``lambda``) or a suffix (``lr_g``)."""
+    return any(
+        key == name or key.endswith("_" + name) or key.startswith(name + "_") for name in names
+    )
+
+
+def check_hparams(hparams: Mapping[str, Any]) -> None:
+    """Refuse hyperparameter values no training can use: a step count, batch or patch size or
+    width that is not a positive whole number, a negative learning rate, weight or ``lambda_*``,
+    a beta outside [0, 1), an unknown optimiser or schedule, or text where a number goes.
+
+    Raises:
+        UdasegError (exit code 2): naming ``--set key=value`` and what it must be.
+    """
+    for key, value in hparams.items():
+        if value is None:
+            continue
+        items = value if isinstance(value, list | tuple) else [value]
+        if _rule(key, _WHOLE):
+            _check_numbers(key, value, items, "a whole number >= 0", whole=True, low=0)
+        elif _rule(key, _WHOLE_POSITIVE):
+            _check_numbers(key, value, items, "a whole number > 0", whole=True, low=1)
+        elif _rule(key, _FRACTION):
+            _check_numbers(key, value, items, "a number in [0, 1)", low=0, below=1)
+        elif _rule(key, _NON_NEGATIVE):
+            _check_numbers(key, value, items, "a number >= 0", low=0)
+        elif key in _NAMED or key.endswith(tuple("_" + name for name in _NAMED)):
+            choices = _NAMED[key.rsplit("_", 1)[-1]]
+            look_up_option(str(value), choices, what=f"--set {key}")
+
+
+def _check_numbers(key, value, items, wanted, *, whole=False, low=0, below=None) -> None:
+    for item in items:
+        number = isinstance(item, int | float) and not isinstance(item, bool)
+        if (
+            not number
+            or not math.isfinite(item)
+            or (whole and float(item) != int(item))
+            or item < low
+            or (below is not None and item >= below)
+        ):
+            shown = value if not isinstance(value, list | tuple) else ",".join(map(str, value))
+            raise UdasegError(
+                f"--set {key}={shown}: {key} must be {wanted}"
+                + (" (each of its values)" if isinstance(value, list | tuple) else ""),
+                hint="see the defaults with --show-defaults",
+                exit_code=2,
+            )

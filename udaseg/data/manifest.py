@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from udaseg import layout
 from udaseg.errors import UdasegError, did_you_mean
 
 VIEWS = ("axial", "coronal", "sagittal")
@@ -318,8 +319,9 @@ def _check_keys(section: dict, allowed: dict, where: str, source: str) -> None:
                 hint=f"known keys here: {', '.join(allowed)}",
                 exit_code=2,
             )
-        if not isinstance(value, allowed[key]):
-            wanted = allowed[key] if isinstance(allowed[key], tuple) else (allowed[key],)
+        wanted = allowed[key] if isinstance(allowed[key], tuple) else (allowed[key],)
+        # YAML's true/false are ints to isinstance: a number key refuses them
+        if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in wanted)
             raise UdasegError(
                 f"{source}: '{where + '.' if where else ''}{key}' must be {names}, got {value!r}",
@@ -335,6 +337,25 @@ def _choice(value: str, choices: tuple[str, ...], where: str, source: str) -> st
             exit_code=2,
         )
     return value
+
+
+def _pair(value: Any, where: str, source: str, *, whole: bool = False) -> tuple:
+    """``value`` as a pair of numbers (whole numbers if ``whole``).
+
+    Raises:
+        UdasegError (exit code 2): naming the file, the key path ``where`` and the expected type.
+    """
+    kind = int if whole else (int, float)
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+    ):
+        wanted = "integers" if whole else "numbers"
+        raise UdasegError(
+            f"{source}: '{where}' must be a list of 2 {wanted}, got {value!r}", exit_code=2
+        )
+    return tuple(value)
 
 
 def _require(section: dict, keys: tuple[str, ...], where: str, source: str) -> None:
@@ -355,12 +376,16 @@ def _validate(data: dict, source: str) -> DatasetManifest:
         for member in members:
             _choice(str(member), classes, f"regions.{region} member", source)
         regions[str(region)] = tuple(str(m) for m in members)
+    # the dataset and domain names make the store's folder name (W/preprocessed/<name>__<domain>)
+    name = layout.check_name(str(data["name"]), f"{source}: 'name'")
     domains = {
-        str(name): _validate_domain(str(name), spec, classes, source)
-        for name, spec in data["domains"].items()
+        layout.check_name(str(d), f"{source}: domain"): _validate_domain(
+            str(d), spec, classes, source
+        )
+        for d, spec in data["domains"].items()
     }
     return DatasetManifest(
-        name=str(data["name"]),
+        name=name,
         view=view,
         classes=classes,
         domains=domains,
@@ -395,11 +420,8 @@ def _validate_domain(name: str, spec: dict, classes: tuple[str, ...], source: st
     label_ranges = {}
     for target, bounds in (spec.get("label_ranges") or {}).items():
         _choice(str(target), classes, f"{where}.label_ranges", source)
-        if not (isinstance(bounds, list) and len(bounds) == 2):
-            raise UdasegError(
-                f"{source}: {where}.label_ranges.{target} must be [low, high]", exit_code=2
-            )
-        label_ranges[str(target)] = (int(bounds[0]), int(bounds[1]))
+        bounds = _pair(bounds, f"{where}.label_ranges.{target}", source, whole=True)
+        label_ranges[str(target)] = bounds
     if spec.get("labels") is not None:
         needed = "label_ranges" if reader == "dicom-png" else "label_map"
         if not (label_ranges if reader == "dicom-png" else label_map):
@@ -454,7 +476,10 @@ def _validate_intensity(spec: dict, where: str, source: str) -> Intensity:
         raise UdasegError(
             f"{source}: {where}.window must be [low, high] for method 'window'", exit_code=2
         )
-    percentiles = tuple(float(p) for p in spec.get("percentiles", (0.5, 99.5)))
+    if window is not None:
+        _pair(window, f"{where}.window", source)
+    percentiles = _pair(spec.get("percentiles", [0.5, 99.5]), f"{where}.percentiles", source)
+    percentiles = tuple(float(p) for p in percentiles)
     if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
         raise UdasegError(
             f"{source}: {where}.percentiles must be [low, high] within 0..100", exit_code=2
@@ -479,7 +504,7 @@ def _validate_geometry(spec: dict, source: str) -> Geometry:
         threshold=crop_spec.get("threshold"),
     )
     size = spec.get("inplane_size")
-    if size is not None and not (len(size) == 2 and all(int(s) > 0 for s in size)):
+    if size is not None and min(_pair(size, "geometry.inplane_size", source, whole=True)) <= 0:
         raise UdasegError(f"{source}: geometry.inplane_size must be [rows, cols]", exit_code=2)
     for key in ("inplane_mm", "through_plane_mm"):
         if spec.get(key) is not None and spec[key] <= 0:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from udaseg.artifacts import file_sha256
+from udaseg.artifacts import file_sha256, files_fingerprint
 from udaseg.data import geometry as geo
 from udaseg.data.manifest import DatasetManifest, Domain
 from udaseg.data.normalize import body_mask, normalise, robust_box_mask
@@ -229,16 +229,11 @@ def _r(values) -> list[float]:
     return [round(float(v), 3) for v in values]
 
 
-def source_fingerprint(cases: list[CaseFiles]) -> list[list]:
-    """(name, size, mtime) of every raw file, to notice when the raw data changed."""
-    rows = []
-    for case in cases:
-        for path in (case.image, case.label):
-            if path is None:
-                continue
-            files = sorted(Path(path).rglob("*")) if Path(path).is_dir() else [Path(path)]
-            rows += [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
-    return rows
+def source_fingerprint(cases: list[CaseFiles], root: Path | None = None) -> list[list]:
+    """(name, size, SHA-256) of every raw file of ``cases``, names relative to ``root`` (the raw
+    folder) when given: see :func:`udaseg.artifacts.files_fingerprint`."""
+    paths = [p for case in cases for p in (case.image, case.label) if p is not None]
+    return files_fingerprint(paths, root)
 
 
 def write_store(manifest, domain, cases, path, workers=1, progress=None) -> list[dict]:

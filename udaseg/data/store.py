@@ -24,9 +24,10 @@ random 2D training slice is one contiguous, separately compressed chunk: ``image
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -204,9 +205,9 @@ class Store:
         self.view = str(attrs["view"])
         self.classes: list[str] = json.loads(attrs["classes"])
         self.labelled = bool(attrs["labelled"])
-        self.case_ids: list[str] = [
-            c.decode() if isinstance(c, bytes) else str(c) for c in self.file["index/case_ids"][()]
-        ]
+        with self.reading("the case list"):
+            ids = self.file["index/case_ids"][()]
+        self.case_ids: list[str] = [c.decode() if isinstance(c, bytes) else str(c) for c in ids]
 
     @property
     def file(self) -> h5py.File:
@@ -234,28 +235,51 @@ class Store:
             raise UdasegError(f"case {case_id!r} is not in store {self.path}", path=self.path)
         return self.file["cases"][case_id]
 
+    @contextlib.contextmanager
+    def reading(self, what: str) -> Iterator[None]:
+        """Turn HDF5's read errors (a damaged chunk fails its checksum or decompression) into
+        one that names the store and ``what`` was read (a case id, the index).
+
+        Raises:
+            UdasegError: naming the store file and ``what``, suggesting a rebuild.
+        """
+        try:
+            yield
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise UdasegError(
+                f"store {self.path} is damaged: {what} cannot be read ({exc})",
+                hint="rebuild it: rerun the stage that wrote it with --force (`udaseg preprocess "
+                "... --force` for a preprocessed store)",
+                path=self.path,
+            ) from exc
+
     def meta(self, case_id: str) -> dict[str, Any]:
         """The case's geometry and provenance record (see the module docstring)."""
-        return json.loads(self._case(case_id).attrs["meta"])
+        with self.reading(f"case {case_id}"):
+            return json.loads(self._case(case_id).attrs["meta"])
 
     def image(self, case_id: str) -> np.ndarray:
         """(S, H, W) float32 normalised volume."""
-        return self._case(case_id)["image"][()]
+        with self.reading(f"case {case_id}"):
+            return self._case(case_id)["image"][()]
 
     def label(self, case_id: str) -> np.ndarray | None:
         """(S, H, W) uint8 class ids, or None for an unlabelled case."""
-        group = self._case(case_id)
-        return group["label"][()] if "label" in group else None
+        with self.reading(f"case {case_id}"):
+            group = self._case(case_id)
+            return group["label"][()] if "label" in group else None
 
     def slice(self, case_id: str, k: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Slice ``k``: image (H, W) float32 and label (H, W) uint8 or None."""
-        group = self._case(case_id)
-        return group["image"][k], (group["label"][k] if "label" in group else None)
+        with self.reading(f"case {case_id} slice {k}"):
+            group = self._case(case_id)
+            return group["image"][k], (group["label"][k] if "label" in group else None)
 
     def index(self) -> dict[str, np.ndarray]:
         """The slice index: arrays ``case``, ``slice``, ``position``, ``foreground`` of length N."""
-        group = self.file["index"]
-        return {key: group[key][()] for key in ("case", "slice", "position", "foreground")}
+        with self.reading("the slice index"):
+            group = self.file["index"]
+            return {key: group[key][()] for key in ("case", "slice", "position", "foreground")}
 
     def __len__(self) -> int:
         return len(self.case_ids)

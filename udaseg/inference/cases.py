@@ -15,7 +15,8 @@ def select_cases(
     ``shard`` comes checked from the config (:func:`udaseg.config.values.parse_shard`).
 
     Raises:
-        UdasegError (exit code 2): a wanted case the data does not hold.
+        UdasegError (exit code 2): a wanted case the data does not hold; a shard that would
+            take no case (more shards than cases), so no run publishes an empty result.
     """
     ids = list(available)
     if wanted is not None:
@@ -30,5 +31,12 @@ def select_cases(
         ids = [c for c in ids if c in set(wanted)]
     if shard is not None:
         index, count = shard
+        if not ids[index::count]:
+            raise UdasegError(
+                f"--shard {index}/{count} selects no case: the selection holds {len(ids)} "
+                f"case{'s' if len(ids) != 1 else ''}, so shard i takes cases i, i+{count}, ...",
+                hint=f"split into at most {len(ids)} shards (--shard i/{max(len(ids), 1)})",
+                exit_code=2,
+            )
         ids = ids[index::count]
     return ids

@@ -41,16 +41,18 @@ class ModelSource:
         }
 
 
-def resolve_model(directory: Path, which: str) -> ModelSource:
+def resolve_model(directory: Path, which: str, option: str = "--model-dir") -> ModelSource:
     """The model directory's model.json and the checkpoint ``load_model(directory, which)`` reads.
 
     Raises:
-        UdasegError: unknown checkpoint name (exit code 2), no model.json, or no checkpoint.
+        UdasegError: unknown checkpoint name, an unfinished (``.partial``) or replaced
+            (``.old``) folder (both exit code 2, naming ``option``), no model.json, or no
+            checkpoint.
     """
     from udaseg.training.checkpoint import find_checkpoint, read_model_json
 
     look_up_option(which, CHECKPOINTS, what="checkpoint")
-    directory = Path(directory)
+    directory = artifacts.check_finished(Path(directory), option)
     if not directory.is_dir():
         raise UdasegError(
             f"model directory {directory} does not exist",
@@ -82,9 +84,7 @@ def model_dims(info: dict[str, Any]) -> int:
 
 
 def file_fingerprint(paths: list[Path]) -> str:
-    """Hash of (resolved path, size, mtime in ns) of input files that are not artifacts."""
-    rows = []
-    for path in paths:
-        stat = Path(path).stat()
-        rows.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    """Hash of the content of input files that are not artifacts (a store file, an exported model),
+    named without their folder so a copied model or store is the same input."""
+    rows = [[Path(p).name, *row[1:]] for p in paths for row in artifacts.files_fingerprint([p])]
     return artifacts.config_hash({"files": rows})

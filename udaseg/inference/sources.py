@@ -6,8 +6,9 @@
    file (an artifact when its folder has a manifest). Every case is read on the stored, processed
    grid; the geometry records in each case's meta take a result back to the original grid; or
 2. a raw dataset folder, with a dataset manifest and domain: the domain's ``images`` pattern finds
-   the cases and each image is preprocessed in memory exactly as ``udaseg preprocess`` would
-   (:func:`~udaseg.data.pipeline.preprocess_case`, labels not read).
+   the cases and each image is preprocessed in memory exactly as ``udaseg preprocess`` did for
+   the model's training data (:func:`~udaseg.data.pipeline.preprocess_case`, labels not read;
+   the settings are the model's record, see :func:`preprocess_like`).
 
 Images are (S, H, W) float32 on the processed grid (intensities normalised as for training).
 """
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,8 @@ class DataSource:
     manifest: Any = None  # DatasetManifest of raw data
     domain_spec: Any = None  # its Domain, with labels switched off
     files: dict[str, Any] = field(default_factory=dict)  # raw: case id -> CaseFiles
+    # raw: the preprocessing used and where its settings came from (see preprocess_like)
+    preprocessing: dict[str, Any] | None = None
 
     def record(self, ids: list[str]) -> dict[str, Any]:
         """What identifies the data in the run's config (artifacts are tracked by their manifest
@@ -67,9 +71,10 @@ class DataSource:
         if self.kind == "raw":
             from udaseg.data.pipeline import PIPELINE_VERSION, source_fingerprint
 
-            rows = source_fingerprint([self.files[i] for i in ids])
+            rows = source_fingerprint([self.files[i] for i in ids], self.path)
             record.update(
                 manifest=self.manifest.raw,
+                preprocessing=self.preprocessing,
                 pipeline_version=PIPELINE_VERSION,
                 fingerprint=artifacts.config_hash({"files": rows}),
             )
@@ -118,8 +123,12 @@ def resolve_data(
     the ``dataset`` manifest and the ``domain``).
 
     An artifact is checked (complete, unmodified, current) before it is opened.
+
+    Raises:
+        UdasegError: ``data`` is or lies in an unfinished (``.partial``) or replaced (``.old``)
+            folder (exit code 2), does not exist, or is a raw folder without dataset and domain.
     """
-    data = Path(data)
+    data = artifacts.check_finished(Path(data), "--data")
     if data.is_file() or (data / layout.STORE).is_file():
         return store_source(data, force)
     if not data.is_dir():
@@ -193,6 +202,39 @@ def raw_source(data: Path, dataset: str | None, domain: str | None) -> DataSourc
         manifest,
         spec,
         {c.case_id: c for c in found},
+    )
+
+
+def preprocess_like(
+    models: list[ModelSource], data: DataSource, log: Callable[[str], None]
+) -> DataSource:
+    """Raw ``data`` set to be preprocessed as the first model's training data was (its
+    model.json's record, :func:`~udaseg.inference.preprocessing.raw_preprocessing`; ``log`` gets
+    one line saying so, an unchecked one is a warning); a store is returned as it is.
+
+    Raises:
+        UdasegError: the data's manifest contradicts the record, or an ensemble member was
+            trained on data preprocessed otherwise than the first model.
+    """
+    from udaseg.inference.preprocessing import agree, raw_preprocessing
+
+    if data.kind != "raw":
+        return data
+    chosen = raw_preprocessing(models[0].info, models[0].directory, data.manifest, data.domain)
+    for member in models[1:]:
+        other = raw_preprocessing(member.info, member.directory, data.manifest, data.domain)
+        agree(chosen, other, member.directory)
+    if chosen.note:
+        log(chosen.note)
+    if chosen.warning:
+        warnings.warn(chosen.warning, UserWarning, stacklevel=3)
+    manifest = chosen.manifest
+    return dataclasses.replace(
+        data,
+        view=manifest.view,
+        manifest=manifest,
+        domain_spec=dataclasses.replace(manifest.domain(data.domain), labels=None),
+        preprocessing=chosen.record,
     )
 
 

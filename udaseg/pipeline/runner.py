@@ -27,6 +27,7 @@ stage (mean Dice per class, mean Dice, mean ASSD and HD95 where computed), writt
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import time
@@ -173,6 +174,54 @@ def check(stage: Stage) -> None:
     _parse(stage)
 
 
+def check_inputs(pipeline: Pipeline, stages: list[Stage]) -> None:
+    """Refuse a raw data folder that does not exist before anything runs or is submitted: the
+    ``--raw`` of a preprocess stage, and an evaluate ``--ref`` that is one of the pipeline's raw
+    folders, unless a stage chosen before it writes that folder (``phantom --out``).
+
+    Raises:
+        UdasegError (exit code 2): naming the stage, the option, the folder and the pipeline
+            variable that holds it.
+    """
+    raw_folders = {
+        _absolute(stage.args[i + 1])
+        for stage in pipeline.stages
+        if stage.kind == "preprocess"
+        for i, arg in enumerate(stage.args[:-1])
+        if arg == "--raw"
+    }
+    written: list[Path] = []
+    for stage in stages:
+        config = _parse(stage).config
+        needed = []
+        if stage.kind == "phantom":
+            written.append(_absolute(config.out))
+        elif stage.kind == "preprocess" and config.raw is not None:
+            needed.append(("--raw", config.raw))
+        elif stage.kind == "evaluate" and _absolute(config.ref) in raw_folders:
+            needed.append(("--ref", config.ref))
+        for option, folder in needed:
+            path = _absolute(folder)
+            if path.is_dir() or any(path == w or w in path.parents for w in written):
+                continue
+            names = [k for k, v in pipeline.variables.items() if _absolute(str(v)) == path]
+            held = f" (pipeline variable {names[0]})" if names else ""
+            raise UdasegError(
+                f"stage {stage.name}: {option} {folder}{held} "
+                + ("is not a folder" if path.exists() else "does not exist"),
+                hint=f"pass the downloaded dataset folder: --var {names[0]}=PATH"
+                if names
+                else f"fix {option} in the pipeline: {stage.command}",
+                path=path,
+                exit_code=2,
+            )
+
+
+def _absolute(path: str | Path) -> Path:
+    """``path`` made absolute and normalised (``a/../b`` is ``b``), without following links."""
+    return Path(os.path.abspath(path))
+
+
 def _parse(stage: Stage):
     from udaseg.pipeline.commands import parse
 
@@ -246,6 +295,7 @@ def run(
     from udaseg.artifacts import write_atomic
 
     progress = progress or NullProgress()
+    check_inputs(pipeline, stages)
     results = []
     for stage in stages:
         echo(f"$ {stage.command}")

@@ -34,6 +34,7 @@ from udaseg.config.adapt import STAGE, AdaptConfig
 from udaseg.data.sampling import SliceSampler, Source, VolumeBank, split_cases, store_path
 from udaseg.data.store import Store
 from udaseg.errors import UdasegError
+from udaseg.inference.preprocessing import record_preprocessing
 from udaseg.progress import NullProgress, Progress
 from udaseg.training import loop
 from udaseg.training.checkpoint import MODEL_STAGES, model_info
@@ -101,8 +102,20 @@ def run(
     init = _init_model(config) if config.init else None
     hparams, rest = split_overrides(config)
     model, model_kwargs = _segmenter(config, spec, hparams, rest, init, source)
+    if len(hparams["patch_size"]) != 2:  # refused before any folder is made
+        raise UdasegError(
+            f"patch size {list(hparams['patch_size'])}: adaptation trains on 2D slices",
+            hint="give 2 numbers, e.g. --set patch_size=256,256",
+            exit_code=2,
+        )
     out = layout.run_dir(work, layout.ADAPT, _run_name(config, source, target))
-    stage_config = result_config(config, hparams=hparams, model=model, model_kwargs=model_kwargs)
+    stage_config = result_config(
+        config,
+        hparams=hparams,
+        model=model,
+        model_kwargs=model_kwargs,
+        **loop.batch_record(hparams["batch_size"]),
+    )
     done = artifacts.reuse_if_current(
         out, stage_config, inputs, progress.log, force=force, redo="use --force to retrain"
     )
@@ -110,8 +123,8 @@ def run(
         return done
     runtime = loop.setup_runtime(config.device, config.amp, config.channels_last, config.compile)
     job = _Job(config, spec, hparams, model, model_kwargs, source, target, init, runtime)
-    with artifacts.building(out, keep_partial=True) as tmp:
-        digest = artifacts.config_hash(stage_config)
+    digest = loop.resume_key(artifacts.run_hash(stage_config, out), inputs)
+    with loop.building(out, runtime) as tmp:
         loop.prepare_resume(tmp, digest, config.resume, progress, runtime)
         summary = _train(job, tmp, digest, progress)
         if not runtime.is_main:
@@ -144,7 +157,8 @@ def _run_name(config: AdaptConfig, source: Store, target: Store) -> str:
 def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store]:
     """Check every input artifact is complete and current; return their records and stores."""
     inputs: dict[str, Any] = {}
-    source_dir, target_dir = Path(config.source), Path(config.target)
+    source_dir = artifacts.check_finished(Path(config.source), "--source")
+    target_dir = artifacts.check_finished(Path(config.target), "--target")
     manifest = artifacts.require_input_from(
         source_dir,
         {stage: f"udaseg {command}" for stage, command in SOURCE_STAGES.items()},
@@ -183,9 +197,10 @@ def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store]
     if config.translator is not None:
         from udaseg.translation.io import open_run
 
-        inputs["translator"] = open_run(config.translator, force=force).record()
+        translator = artifacts.check_finished(Path(config.translator), "--translator")
+        inputs["translator"] = open_run(translator, force=force).record()
     if config.init is not None:
-        init_dir = Path(config.init)
+        init_dir = artifacts.check_finished(Path(config.init), "--init")
         manifest = artifacts.require_input_from(
             init_dir,
             {stage: f"udaseg {stage}" for stage in MODEL_STAGES},
@@ -288,7 +303,7 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
         {"name": job.model, "kwargs": job.model_kwargs},
     )
     state.extra["config_hash"] = digest
-    if config.resume and loop.resume_from(state, tmp):
+    if loop.resume_from(state, tmp):
         progress.log(f"resumed from step {state.step}")
     banks = _banks(job)
     samplers = _samplers(job, banks, state.numpy_rng)
@@ -390,10 +405,6 @@ def _samplers(
     job: _Job, banks: tuple[VolumeBank, VolumeBank], rng: np.random.Generator
 ) -> tuple[SliceSampler, SliceSampler]:
     patch = tuple(int(s) for s in job.hparams["patch_size"])
-    if len(patch) != 2:
-        raise UdasegError(
-            f"patch size {list(patch)}: adaptation trains on 2D slices", hint="give 2 numbers"
-        )
     batch_size = int(job.hparams["batch_size"])
     source_bank, target_bank = banks
     return (
@@ -454,7 +465,21 @@ def _validator(job: _Job, model: torch.nn.Module):
 
 
 def _model_info(job: _Job) -> dict[str, Any]:
-    info = model_info(job.model, job.model_kwargs, 2, job.hparams, job.target, "adapt")
+    """model.json; its preprocessing record walks every input (the target store, the source or
+    translated store, the translator's stores, the --init model's record)."""
+    config = job.config
+    given = {"source": config.source, "target": config.target}
+    given.update({"translator": config.translator, "init": config.init})
+    trained_on = {name: Path(path) for name, path in given.items() if path is not None}
+    info = model_info(
+        job.model,
+        job.model_kwargs,
+        2,
+        job.hparams,
+        job.target,
+        "adapt",
+        preprocessing=record_preprocessing(trained_on),
+    )
     info["method"] = job.config.method
     info["source_domain"] = job.source.domain
     return info

@@ -69,9 +69,11 @@ def run(
 
     progress = progress or NullProgress()
     _check_options(config)
-    translate = open_run(config.translator, force=force)
+    translate = open_run(
+        artifacts.check_finished(Path(config.translator), "--translator"), force=force
+    )
     require_style_codes(translate.method)
-    target_dir = Path(config.target or translate.target)
+    target_dir = artifacts.check_finished(Path(config.target or translate.target), "--target")
     target_manifest = artifacts.require_input(
         target_dir, stage="preprocess", rerun="udaseg preprocess", force=force
     )

@@ -178,21 +178,17 @@ def run_name(config: EvaluateConfig) -> str:
 
 
 def _fingerprint(source: Source, ids: list[str]) -> str | None:
-    """Hash of (file, size, mtime) of what is read, for inputs that are not artifacts (those are
-    tracked through their manifest hash instead)."""
+    """Hash of the content of what is read (names relative to the folder), for inputs that are
+    not artifacts (those are tracked through their manifest hash instead)."""
     if source.artifact is not None:
         return None
     if source.kind == "store":
-        paths = [source.path]
-    elif source.kind == "raw":
+        return artifacts.config_hash({"files": artifacts.files_fingerprint([source.path])})
+    if source.kind == "raw":
         paths = [source.files[i].label for i in ids]
     else:
         paths = [source.files[i] for i in ids]
-    rows = []
-    for path in paths:
-        files = sorted(Path(path).rglob("*")) if Path(path).is_dir() else [Path(path)]
-        rows += [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
-    return artifacts.config_hash({"files": rows})
+    return artifacts.config_hash({"files": artifacts.files_fingerprint(paths, source.path)})
 
 
 def _options(config: EvaluateConfig, metrics: list[str]) -> dict[str, Any]:
@@ -258,8 +254,8 @@ def run(
     metrics = _check_options(config)
     manifest = load_manifest(config.dataset)
     domain = manifest.domain(config.domain) if config.domain else None
-    pred = resolve_pred(config.pred, manifest)
-    ref = resolve_ref(config.ref, manifest, domain)
+    pred = resolve_pred(artifacts.check_finished(Path(config.pred), "--pred"), manifest)
+    ref = resolve_ref(artifacts.check_finished(Path(config.ref), "--ref"), manifest, domain)
     inputs = _inputs(pred, ref, force)
     wanted = config.cases
     if config.predicted_only:
@@ -290,7 +286,8 @@ def run(
     with artifacts.building(out) as tmp:
         write_per_case(tmp / layout.PER_CASE, per_case, metrics)
         # explicit UTF-8: the table holds "±" and "—", and the locale may be ASCII (LANG=C)
-        text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+        recorded = artifacts.portable(summary, out)  # paths in W as <work>/..., see artifacts
+        text = json.dumps(recorded, indent=2, ensure_ascii=False) + "\n"
         (tmp / layout.SUMMARY).write_text(text, encoding="utf-8")
         (tmp / layout.TABLE).write_text(tables.markdown_table(summary), encoding="utf-8")
         seconds = round(time.perf_counter() - started, 2)

@@ -10,9 +10,16 @@ Inputs:
      processed grid; the geometry records in each case's meta take the result back; or
   2. a raw dataset folder, with ``dataset`` (manifest name or YAML) and ``domain``: the domain's
      ``images`` pattern finds the cases and each image is preprocessed in memory exactly as
-     ``udaseg preprocess`` would (:func:`~udaseg.data.pipeline.preprocess_case`, labels not read).
+     ``udaseg preprocess`` did for the model's training data
+     (:func:`~udaseg.data.pipeline.preprocess_case`, labels not read): with the resolved settings
+     (spacing, crop, size, normalisation, orientation rule, ``--set`` overrides included) that
+     model.json records for that domain (:mod:`~udaseg.inference.preprocessing`). A manifest of
+     another dataset whose settings differ from the record is refused; a model without a record
+     gets the manifest's own settings and a warning. The run's config records the settings used.
 
-The model's classes and view must be the data's (store attributes, or the manifest's).
+The model's classes and view must be the data's (store attributes, or the manifest's). Inputs in
+unfinished (``.partial``) or replaced (``.old``) folders are refused, and so is a shard that would
+take no case; case ids must be plain file names.
 
 Output: ``W/predict/<run>/`` with ``<case_id>.nii.gz`` for every case: uint8 class ids 0..C (ids in
 the order of the model's ``classes``) on the ORIGINAL image's grid (its size, spacing, origin and
@@ -55,6 +62,7 @@ from udaseg.inference.sources import (
     DataSource,
     check_compatible,
     input_records,
+    preprocess_like,
     resolve_data,
     safe_name,
 )
@@ -223,8 +231,10 @@ def run(
 
     Raises:
         UdasegError: bad options, unknown checkpoint name, missing model or checkpoint, stale
-            input artifacts (unless ``force``), classes or view that differ between model and data,
-            unknown case ids, unreadable scans.
+            input artifacts (unless ``force``), unfinished input folders, classes or view that
+            differ between model and data, raw data whose manifest contradicts the model's
+            recorded preprocessing, unknown or non-plain case ids, an empty shard, unreadable
+            scans. All before anything is written.
     """
     progress = progress or NullProgress()
     model = resolve_model(config.model_dir, config.checkpoint)
@@ -244,10 +254,13 @@ def run(
     require_model(model, force)
     members = _ensemble(config, model, force)
     data = resolve_data(config.data, force, config.dataset, config.domain)
+    data = preprocess_like([model, *members], data, progress.log)
     for member in (model, *members):
         check_compatible(member, data)
     name = run_name(config, model, data)
     ids = select_cases(data.case_ids, _wanted(config, data), config.shard)
+    for case_id in ids:  # each becomes <case>.nii.gz in the run folder
+        layout.check_name(case_id, f"case id in --data {config.data}")
     device = resolve_device(config.device)
     if config.merge_shards:
         # the merged artifact records what one unsharded run would have (shards are runtime
@@ -271,7 +284,7 @@ def _ensemble(config: PredictConfig, model: ModelSource, force: bool) -> list[Mo
     """The --ensemble model directories, checked: current, and the same layout as the first."""
     members = []
     for directory in config.ensemble:
-        member = resolve_model(directory, config.checkpoint)
+        member = resolve_model(directory, config.checkpoint, "--ensemble")
         require_model(member, force)
         for what, aspect in (
             ("classes", lambda info: info.get("classes")),

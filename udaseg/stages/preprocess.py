@@ -68,7 +68,7 @@ def _stage_config(
         dataset=manifest.name,
         domain=domain.name,
         manifest=manifest.raw,
-        raw_fingerprint=artifacts.config_hash({"files": source_fingerprint(cases)}),
+        raw_fingerprint=artifacts.config_hash({"files": source_fingerprint(cases, config.raw)}),
         pipeline_version=PIPELINE_VERSION,
     )
 

@@ -205,7 +205,7 @@ def run(
         raise UdasegError(f"--batch-size {config.batch_size}: need >= 1", exit_code=2)
     model = resolve_model(config.model_dir, config.checkpoint)
     require_model(model, force)
-    target_dir = Path(config.target)
+    target_dir = artifacts.check_finished(Path(config.target), "--target")
     data = store_source(target_dir, force)  # checks the artifact is complete and current
     if data.artifact is None:
         raise UdasegError(

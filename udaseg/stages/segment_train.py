@@ -35,6 +35,7 @@ from udaseg.data.sampling import (
 )
 from udaseg.data.store import Store
 from udaseg.errors import UdasegError, look_up_option
+from udaseg.inference.preprocessing import record_preprocessing
 from udaseg.progress import NullProgress, Progress
 from udaseg.training import loop
 from udaseg.training.checkpoint import model_info, write_model_json
@@ -92,28 +93,24 @@ def run(
         )
     inputs, stores = _inputs(config, force)
     hparams, model_kwargs = split_overrides(config)
+    _check(config, hparams, stores)  # usage errors before any folder is made
     out = layout.run_dir(work, layout.SEGMENT, run_name(config, stores[0]))
-    stage_config = result_config(config, hparams=hparams, model_kwargs=model_kwargs)
+    stage_config = result_config(
+        config,
+        hparams=hparams,
+        model_kwargs=model_kwargs,
+        **loop.batch_record(hparams["batch_size"]),
+    )
     done = artifacts.reuse_if_current(
         out, stage_config, inputs, progress.log, force=force, redo="use --force to retrain"
     )
     if done:
         return done
     runtime = loop.setup_runtime(config.device, config.amp, config.channels_last, config.compile)
-    with artifacts.building(out, keep_partial=True) as tmp:
-        loop.prepare_resume(
-            tmp, artifacts.config_hash(stage_config), config.resume, progress, runtime
-        )
-        summary = _train(
-            config,
-            hparams,
-            model_kwargs,
-            stores,
-            tmp,
-            runtime,
-            progress,
-            artifacts.config_hash(stage_config),
-        )
+    key = loop.resume_key(artifacts.run_hash(stage_config, out), inputs)
+    with loop.building(out, runtime) as tmp:
+        loop.prepare_resume(tmp, key, config.resume, progress, runtime)
+        summary = _train(config, hparams, model_kwargs, stores, tmp, runtime, progress, key)
         if not runtime.is_main:
             return artifacts.Manifest(stage=STAGE, config={}, config_hash="")
         summary["output"] = str(out)
@@ -125,6 +122,11 @@ def run(
 def _inputs(config: SegmentTrainConfig, force: bool) -> tuple[dict, list[Store]]:
     """Check the store artifacts are current; return their manifest records and the stores."""
     inputs, stores = {}, []
+    given = [("--source", config.source), ("--target", config.target), ("--pseudo", config.pseudo)]
+    given += [("--val", config.val), *(("--translated", p) for p in config.translated)]
+    for option, path in [*given, *(("--monitor", p) for p in config.monitor)]:
+        if path is not None:
+            artifacts.check_finished(Path(path), option)
     paths = [*config.train, *([config.val] if config.val else [])]
     for i, path in enumerate(paths):
         path = Path(path)
@@ -145,6 +147,40 @@ def _inputs(config: SegmentTrainConfig, force: bool) -> tuple[dict, list[Store]]
     return inputs, stores
 
 
+def _check(config: SegmentTrainConfig, hparams: dict[str, Any], stores: list[Store]) -> None:
+    """Refuse stores that do not go together and a batch the model or the stores cannot take.
+
+    Raises:
+        UdasegError (exit code 2): naming the store or the option.
+    """
+    from udaseg.models.registry import model_spec
+
+    first = stores[0]
+    for store in stores[1:]:
+        if store.classes != first.classes or store.view != first.view:
+            raise UdasegError(
+                f"store {store.path} has classes {store.classes} ({store.view}), "
+                f"but {first.path} has {first.classes} ({first.view})",
+                hint="train on stores preprocessed with the same dataset manifest",
+                exit_code=2,
+            )
+    dims = model_spec(config.model).dims
+    if len(hparams["patch_size"]) != dims:
+        raise UdasegError(
+            f"patch size {list(hparams['patch_size'])} does not fit a {dims}D model",
+            hint=f"give {dims} numbers: --set patch_size=" + ",".join(["128"] * dims),
+            exit_code=2,
+        )
+    batch, stores_trained = int(hparams["batch_size"]), len(config.train)
+    if config.balance_stores and stores_trained > 1 and batch < stores_trained:
+        raise UdasegError(
+            f"--balance-stores: a batch of {batch} cannot take a share from each of "
+            f"{stores_trained} training stores",
+            hint=f"use --set batch_size={stores_trained} or more",
+            exit_code=2,
+        )
+
+
 def _train(
     config, hparams, model_kwargs, stores, tmp, runtime, progress, config_hash
 ) -> dict[str, Any]:
@@ -153,18 +189,12 @@ def _train(
 
     spec = model_spec(config.model)
     classes = stores[0].classes
-    for store in stores[1:]:
-        if store.classes != classes or store.view != stores[0].view:
-            raise UdasegError(
-                f"store {store.path} has classes {store.classes} ({store.view}), "
-                f"but {stores[0].path} has {classes} ({stores[0].view})"
-            )
     loop.seed_everything(config.seed, runtime.rank)
     kwargs = {"in_channels": 1, "num_classes": len(classes) + 1, **model_kwargs}
     model = loop.prepare_model(create_model(config.model, **kwargs), runtime, spec.dims)
     state = _state(config, hparams, model, kwargs, runtime)
     state.extra["config_hash"] = config_hash
-    if config.resume and loop.resume_from(state, tmp):
+    if loop.resume_from(state, tmp):
         progress.log(f"resumed from step {state.step}")
     sampler = _sampler(config, hparams, spec.dims, stores, state.numpy_rng)
     criterion = create_loss(
@@ -172,7 +202,18 @@ def _train(
     )
     step_fn = _step_fn(sampler, criterion, config, spec.dims, runtime)
     validate = _validator(config, hparams, spec.dims, stores, model, runtime)
-    info = model_info(config.model, kwargs, spec.dims, hparams, stores[0], config.train_on)
+    # every store trained or validated on, for predict to preprocess raw scans the same way
+    trained_on = {f"train{i}": path for i, path in enumerate(config.train)}
+    trained_on.update({"val": config.val} if config.val else {})
+    info = model_info(
+        config.model,
+        kwargs,
+        spec.dims,
+        hparams,
+        stores[0],
+        config.train_on,
+        preprocessing=record_preprocessing(trained_on),
+    )
     if runtime.is_main:
         write_model_json(tmp, info)
     schedule = loop.LoopSchedule(
@@ -225,24 +266,11 @@ def _sources(paths: list[Path], stores: list[Store], split: str) -> list[Source]
 def _sampler(config, hparams, dims, stores, rng):
     sources = _sources(config.train, stores[: len(config.train)], config.train_split)
     patch = tuple(int(s) for s in hparams["patch_size"])
-    if len(patch) != dims:
-        raise UdasegError(
-            f"patch size {list(patch)} does not fit a {dims}D model",
-            hint=f"give {dims} numbers to --patch-size",
-            exit_code=2,
-        )
     cls = SliceSampler if dims == 2 else PatchSampler
     batch = int(hparams["batch_size"])
     if not config.balance_stores or len(sources) == 1:
         bank = VolumeBank(sources, need_labels=True)
         return cls(bank, patch, batch, rng, config.foreground_fraction)
-    if batch < len(sources):
-        raise UdasegError(
-            f"--balance-stores: a batch of {batch} cannot take a share from each of "
-            f"{len(sources)} training stores",
-            hint=f"use --batch-size {len(sources)} or more",
-            exit_code=2,
-        )
     shares = [batch // len(sources) + (i < batch % len(sources)) for i in range(len(sources))]
     return BalancedSampler(
         [

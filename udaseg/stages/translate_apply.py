@@ -81,7 +81,7 @@ def resolve_styles(config: TranslateApplyConfig, translate, force: bool = False)
                 exit_code=2,
             )
         return Styles(None)
-    run = Path(config.style_run)
+    run = artifacts.check_finished(Path(config.style_run), "--style-run")
     manifest = artifacts.require_input(
         run, stage="cluster-styles", rerun="udaseg cluster-styles", force=force
     )
@@ -161,9 +161,11 @@ def run(
     if config.batch_size < 1:
         raise UdasegError(f"--batch-size {config.batch_size}: need >= 1", exit_code=2)
     look_up_option(config.checkpoint, CHECKPOINTS, what="--checkpoint")
-    translate = open_run(config.translator, force=force)
+    translate = open_run(
+        artifacts.check_finished(Path(config.translator), "--translator"), force=force
+    )
     styles = resolve_styles(config, translate, force)
-    source_dir = Path(config.source or translate.source)
+    source_dir = artifacts.check_finished(Path(config.source or translate.source), "--source")
     source_manifest = artifacts.require_input(
         source_dir, stage="preprocess", rerun="udaseg preprocess", force=force
     )

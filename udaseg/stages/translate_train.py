@@ -176,7 +176,8 @@ def run(
 
     A run that is complete and was built from the same options and stores is skipped (summary
     ``skipped: true``) unless ``force``. An interrupted run leaves ``<run>.partial/``;
-    ``resume=True`` continues it from its last checkpoint (same options required).
+    rerunning continues it from its last checkpoint when it was started with the same options
+    and inputs (else it starts over); ``resume=True`` insists on continuing.
 
     Raises:
         UdasegError: unknown method or hparams option, stale or unsuitable stores, torchrun with
@@ -194,14 +195,11 @@ def run(
     if done:
         return done
     runtime = _runtime(config)
-    with artifacts.building(out, keep_partial=True) as tmp:
-        loop.prepare_resume(
-            tmp, artifacts.config_hash(stage_config), config.resume, progress, runtime
-        )
+    key = loop.resume_key(artifacts.run_hash(stage_config, out), inputs)
+    with loop.building(out, runtime) as tmp:
+        loop.prepare_resume(tmp, key, config.resume, progress, runtime)
         started = time.perf_counter()
-        summary = _train(
-            config, hparams, kwargs, (source, target), tmp, runtime, progress, stage_config
-        )
+        summary = _train(config, hparams, kwargs, (source, target), tmp, runtime, progress, key)
         summary.update(output=str(out), seconds=round(time.perf_counter() - started, 2))
         return artifacts.publish(
             tmp, out, stage=STAGE, config=stage_config, inputs=inputs, summary=summary
@@ -225,7 +223,7 @@ def _inputs(config: TranslateTrainConfig, force: bool) -> tuple[dict, Store, Sto
     """Check both store artifacts are current preprocess outputs; open them."""
     inputs, stores = {}, []
     for role, path in (("source", config.source), ("target", config.target)):
-        path = Path(path)
+        path = artifacts.check_finished(Path(path), f"--{role}")
         if not path.is_dir():
             raise UdasegError(
                 f"--{role} {path} is not a store artifact folder",
@@ -247,7 +245,10 @@ def _inputs(config: TranslateTrainConfig, force: bool) -> tuple[dict, Store, Sto
         )
     if config.semantic_segmenter is not None:
         inputs["semantic_segmenter"] = _segmenter_input(
-            Path(config.semantic_segmenter), source, target, force
+            artifacts.check_finished(Path(config.semantic_segmenter), "--semantic-segmenter"),
+            source,
+            target,
+            force,
         )
     return inputs, source, target
 
@@ -290,7 +291,7 @@ def _segmenter_input(path: Path, source: Store, target: Store, force: bool) -> d
 # --- training ------------------------------------------------------------------------------------
 
 
-def _train(config, hparams, kwargs, stores, tmp, runtime, progress, stage_config) -> dict:
+def _train(config, hparams, kwargs, stores, tmp, runtime, progress, key) -> dict:
     from udaseg.translation.registry import create_translator, translator_spec
 
     spec = translator_spec(config.method)
@@ -305,8 +306,8 @@ def _train(config, hparams, kwargs, stores, tmp, runtime, progress, stage_config
         translator.use_semantic_model(segmenter.to(memory_format=fmt))
     labelled = bool(getattr(translator, "needs_source_labels", False))
     state = _state(config, hparams, translator, kwargs, runtime)
-    state.extra["config_hash"] = artifacts.config_hash(stage_config)
-    if config.resume and loop.resume_from(state, tmp):
+    state.extra["config_hash"] = key
+    if loop.resume_from(state, tmp):
         progress.log(f"resumed from step {state.step}")
     patch = _patch_size(hparams)
     samplers = [

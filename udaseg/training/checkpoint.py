@@ -16,8 +16,9 @@ the code's defaults::
 
 A model directory (the output of ``segment-train`` and ``adapt``) holds the checkpoints and
 ``model.json``: the registered name and constructor kwargs, the dimensionality, the classes (in id
-order 1..C), the dataset and view it was trained on, and the input layout, so ``predict`` needs
-nothing else.
+order 1..C), the dataset and view it was trained on, the input layout, and ``preprocessing``: the
+resolved preprocessing of every store its training data came from (see
+:mod:`udaseg.inference.preprocessing`), so ``predict`` needs nothing else, even for raw scans.
 """
 
 from __future__ import annotations
@@ -101,11 +102,19 @@ def write_model_json(directory: Path, info: dict[str, Any]) -> None:
 
 
 def model_info(
-    name: str, kwargs: dict, dims: int, hparams: dict, store: Store, train_on: str
+    name: str,
+    kwargs: dict,
+    dims: int,
+    hparams: dict,
+    store: Store,
+    train_on: str,
+    preprocessing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``model.json`` of a model directory: what ``udaseg predict`` needs to rebuild and apply
-    the model (``store`` gives the classes, dataset, domain and view it predicts)."""
-    return {
+    the model (``store`` gives the classes, dataset, domain and view it predicts;
+    ``preprocessing`` is :func:`udaseg.inference.preprocessing.record_preprocessing` of the
+    training inputs, left out when None)."""
+    info = {
         "name": name,
         "kwargs": kwargs,
         "dims": dims,
@@ -119,6 +128,9 @@ def model_info(
         "train_on": train_on,
         "hparams": hparams,
     }
+    if preprocessing is not None:
+        info["preprocessing"] = preprocessing
+    return info
 
 
 def read_model_json(

@@ -8,17 +8,19 @@ resume, and rank-aware behaviour under ``torchrun``.
 
 Resume restores the step count, every state dict and every random generator, and cuts
 ``metrics.jsonl`` back to the checkpoint's step, so a run killed and resumed produces the same
-weights and log as one that never stopped.
+weights and log as one that never stopped. A rerun of the same command continues by itself (a
+resubmitted cluster job loses at most ``checkpoint_every`` steps); see :func:`prepare_resume`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,7 @@ def setup_runtime(
     Raises:
         UdasegError (exit code 2): a device name torch does not know, or CUDA without a GPU.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_processes()
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device, local_rank)
     if world_size > 1 and not torch.distributed.is_initialized():
@@ -79,6 +81,18 @@ def setup_runtime(
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     return Runtime(device, amp, channels_last, compile, rank, world_size, local_rank)
+
+
+def launched_processes() -> int:
+    """How many processes torchrun started for this run (``WORLD_SIZE``; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def batch_record(batch_size: Any) -> dict[str, int]:
+    """What a distributed run records beside its hparams: ``batch_size`` is per process, so the
+    batch of one optimiser step is that times the processes, and 1 GPU and 4 are different runs."""
+    processes = launched_processes()
+    return {"world_size": processes, "global_batch_size": int(batch_size) * processes}
 
 
 def autocast(runtime: Runtime):
@@ -186,44 +200,91 @@ def resume_from(state: TrainState, work: Path) -> bool:
     return True
 
 
+def resume_key(config_hash: str, inputs: dict[str, dict[str, Any]]) -> str:
+    """What a checkpoint must match to be continued: the run's config hash and the builds of its
+    input artifacts (their manifest hashes), so a run whose stores were rebuilt starts over
+    rather than continuing on weights trained on the old data."""
+    builds = sorted((name, str(record.get("manifest_hash"))) for name, record in inputs.items())
+    text = json.dumps([config_hash, builds])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def building(artifact_dir: Path, runtime: Runtime) -> Iterator[Path]:
+    """:func:`udaseg.artifacts.building` for a training run: the ``.partial`` folder is kept to
+    resume from, but a run that fails before its first ``checkpoint_latest.pt`` (a refused
+    option, an unreadable store) leaves nothing behind, having nothing to resume."""
+    from udaseg import artifacts
+
+    with artifacts.building(artifact_dir, keep_partial=True) as work:
+        try:
+            yield work
+        except BaseException:
+            if runtime.is_main and not (work / layout.checkpoint_name("latest")).is_file():
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+
+
 def prepare_resume(
     work: Path,
-    config_hash: str,
+    key: str,
     resume: bool,
     progress: Progress,
     runtime: Runtime | None = None,
-) -> None:
-    """Decide what happens to an interrupted run left in ``work`` (the ``.partial`` folder).
+) -> bool:
+    """Decide what happens to an interrupted run left in ``work`` (the ``.partial`` folder);
+    True when the stage is to continue it (:func:`resume_from`).
 
-    Without ``resume`` it is discarded (with a message saying ``--resume`` would continue it);
-    with ``resume`` it must have been started with the same configuration, whose hash the
-    stage keeps in ``TrainState.extra["config_hash"]``.
+    Its ``checkpoint_latest.pt`` is continued when it was made with the same ``key``
+    (:func:`resume_key`, kept in ``TrainState.extra["config_hash"]``): the continuation ends with
+    the same weights and log as an uninterrupted run. A run made with other options or inputs is
+    discarded with a log line saying why; a run killed before its first checkpoint is cleared
+    (its log would otherwise be written twice). ``resume`` makes continuing a must.
 
     Raises:
-        UdasegError: ``resume`` asked for a run started with other options.
+        UdasegError (exit code 2): ``resume`` and no checkpoint to continue, or one made with
+            other options or inputs.
     """
-    latest = Path(work) / layout.checkpoint_name("latest")
-    if not latest.is_file():
-        return
-    saved = load_checkpoint(latest)
-    if not resume:
-        # under torchrun every rank gets here; one deletes while the others wait
-        if runtime is None or runtime.is_main:
-            progress.log(
-                f"discarding the interrupted run in {work} (step {saved['step']}); "
-                "pass --resume to continue it"
-            )
-            for item in Path(work).iterdir():
-                item.unlink() if item.is_file() else shutil.rmtree(item)
-        if runtime is not None and runtime.world_size > 1:
-            torch.distributed.barrier()
-        return
-    if saved["extra"].get("config_hash") != config_hash:
-        raise UdasegError(
-            f"cannot resume {work}: it was started with other options",
-            hint="rerun with the same options, or without --resume to start over",
-            path=work,
+    work = Path(work)
+    latest = work / layout.checkpoint_name("latest")
+    saved = load_checkpoint(latest) if latest.is_file() else None
+    made_with = saved["extra"].get("config_hash") if saved is not None else None
+    if saved is not None and made_with == key:
+        return True
+    if resume:
+        why = (
+            "it has no checkpoint to continue from"
+            if saved is None
+            else f"it was started with other options or inputs (checkpoint of step {saved['step']})"
         )
+        raise UdasegError(
+            f"cannot resume {work}: {why}",
+            hint="rerun with the interrupted run's options, or without --resume to start over",
+            path=work,
+            exit_code=2,
+        )
+    log = progress.log if runtime is None or runtime.is_main else (lambda _: None)
+    if saved is not None:
+        reason = f"discarding the interrupted run in {work} (step {saved['step']}): "
+        reason += "it was started with other options or inputs, so it cannot be continued"
+        log(reason)
+    elif any(work.iterdir()):
+        log(f"clearing {work}: the interrupted run stopped before its first checkpoint")
+    _clear(work, runtime)
+    return False
+
+
+def _clear(work: Path, runtime: Runtime | None) -> None:
+    """Empty ``work``. Under torchrun every rank has read the checkpoint before rank 0 deletes
+    it (the first barrier), and none goes on before it is gone (the second)."""
+    distributed = runtime is not None and runtime.world_size > 1
+    if distributed:
+        torch.distributed.barrier()
+    if runtime is None or runtime.is_main:
+        for item in work.iterdir():
+            item.unlink() if item.is_file() else shutil.rmtree(item)
+    if distributed:
+        torch.distributed.barrier()
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -14,10 +14,8 @@ from typing import Any
 
 import torch
 
+from udaseg.config.values import OPTIMIZERS, SCHEDULES
 from udaseg.errors import look_up_option
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "poly", "linear")
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], hparams: dict[str, Any]):
