@@ -150,42 +150,48 @@ def manifest_hash(artifact_dir: Path) -> str:
 def portable(value: Any, artifact_dir: Path) -> Any:
     """``value`` (JSON-ready) with every absolute path inside ``artifact_dir``'s workspace written
     as ``<work>/...``; the inverse of :func:`expanded`. Other values are returned unchanged."""
-    root = layout.workspace_of(artifact_dir)
-    if root is None:
-        return value
 
-    def convert(item: Any) -> Any:
-        if isinstance(item, dict):
-            return {k: convert(v) for k, v in item.items()}
-        if isinstance(item, list):
-            return [convert(v) for v in item]
-        if isinstance(item, str) and os.path.isabs(item):
-            path = Path(item)
-            if path == root or root in path.parents:
-                rest = path.relative_to(root).as_posix()
-                return WORK_TOKEN if rest == "." else f"{WORK_TOKEN}/{rest}"
-        return item
+    def convert(text: str, root: Path) -> str:
+        if not os.path.isabs(text):
+            return text
+        path = Path(text)
+        if path != root and root not in path.parents:
+            return text
+        rest = path.relative_to(root).as_posix()
+        return WORK_TOKEN if rest == "." else f"{WORK_TOKEN}/{rest}"
 
-    return convert(value)
+    return _map_strings(value, artifact_dir, convert)
 
 
 def expanded(value: Any, artifact_dir: Path) -> Any:
     """``value`` with every ``<work>/...`` path made absolute against the workspace
     ``artifact_dir`` lies in now (see :func:`portable`)."""
+
+    def convert(text: str, root: Path) -> str:
+        if text == WORK_TOKEN:
+            return str(root)
+        if text.startswith(WORK_TOKEN + "/"):
+            return str(root / text[len(WORK_TOKEN) + 1 :])
+        return text
+
+    return _map_strings(value, artifact_dir, convert)
+
+
+def _map_strings(value: Any, artifact_dir: Path, convert: Callable[[str, Path], str]) -> Any:
+    """``value`` with ``convert(text, workspace root)`` applied to every string in it (none when
+    ``artifact_dir`` lies in no workspace)."""
     root = layout.workspace_of(artifact_dir)
     if root is None:
         return value
 
-    def convert(item: Any) -> Any:
+    def walk(item: Any) -> Any:
         if isinstance(item, dict):
-            return {k: convert(v) for k, v in item.items()}
+            return {k: walk(v) for k, v in item.items()}
         if isinstance(item, list):
-            return [convert(v) for v in item]
-        if isinstance(item, str) and (item == WORK_TOKEN or item.startswith(WORK_TOKEN + "/")):
-            return str(root / item[len(WORK_TOKEN) + 1 :]) if item != WORK_TOKEN else str(root)
-        return item
+            return [walk(v) for v in item]
+        return convert(item, root) if isinstance(item, str) else item
 
-    return convert(value)
+    return walk(value)
 
 
 def run_hash(config: dict[str, Any], artifact_dir: Path) -> str:
