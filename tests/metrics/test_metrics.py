@@ -1,4 +1,4 @@
-"""Analytic and behavioural tests of udaseg.metrics (medpy cross-checks: test_metrics_medpy.py)."""
+"""Analytic and behavioural tests of udaseg.metrics (medpy cross-checks: test_medpy.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from udaseg.errors import UdasegError
 from udaseg.metrics import (
@@ -19,6 +18,7 @@ from udaseg.metrics import (
     directed_surface_distances,
     evaluate_case,
     image_diagonal,
+    surface,
 )
 
 ALL_DISTANCES = (compute_asd, compute_assd, compute_hd95, compute_hd)
@@ -207,15 +207,17 @@ def test_unknown_modes_and_bad_spacing_raise_udaseg_error():
 # --- sharing of work -------------------------------------------------------------------------
 
 
-def test_evaluate_case_runs_one_pair_of_edts_per_class(monkeypatch):
-    calls = []
-    real_edt = ndimage.distance_transform_edt
+def test_evaluate_case_searches_each_class_surface_pair_once(monkeypatch):
+    # every distance metric of a class comes from one pair of nearest-neighbour searches over the
+    # two surfaces, whatever the number of metrics asked for
+    trees = []
+    real_tree = surface.cKDTree
 
-    def counting_edt(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real_edt(*args, **kwargs)
+    def counting_tree(points, *args, **kwargs):
+        trees.append(len(points))
+        return real_tree(points, *args, **kwargs)
 
-    monkeypatch.setattr(ndimage, "distance_transform_edt", counting_edt)
+    monkeypatch.setattr(surface, "cKDTree", counting_tree)
     labels = np.zeros((30, 30, 30), dtype=np.int16)
     labels[5:10, 5:10, 5:10] = 1
     labels[20:25, 20:26, 3:9] = 2
@@ -226,9 +228,9 @@ def test_evaluate_case_runs_one_pair_of_edts_per_class(monkeypatch):
         spacing_mm=(1.0, 1.0, 1.0),
         metrics=("dice", "assd", "asd", "hd95", "hd"),
     )
-    assert len(calls) == 4
-    # the EDT runs on the cropped box (object + shift + 1-voxel pad), not the 30^3 volume
-    assert all(np.prod(shape) < 10 * 10 * 10 for shape in calls)
+    assert len(trees) == 4
+    # a tree holds one surface (at most the 5x6x6 box's 5*6*6 - 3*4*4 = 132 voxels), not a volume
+    assert all(n <= 132 for n in trees)
     assert result["a"]["hd"] == pytest.approx(2.0)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 
 from udaseg.errors import UdasegError, look_up_option
-from udaseg.metrics.overlap import check_same_shape, compute_dice
+from udaseg.metrics.overlap import check_same_shape, dice_from_counts
 from udaseg.metrics.surface import (
     ASSD_MODES,
     HD95_MODES,
@@ -64,6 +64,15 @@ def _spacing_for(unit: str, spacing_mm: Sequence[float] | None, ndim: int) -> tu
             hint="pass spacing_mm in array axis order, or use unit='voxel'",
         )
     return tuple(float(s) for s in spacing_mm)
+
+
+def _class_mask(labels: np.ndarray, values: Collection[int], out: np.ndarray) -> np.ndarray:
+    """``np.isin(labels, values)`` written into ``out``; one value is a single comparison."""
+    values = list(values)
+    if len(values) == 1:
+        return np.equal(labels, values[0], out=out)
+    out[...] = np.isin(labels, values)
+    return out
 
 
 def _distance_metrics(
@@ -128,15 +137,20 @@ def evaluate_case(
     penalty = image_diagonal(pred.shape, spacing) if empty_distance == "diagonal" else math.nan
     wanted = [m for m in metrics if m in DISTANCE_METRICS]
     results: dict[str, dict[str, float]] = {}
+    # masks are rewritten in place for each class: fresh volume-sized arrays would cost more in
+    # page faults than the comparisons that fill them
+    pred_mask, ref_mask, overlap = (np.empty(pred.shape, dtype=bool) for _ in range(3))
     for name, values in classes.items():
-        pred_mask = np.isin(pred, list(values))
-        ref_mask = np.isin(ref, list(values))
+        _class_mask(pred, values, out=pred_mask)
+        _class_mask(ref, values, out=ref_mask)
         scores: dict[str, float] = {}
         if wanted:
             distances = directed_surface_distances(pred_mask, ref_mask, spacing, connectivity)
             scores = _distance_metrics(distances, wanted, hd95_mode, assd_mode)
             scores = {m: penalty if math.isnan(v) else v for m, v in scores.items()}
         if "dice" in metrics:
-            scores["dice"] = compute_dice(pred_mask, ref_mask)
+            np.logical_and(pred_mask, ref_mask, out=overlap)
+            counts = (np.count_nonzero(m) for m in (pred_mask, ref_mask, overlap))
+            scores["dice"] = dice_from_counts(*counts)
         results[name] = {m: scores[m] for m in metrics}
     return results

@@ -35,7 +35,13 @@ def compute_dice(pred: np.ndarray, ref: np.ndarray) -> float:
     check_same_shape(pred, ref)
     pred = np.asarray(pred, dtype=bool)
     ref = np.asarray(ref, dtype=bool)
-    total = np.count_nonzero(pred) + np.count_nonzero(ref)
-    if total == 0:
+    return dice_from_counts(
+        np.count_nonzero(pred), np.count_nonzero(ref), np.count_nonzero(pred & ref)
+    )
+
+
+def dice_from_counts(n_pred: int, n_ref: int, n_both: int) -> float:
+    """Dice from foreground voxel counts: ``2 * n_both / (n_pred + n_ref)``, 1.0 when both are 0."""
+    if n_pred + n_ref == 0:
         return 1.0
-    return float(2.0 * np.count_nonzero(pred & ref) / total)
+    return float(2.0 * n_both / (n_pred + n_ref))

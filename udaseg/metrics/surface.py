@@ -8,10 +8,12 @@ Definitions follow medpy 0.5.2 exactly, so numbers are comparable with papers th
 * the *directed distances* from A to B are, for every surface voxel of A, the Euclidean distance
   (in the units of ``spacing``) to the nearest surface voxel of B.
 
-Unlike medpy, both masks are cropped to the union of their bounding boxes (plus one voxel of
-background on every side) before erosion and distance transform, and the two surfaces and two
-distance transforms of a pair are computed once and shared by every metric, which makes the
-evaluation much faster without changing any value.
+Unlike medpy, which runs a distance transform over the whole volume for every metric, a surface
+is found by an erosion on the mask's bounding box only, and the distances are nearest-neighbour
+searches (a KD-tree over the voxel centres in physical units) from the surface voxels of one mask
+to those of the other. Surface voxels the two masks share are at distance 0 without a search. The
+two directed distance lists of a pair are computed once and shared by every metric. The values
+are the same as medpy's (to rounding, about 1e-14), many times faster.
 
 Empty masks never raise and never warn: two empty masks are at distance 0.0; when exactly one is
 empty the distance is undefined and the metrics return NaN (see :mod:`udaseg.metrics.case` for
@@ -20,10 +22,11 @@ the policies callers can apply).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from udaseg.errors import UdasegError, look_up_option
 from udaseg.metrics.overlap import check_same_shape
@@ -53,26 +56,126 @@ def _check_connectivity(connectivity: int, ndim: int) -> None:
         )
 
 
-def _crop_to_union(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop both masks to their joint bounding box padded by one background voxel per side.
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Smallest box holding every foreground voxel of a non-empty mask.
 
-    The zero padding makes "outside the array is background" hold for objects touching the edge
-    whatever border handling the erosion uses. Cropping never changes a distance: every surface
-    voxel of both masks lies inside the box, and the distance transform is exact Euclidean.
+    Found axis by axis, each projection taken over the box narrowed by the axes before it, so
+    only the first projection reads the whole volume.
     """
-    union = pred | ref
-    slices = []
-    for axis in range(union.ndim):
-        others = tuple(a for a in range(union.ndim) if a != axis)
-        hits = np.flatnonzero(np.any(union, axis=others))
-        slices.append(slice(hits[0], hits[-1] + 1))
-    box = tuple(slices)
-    return np.pad(pred[box], 1), np.pad(ref[box], 1)
+    box = [slice(None)] * mask.ndim
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask[tuple(box)], axis=others))
+        box[axis] = slice(int(hits[0]), int(hits[-1]) + 1)
+    return tuple(box)
 
 
-def _surface(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    # border_value=0 makes voxels beyond the array edge background, as in medpy
-    return mask ^ ndimage.binary_erosion(mask, structure=structure, iterations=1, border_value=0)
+def _along(axis: int, ndim: int, part: slice | int) -> tuple[slice | int, ...]:
+    return tuple(part if a == axis else slice(None) for a in range(ndim))
+
+
+def _erode_along(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Voxels that are foreground with both neighbours along ``axis``; outside is background."""
+    n = mask.ndim
+    eroded = mask.copy()
+    eroded[_along(axis, n, slice(1, None))] &= mask[_along(axis, n, slice(None, -1))]
+    eroded[_along(axis, n, slice(None, -1))] &= mask[_along(axis, n, slice(1, None))]
+    eroded[_along(axis, n, 0)] = False
+    eroded[_along(axis, n, -1)] = False
+    return eroded
+
+
+def _interior(mask: np.ndarray, connectivity: int) -> np.ndarray:
+    """Binary erosion of ``mask`` by ``generate_binary_structure(ndim, connectivity)``.
+
+    That structure holds the offsets in {-1, 0, 1}^ndim with at most ``connectivity`` non-zero
+    components: the union, over every set of ``connectivity`` axes, of the full 3^k cube on those
+    axes. Erosion by a union is the AND of the erosions, and erosion by a cube is one three-voxel
+    erosion per axis in turn. Voxels outside the array are background, as in medpy.
+    """
+    interior = None
+    for axes in itertools.combinations(range(mask.ndim), connectivity):
+        cube = mask
+        for axis in axes:
+            cube = _erode_along(cube, axis)
+        interior = cube if interior is None else np.logical_and(interior, cube, out=interior)
+    return interior
+
+
+def _surface_voxels(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
+    """Array indices of the surface voxels of a mask (surface as defined in the module docstring).
+
+    The erosion runs on the mask's bounding box only: every voxel outside the box is background,
+    so the box edge can be treated like the array edge.
+
+    Args:
+        mask: (D, H, W) or (H, W) (any dimension), bool.
+        connectivity: neighbourhood that defines the surface, 1 (faces) to ndim (all neighbours);
+            not checked here (see :func:`directed_surface_distances`).
+
+    Returns:
+        (k, ndim) int64 array, one row of indices per surface voxel, in C order of the voxels;
+        (0, ndim) for an empty mask.
+    """
+    if not mask.any():
+        return np.zeros((0, mask.ndim), dtype=np.int64)
+    box = _bounding_box(mask)
+    crop = mask[box]
+    # the interior lies inside the mask, so XOR keeps exactly the foreground voxels outside it
+    surface = np.logical_xor(crop, _interior(crop, connectivity))
+    indices = np.unravel_index(np.flatnonzero(surface), crop.shape)
+    return np.stack([i + part.start for i, part in zip(indices, box, strict=True)], axis=1)
+
+
+def _in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Which entries of ``keys`` occur in the ascending, non-empty array ``sorted_keys``."""
+    at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+    return sorted_keys[at] == keys
+
+
+def _nearest_distances(
+    from_voxels: np.ndarray, to_voxels: np.ndarray, shape: tuple[int, ...], sampling: np.ndarray
+) -> np.ndarray:
+    """Distance from each row of ``from_voxels`` to the nearest row of ``to_voxels`` (non-empty).
+
+    Voxels on both surfaces are at distance 0 and skip the tree search; where two segmentations
+    largely agree that is most of them.
+    """
+    distances = np.zeros(len(from_voxels), dtype=np.float64)
+    # flat indices of C-ordered voxels ascend, which _in_sorted relies on
+    to_keys = np.ravel_multi_index(tuple(to_voxels.T), shape)
+    away = ~_in_sorted(np.ravel_multi_index(tuple(from_voxels.T), shape), to_keys)
+    if away.any():
+        # sliding-midpoint splits and leaves of 64 were the fastest on organ surfaces
+        tree = cKDTree(to_voxels * sampling, leafsize=64, balanced_tree=False, compact_nodes=False)
+        distances[away] = tree.query(from_voxels[away] * sampling)[0]
+    return distances
+
+
+def _surface_distances(
+    pred_surface: np.ndarray,
+    ref_surface: np.ndarray,
+    shape: tuple[int, ...],
+    sampling: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Directed distances between two surfaces given as :func:`_surface_voxels` indices.
+
+    Args:
+        pred_surface: (k, ndim) int indices of the prediction's surface voxels, C order.
+        ref_surface: (m, ndim) int indices of the reference's surface voxels, C order.
+        shape: shape of the arrays the indices point into.
+        sampling: (ndim,) float64 voxel size per axis.
+
+    Returns:
+        ``(d_pred_to_ref, d_ref_to_pred)`` as in :func:`directed_surface_distances`.
+    """
+    if len(pred_surface) == 0 or len(ref_surface) == 0:
+        # towards an empty surface every distance is inf; from an empty one there are none
+        return np.full(len(pred_surface), np.inf), np.full(len(ref_surface), np.inf)
+    return (
+        _nearest_distances(pred_surface, ref_surface, shape, sampling),
+        _nearest_distances(ref_surface, pred_surface, shape, sampling),
+    )
 
 
 def directed_surface_distances(
@@ -104,29 +207,12 @@ def directed_surface_distances(
     ref = np.asarray(ref, dtype=bool)
     sampling = _normalise_spacing(spacing, pred.ndim)
     _check_connectivity(connectivity, pred.ndim)
-    pred_any, ref_any = bool(pred.any()), bool(ref.any())
-    if not (pred_any and ref_any):
-        return _distances_to_nothing(pred, ref, pred_any, ref_any, connectivity)
-    pred, ref = _crop_to_union(pred, ref)
-    structure = ndimage.generate_binary_structure(pred.ndim, connectivity)
-    pred_surface, ref_surface = _surface(pred, structure), _surface(ref, structure)
-    to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=sampling)[pred_surface]
-    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=sampling)[ref_surface]
-    return to_ref, to_pred
-
-
-def _distances_to_nothing(
-    pred: np.ndarray, ref: np.ndarray, pred_any: bool, ref_any: bool, connectivity: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Directed distances when at least one mask is empty: inf towards an empty set."""
-    empty = np.zeros(0, dtype=np.float64)
-    if not (pred_any or ref_any):
-        return empty, empty.copy()
-    mask = pred if pred_any else ref
-    cropped = _crop_to_union(mask, mask)[0]
-    structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
-    towards_empty = np.full(np.count_nonzero(_surface(cropped, structure)), np.inf)
-    return (towards_empty, empty) if pred_any else (empty, towards_empty)
+    return _surface_distances(
+        _surface_voxels(pred, connectivity),
+        _surface_voxels(ref, connectivity),
+        pred.shape,
+        sampling,
+    )
 
 
 def _undefined(d_a: np.ndarray, d_b: np.ndarray) -> float | None:
