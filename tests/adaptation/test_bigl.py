@@ -53,7 +53,8 @@ def build(translator: nn.Module | None = None, seed: int = 0, **hparams) -> Adap
         model_kwargs=dict(TINY_MODEL),
         num_classes=3,
         hparams=COMMON_DEFAULTS | bigl.BIGL_ADAPT_HPARAMS | TINY_HPARAMS | hparams,
-        runtime=Runtime(device="cpu"),
+        # float32: losses are compared with ones recomputed outside autocast
+        runtime=Runtime(device="cpu", amp=False),
         generator=torch.Generator().manual_seed(seed),
         translator=StandIn() if translator is None else translator,
     )

@@ -37,7 +37,8 @@ def build(model: str = "unet2d.v1", **overrides):
         model_kwargs=dict(TINY_MODELS[model]),
         num_classes=NUM_CLASSES,
         hparams=hparams,
-        runtime=Runtime(device="cpu"),
+        # contiguous: the trained model is compared bit for bit with a plain (contiguous) one
+        runtime=Runtime(device="cpu", channels_last=False),
         generator=torch.Generator().manual_seed(0),
     )
     return glua.glua(ctx)

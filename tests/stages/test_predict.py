@@ -543,8 +543,9 @@ def test_ensemble_averages_the_members_probabilities(tiny_store, tmp_path):
     first = write_model_dir(tmp_path / "a", seed=0)
     second = write_model_dir(tmp_path / "b", seed=1)
     work = tmp_path / "w"
+    # float32, as predict_volume below
     manifest = run_stage(first, tiny_store["store"], work, cases=["c1"], ensemble=[second],
-                         name="ens")  # fmt: skip
+                         name="ens", amp=False)  # fmt: skip
     store = Store(tiny_store["store"] / "store.h5")
     image = store.image("c1")
     total = sum(
@@ -606,8 +607,9 @@ def test_rerun_skips_unless_forced_and_options_rebuild(tiny_store, tmp_path):
     assert changed.summary["skipped"] is False
 
 
-def test_bf16_after_fp32_predicts_again(tiny_store, tmp_path):
+def test_bf16_after_fp32_predicts_again(tiny_store, tmp_path, monkeypatch):
     """amp changes the numbers where it takes effect, so it is part of the result's identity."""
+    monkeypatch.setenv("UDASEG_CPU_BF16", "1")  # where it takes effect: a CPU with native bf16
     model_dir = write_model_dir(tmp_path / "m")
     work = tmp_path / "w"
     fp32 = run_stage(model_dir, tiny_store["store"], work, amp=False)

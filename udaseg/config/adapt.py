@@ -59,6 +59,7 @@ class AdaptConfig(StageConfig):
     checkpoint_every: int = shared.checkpoint_every()
     log_every: int = shared.log_every()
     device: str = shared.device()
+    threads: int | None = shared.threads()
     channels_last: bool = shared.channels_last()
     compile: bool = shared.compile_model()
     resume: bool = shared.resume()

@@ -40,3 +40,4 @@ class ClusterStylesConfig(StageConfig):
     name: str | None = runtime(None, help="Run name (default TRANSLATOR__kK).")
     batch_size: int = runtime(32, help="Slices per forward pass.", low=1)
     device: str = shared.device()
+    threads: int | None = shared.threads()

@@ -80,6 +80,7 @@ class PredictConfig(StageConfig):
     )
     batch_size: int = runtime(8, help=WINDOW_BATCH_HELP, low=1)
     device: str = shared.device()
+    threads: int | None = shared.threads()
     shard: str | None = runtime(
         None,
         help="Predict only shard i of n (0-based) into NAME__shard-i-of-n; join with "

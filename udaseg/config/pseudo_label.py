@@ -63,3 +63,4 @@ class PseudoLabelConfig(StageConfig):
     )
     batch_size: int = runtime(8, help=WINDOW_BATCH_HELP, low=1)
     device: str = shared.device()
+    threads: int | None = shared.threads()

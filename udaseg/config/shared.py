@@ -22,8 +22,22 @@ def device() -> Any:
 
 
 def amp() -> Any:
-    # a result: bfloat16 changes the numbers, so an fp32 run and a bf16 run are different artifacts
-    return result(True, help="bfloat16 autocast on CUDA (faster; ignored on CPU).")
+    # a result: bfloat16 changes the numbers, so an fp32 run and a bf16 run are different artifacts;
+    # stages also record the precision it resolved to (udaseg.device.resolve_precision)
+    return result(
+        True,
+        help="bfloat16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX); "
+        "float32 elsewhere (with a notice).",
+    )
+
+
+def threads() -> Any:
+    return runtime(
+        None,
+        help="CPU threads torch computes with (default: $SLURM_CPUS_PER_TASK when set, else "
+        "torch's default, one per core).",
+        low=1,
+    )
 
 
 def workers() -> Any:

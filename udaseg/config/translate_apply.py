@@ -54,6 +54,7 @@ class TranslateApplyConfig(StageConfig):
     )
     batch_size: int = runtime(16, help="Slices per forward pass.", low=1)
     device: str = shared.device()
+    threads: int | None = shared.threads()
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -72,5 +72,6 @@ class TranslateTrainConfig(StageConfig):
     checkpoint_every: int = shared.checkpoint_every()
     log_every: int = shared.log_every()
     device: str = shared.device()
+    threads: int | None = shared.threads()
     channels_last: bool = shared.channels_last()
     resume: bool = shared.resume()

@@ -29,8 +29,9 @@ How a volume is covered (all sizes in voxels, in (S, H, W) order):
   neighbours on each side as channels, in slice order, repeating the first/last slice at the
   volume's ends (the 2.5D input of SIFA-style models); 3D models take one channel.
 
-Runs under :func:`torch.inference_mode`; with ``amp`` on a CUDA device the forward passes run in
-bfloat16 autocast (the softmax and the averaging stay float32).
+Runs under :func:`torch.inference_mode`; with ``amp`` the forward passes run in bfloat16 autocast
+where the device computes bf16 natively (CUDA, or a CPU with AVX512-BF16 / AMX; see
+:func:`udaseg.device.resolve_precision`); the softmax and the averaging stay float32.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from udaseg.device import autocast, resolve_precision
 
 DEFAULT_PATCH_3D = (32, 256, 256)
 PAD_MULTIPLE = 32
@@ -150,7 +153,8 @@ def predict_volume(
         gaussian: Gaussian (True) or uniform (False) weighting of overlapping windows.
         tta_flips: volume axes to flip for test-time augmentation (e.g. (1, 2)); () for none.
         device: where the windows and the accumulated probabilities live.
-        amp: bfloat16 autocast for the forward passes (CUDA only; ignored on CPU).
+        amp: bfloat16 autocast for the forward passes where the device supports it natively
+            (:func:`udaseg.device.resolve_precision`; float32 elsewhere).
         in_channels: the model's input channels (2D: slices around the centre one).
     """
     return _predict(model, volume, **_options(locals())).cpu().numpy()
@@ -215,7 +219,7 @@ class _Plan:
     weights: torch.Tensor  # (S, H, W) window weights on the device
     batch_size: int
     in_channels: int
-    amp: bool  # bfloat16 autocast (only ever True on CUDA)
+    precision: str  # "bf16" (autocast) or "float32", as udaseg.device.resolve_precision says
 
 
 def _predict(
@@ -250,7 +254,7 @@ def _predict(
         ).to(device),
         batch_size=batch_size,
         in_channels=in_channels,
-        amp=amp and torch.device(device).type == "cuda",
+        precision=resolve_precision(str(device), amp, notice=False),
     )
     x = torch.from_numpy(volume).to(device)
     flips = flip_sets(tta_flips)
@@ -327,7 +331,7 @@ def _forward(model: Model, patches: torch.Tensor, plan: _Plan) -> torch.Tensor:
     """Softmax (N, C, D, H, W) float32 of a batch of windows (N, in_channels, D, H, W); a 2D model
     gets (N, in_channels, H, W) (D = 1 dropped and restored around the call)."""
     x = patches[:, :, 0] if plan.dims == 2 else patches
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=plan.amp):
+    with autocast(str(x.device), plan.precision):
         out = model(x)
     logits = out["logits"] if isinstance(out, dict) else out
     if logits.ndim != x.ndim or logits.shape[0] != x.shape[0] or logits.shape[2:] != x.shape[2:]:

@@ -33,6 +33,7 @@ from udaseg.config import result_config, values
 from udaseg.config.adapt import STAGE, AdaptConfig
 from udaseg.data.sampling import SliceSampler, Source, VolumeBank, split_cases, store_path
 from udaseg.data.store import Store
+from udaseg.device import apply_threads, precision_record, resolve_device
 from udaseg.errors import UdasegError
 from udaseg.inference.preprocessing import record_preprocessing
 from udaseg.progress import NullProgress, Progress
@@ -98,6 +99,7 @@ def run(
             exit_code=2,
         )
     spec = method_spec(config.method)
+    apply_threads(config.threads)
     inputs, source, target = _inputs(config, spec, force)
     init = _init_model(config) if config.init else None
     hparams, rest = split_overrides(config)
@@ -114,6 +116,7 @@ def run(
         hparams=hparams,
         model=model,
         model_kwargs=model_kwargs,
+        **precision_record(resolve_device(config.device), config.amp),
         **loop.batch_record(hparams["batch_size"]),
     )
     done = artifacts.reuse_if_current(

@@ -36,7 +36,7 @@ from udaseg.config import result_config
 from udaseg.config.cluster_styles import EMBEDDINGS, PICKS, STAGE, ClusterStylesConfig
 from udaseg.data.sampling import middle_slices, split_cases, store_path
 from udaseg.data.store import Store
-from udaseg.device import resolve_device
+from udaseg.device import apply_threads, precision_record, resolve_device
 from udaseg.errors import UdasegError, look_up_option
 from udaseg.progress import NullProgress, Progress
 from udaseg.translation.io import CHECKPOINTS
@@ -69,6 +69,7 @@ def run(
 
     progress = progress or NullProgress()
     _check_options(config)
+    apply_threads(config.threads)
     translate = open_run(
         artifacts.check_finished(Path(config.translator), "--translator"), force=force
     )
@@ -112,8 +113,8 @@ def _stage_config(config, translate, target_dir: Path, device: str) -> dict[str,
         translator=translate.directory,
         method=translate.method,
         target=target_dir,
-        # whether bfloat16 was used (it is only on CUDA)
-        bf16=bool(config.amp and device.startswith("cuda")),
+        # what --amp resolved to here: on a CPU without native bf16, --amp and --no-amp agree
+        **precision_record(device, config.amp),
     )
 
 

@@ -52,7 +52,7 @@ import numpy as np
 from udaseg import artifacts, layout
 from udaseg.config import result_config
 from udaseg.config.predict import STAGE, PredictConfig
-from udaseg.device import resolve_device
+from udaseg.device import apply_threads, precision_record, resolve_device
 from udaseg.errors import UdasegError
 from udaseg.inference.cases import select_cases
 from udaseg.inference.models import ModelSource, model_dims, require_model, resolve_model
@@ -211,8 +211,8 @@ def _stage_config(
         dims=model_dims(model.info),
         patch_size=model.info.get("patch_size"),
         in_channels=int(model.info.get("in_channels", 1)),
-        # whether bfloat16 was used (it is only on CUDA)
-        bf16=bool(config.amp and device.startswith("cuda")),
+        # what --amp resolved to here: on a CPU without native bf16, --amp and --no-amp agree
+        **precision_record(device, config.amp),
     )
 
 
@@ -237,6 +237,7 @@ def run(
             scans. All before anything is written.
     """
     progress = progress or NullProgress()
+    apply_threads(config.threads)
     model = resolve_model(config.model_dir, config.checkpoint)
     _check_stride(config.stride, model_dims(model.info))
     if config.tta:

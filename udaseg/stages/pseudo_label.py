@@ -53,7 +53,7 @@ from udaseg.config import result_config
 from udaseg.config.pseudo_label import STAGE, PseudoLabelConfig
 from udaseg.data.sampling import split_cases, store_path
 from udaseg.data.store import IGNORE_LABEL, Store, StoreWriter
-from udaseg.device import resolve_device
+from udaseg.device import apply_threads, precision_record, resolve_device
 from udaseg.errors import UdasegError
 from udaseg.inference.models import require_model, resolve_model
 from udaseg.inference.options import inference_options
@@ -203,6 +203,7 @@ def run(
         )
     if config.batch_size < 1:
         raise UdasegError(f"--batch-size {config.batch_size}: need >= 1", exit_code=2)
+    apply_threads(config.threads)
     model = resolve_model(config.model_dir, config.checkpoint)
     require_model(model, force)
     target_dir = artifacts.check_finished(Path(config.target), "--target")
@@ -230,8 +231,8 @@ def run(
         config,
         model=model.record(),
         cases=cases,
-        # whether bfloat16 was used (it is only on CUDA)
-        bf16=bool(config.amp and device.startswith("cuda")),
+        # what --amp resolved to here: on a CPU without native bf16, --amp and --no-amp agree
+        **precision_record(device, config.amp),
     )
     out = layout.run_dir(work, layout.PSEUDO, run_name(config))
     done = artifacts.reuse_if_current(out, stage_config, inputs, progress.log, force=force)

@@ -34,6 +34,7 @@ from udaseg.data.sampling import (
     store_path,
 )
 from udaseg.data.store import Store
+from udaseg.device import apply_threads, precision_record, resolve_device
 from udaseg.errors import UdasegError, look_up_option
 from udaseg.inference.preprocessing import record_preprocessing
 from udaseg.progress import NullProgress, Progress
@@ -91,6 +92,7 @@ def run(
             hint=f"pass the {config.train_on} store artifact",
             exit_code=2,
         )
+    apply_threads(config.threads)
     inputs, stores = _inputs(config, force)
     hparams, model_kwargs = split_overrides(config)
     _check(config, hparams, stores)  # usage errors before any folder is made
@@ -99,6 +101,7 @@ def run(
         config,
         hparams=hparams,
         model_kwargs=model_kwargs,
+        **precision_record(resolve_device(config.device), config.amp),
         **loop.batch_record(hparams["batch_size"]),
     )
     done = artifacts.reuse_if_current(

@@ -40,7 +40,7 @@ from udaseg.config import result_config
 from udaseg.config.translate_apply import STAGE, TranslateApplyConfig
 from udaseg.data.sampling import store_path
 from udaseg.data.store import Store, StoreWriter
-from udaseg.device import resolve_device
+from udaseg.device import apply_threads, precision_record, resolve_device
 from udaseg.errors import UdasegError, look_up_option
 from udaseg.inference.cases import select_cases
 from udaseg.progress import NullProgress, Progress
@@ -161,6 +161,7 @@ def run(
     if config.batch_size < 1:
         raise UdasegError(f"--batch-size {config.batch_size}: need >= 1", exit_code=2)
     look_up_option(config.checkpoint, CHECKPOINTS, what="--checkpoint")
+    apply_threads(config.threads)
     translate = open_run(
         artifacts.check_finished(Path(config.translator), "--translator"), force=force
     )
@@ -212,8 +213,8 @@ def _stage_config(config, translate, styles, source_dir, ids, device) -> dict[st
         styles=styles.count,
         style_run=styles.run,
         cases=ids,
-        # whether bfloat16 was used (it is only on CUDA)
-        bf16=bool(config.amp and device.startswith("cuda")),
+        # what --amp resolved to here: on a CPU without native bf16, --amp and --no-amp agree
+        **precision_record(device, config.amp),
         pad_multiple=PAD_MULTIPLE,
     )
 

@@ -56,6 +56,7 @@ from udaseg.data.sampling import (
     store_path,
 )
 from udaseg.data.store import Store
+from udaseg.device import apply_threads, precision_record, resolve_device
 from udaseg.errors import UdasegError
 from udaseg.progress import NullProgress, Progress
 from udaseg.registry import accepted_kwargs
@@ -184,11 +185,13 @@ def run(
             more than one process, resuming a run started with other options.
     """
     progress = progress or NullProgress()
+    apply_threads(config.threads)
     inputs, source, target = _inputs(config, force)
     hparams, kwargs = resolve(config)
     _patch_size(hparams)  # refuse a bad size before any folder is made
     out = layout.run_dir(work, layout.TRANSLATE, run_name(config, source, target))
-    stage_config = result_config(config, hparams=hparams, kwargs=kwargs)
+    precision = precision_record(resolve_device(config.device), config.amp)
+    stage_config = result_config(config, hparams=hparams, kwargs=kwargs, **precision)
     done = artifacts.reuse_if_current(
         out, stage_config, inputs, progress.log, force=force, redo="use --force to retrain"
     )

@@ -172,14 +172,11 @@ def pad_to_multiple(images: np.ndarray, multiple: int) -> tuple[np.ndarray, tupl
 
 
 def inference_autocast(device: str, amp: bool = True):
-    """bf16 autocast for inference on CUDA when ``amp``; a no-op context on the CPU."""
-    import contextlib
+    """bf16 autocast for inference where ``amp`` resolves to bf16 on ``device`` (CUDA, or a CPU
+    with native bf16: :func:`udaseg.device.resolve_precision`); a no-op context otherwise."""
+    from udaseg.device import autocast, resolve_precision
 
-    import torch
-
-    if amp and str(device).startswith("cuda"):
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return autocast(str(device), resolve_precision(str(device), amp, notice=False))
 
 
 def encode_styles(
