@@ -1,0 +1,54 @@
+"""benchmarks/train_step.py in its --quick form: one run gives float32 and bf16 rows for a
+segmenter and a translator, so the full measurement does not fail on something a tiny run catches.
+
+The subprocesses import torch several times (timing child, one peak-memory child per precision):
+about 20 s on an idle 2-core machine, longer while other jobs run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=180
+    )
+
+
+def test_quick_run_gives_both_precisions_for_a_segmenter_and_a_translator(tmp_path):
+    out = tmp_path / "train_step.json"
+    done = run_script("--quick", "--models", "unet2d.v1,cyclegan.v1", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {row["model"]: row for row in result["rows"]}
+    assert rows["unet2d.v1"]["kind"] == "segmenter"
+    assert rows["cyclegan.v1"]["kind"] == "translator"
+    for row in rows.values():
+        assert row["error"] is None
+        for precision in ("float32", "bf16"):
+            assert row[precision]["seconds_per_step"] > 0
+            assert row[precision]["peak_rss_gb"] > 0
+            assert len(row["step_seconds"][precision]) == 1  # --quick times one step
+        expected = row["float32"]["seconds_per_step"] / row["bf16"]["seconds_per_step"]
+        assert row["ratio"] == pytest.approx(expected)
+        assert row["gflop_per_step"] > 0
+    assert {"cpu", "bf16_flags", "torch", "threads", "date", "commit"} <= set(result["machine"])
+    table = done.stdout[done.stdout.index("| model |") :]
+    assert "| `unet2d.v1` | 2 x 32x32 |" in table and "| `cyclegan.v1` |" in table
+    assert "machine:" in table
+
+
+def test_unknown_model_is_refused_with_did_you_mean():
+    done = run_script("--quick", "--models", "unet2d.v2")
+    assert done.returncode == 2
+    assert 'did you mean "unet2d.v1"' in done.stderr
