@@ -261,3 +261,30 @@ def test_threads_is_on_the_command_line(restore_threads):
 
     done = CliRunner().invoke(app, ["segment-train", "--help"], terminal_width=200)
     assert done.exit_code == 0 and "--threads" in done.output
+
+
+def test_instance_norm_modules_stay_contiguous_on_the_cpu_only():
+    from udaseg.training import loop
+
+    cpu = loop.Runtime(device="cpu", channels_last=True)
+    assert loop.memory_format(cpu, 2) == torch.channels_last
+    assert loop.memory_format(cpu, 3) == torch.channels_last_3d
+    assert loop.memory_format(cpu, 2, instance_norm=True) == torch.contiguous_format
+    off = loop.Runtime(device="cpu", channels_last=False)
+    assert loop.memory_format(off, 2) == torch.contiguous_format
+
+
+def test_bigl_translates_under_the_runs_precision(native_bf16):
+    from udaseg.adaptation import bigl
+    from udaseg.adaptation.base import AdaptBatch
+    from udaseg.translation.registry import create_translator, translator_spec
+
+    translator = create_translator("cyclegan.v1", **translator_spec("cyclegan.v1").tiny).eval()
+    seen = []
+    hook = translator.G_st.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    batch = AdaptBatch(source=images, labels=None, target=images)
+    out = bigl.translate_both(translator, batch, lambda: devices.autocast("cpu", devices.BF16))
+    hook.remove()
+    assert seen == [torch.bfloat16]
+    assert all(v.dtype == torch.float32 for v in out.values())

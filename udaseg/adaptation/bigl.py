@@ -35,6 +35,7 @@ Choices the paper leaves open, made here:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -84,10 +85,13 @@ REPRESENTATIONS = ("feat", "pos", "cha")
 PAIRS = {"s": ("source", "target_to_source"), "t": ("source_to_target", "target")}
 
 
-def translate_both(translator: nn.Module, batch: AdaptBatch) -> dict[str, torch.Tensor]:
+def translate_both(
+    translator: nn.Module, batch: AdaptBatch, autocast=contextlib.nullcontext
+) -> dict[str, torch.Tensor]:
     """The four (N, 1, H, W) images of an iteration: the batch's and their frozen translations
-    (float32, no gradients)."""
-    with torch.no_grad():
+    (float32, no gradients). ``autocast``: a zero-argument context factory (the run's
+    precision; the generators' forward passes are half of a float32 step's time on the CPU)."""
+    with torch.no_grad(), autocast():
         source_to_target = translator.translate(batch.plain_source).float()
         target_to_source = translator.translate_back(batch.target).float()
     return {
@@ -227,7 +231,7 @@ def bigl(ctx: AdaptContext) -> AdaptMethod:
     lambda_cons, lambda_gtl = float(hparams["lambda_cons"]), float(hparams["lambda_gtl"])
 
     def train_step(batch: AdaptBatch) -> dict[str, float]:
-        images = translate_both(translator, batch)
+        images = translate_both(translator, batch, ctx.autocast)
         model.train()
         # (1) segmenter, discriminators frozen
         freeze(discriminators.values())
@@ -260,7 +264,7 @@ def bigl(ctx: AdaptContext) -> AdaptMethod:
 
     @torch.no_grad()
     def extras(directory: Path, batch: AdaptBatch) -> None:
-        images = translate_both(translator, batch)
+        images = translate_both(translator, batch, ctx.autocast)
         model.eval()
         with ctx.autocast():
             predictions = {name: model(x)["logits"].argmax(1) for name, x in images.items()}

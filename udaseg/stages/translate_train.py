@@ -299,14 +299,14 @@ def _train(config, hparams, kwargs, stores, tmp, runtime, progress, key) -> dict
 
     spec = translator_spec(config.method)
     loop.seed_everything(config.seed, runtime.rank)
-    fmt = loop.memory_format(runtime, 2)
+    fmt = loop.memory_format(runtime, 2, instance_norm=True)
     translator = create_translator(config.method, **kwargs).to(runtime.device, memory_format=fmt)
     if config.semantic_segmenter is not None:
         from udaseg.training.checkpoint import load_model
 
         # not part of the state: a resumed run attaches the same frozen weights again
         segmenter, _ = load_model(Path(config.semantic_segmenter), "final", runtime.device)
-        translator.use_semantic_model(segmenter.to(memory_format=fmt))
+        translator.use_semantic_model(segmenter.to(memory_format=loop.memory_format(runtime, 2)))
     labelled = bool(getattr(translator, "needs_source_labels", False))
     state = _state(config, hparams, translator, kwargs, runtime)
     state.extra["config_hash"] = key
@@ -387,7 +387,7 @@ def _sampler(path, split, store, patch, batch_size, rng, labels=False) -> SliceS
 
 
 def _step_fn(samplers: list[SliceSampler], runtime: loop.Runtime, labelled: bool = False):
-    fmt = loop.memory_format(runtime, 2)
+    fmt = loop.memory_format(runtime, 2, instance_norm=True)
     # the translator contract: a zero-argument callable giving a fresh context per update
     autocast = functools.partial(loop.autocast, runtime)
 
