@@ -53,6 +53,14 @@ def run_pipeline(
         str | None,
         typer.Option("--from", help="Run from this stage on.", rich_help_panel=RUNTIME),
     ] = None,
+    with_: Annotated[
+        str | None,
+        typer.Option(
+            "--with",
+            help="Comma list of optional stages to run as well (e.g. the bounds of `uda`).",
+            rich_help_panel=RUNTIME,
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -75,7 +83,10 @@ def run_pipeline(
 
     loaded = runner.load_pipeline(pipeline, work, preset, parse_kv(var, "--var"))
     chosen = runner.select(
-        loaded.stages, [s.strip() for s in only.split(",")] if only else None, from_
+        loaded.stages,
+        [s.strip() for s in only.split(",")] if only else None,
+        from_,
+        [s.strip() for s in with_.split(",")] if with_ else None,
     )
     if dry_run:
         for stage in chosen:

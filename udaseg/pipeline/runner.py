@@ -42,8 +42,11 @@ from udaseg.errors import UdasegError, look_up_option
 from udaseg.evaluation.comparison import comparison, comparison_markdown, read_summary
 from udaseg.progress import NullProgress, Progress
 
-PIPELINE_KEYS = ("description", "vars", "presets", "stages", "notes")
-STAGE_KEYS = ("name", "run", "label")
+PIPELINE_KEYS = ("description", "vars", "presets", "dataset", "stages", "outputs", "notes")
+STAGE_KEYS = ("name", "run", "label", "when", "optional")
+DATASET_KEYS = ("manifest", "inplane_size")
+# variables a pipeline's `dataset:` section defines from the manifest (see dataset_variables)
+DERIVED = ("dataset_name", "patch", "geometry")
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # pipelines shipped with udaseg: examples/pipelines of the source tree
 # (installed as udaseg.builtin_pipelines)
@@ -57,6 +60,10 @@ class Stage:
     name: str
     args: list[str]
     label: str | None = None
+    # why the stage does not apply to this dataset (``when:``), e.g. "domain lge has no labels"
+    not_applicable: str | None = None
+    # the group of an optional stage (``optional: bounds``): it runs only when --with names it
+    optional: str | None = None
 
     @property
     def command(self) -> str:
@@ -74,6 +81,8 @@ class Pipeline:
     description: str
     stages: list[Stage]
     variables: dict[str, Any] = field(default_factory=dict)
+    # what the run made for its user, e.g. {"predictions of the target": "W/predict/..."}
+    outputs: dict[str, str] = field(default_factory=dict)
 
 
 def find_pipeline(pipeline: str | Path) -> Path:
@@ -131,6 +140,10 @@ def load_pipeline(
         look_up_option(key, list(variables), what=f"variable of pipeline {path.name} (--var)")
         variables[key] = value
     variables["work"] = str(work)
+    manifest = None
+    if data.get("dataset") is not None:
+        manifest, derived = dataset_variables(data["dataset"], variables, path)
+        variables.update(derived)
     variables = _resolve(variables, path)
     stages, seen = [], set()
     for i, entry in enumerate(data["stages"]):
@@ -153,8 +166,122 @@ def load_pipeline(
         if args[:1] == ["udaseg"]:
             args = args[1:]
         look_up_option(args[0] if args else "", commands(), what=f"command of stage {name}")
-        stages.append(Stage(name, args, entry.get("label")))
-    return Pipeline(path.stem, path, str(data.get("description", "")), stages, variables)
+        when = entry.get("when")
+        reason = None
+        if when is not None:
+            reason = _not_applicable(_substitute(str(when), variables, name, path), manifest, name)
+        stages.append(
+            Stage(name, args, entry.get("label"), reason, _group(entry.get("optional"), name))
+        )
+    outputs = {
+        str(label): _substitute(str(where), variables, f"outputs.{label}", path)
+        for label, where in (data.get("outputs") or {}).items()
+    }
+    description = str(data.get("description", ""))
+    return Pipeline(path.stem, path, description, stages, variables, outputs)
+
+
+def dataset_variables(section: Any, variables: dict[str, Any], path: Path) -> tuple[Any, dict]:
+    """The manifest a dataset-generic pipeline runs on, and the variables it defines from it.
+
+    ``section`` is the pipeline's ``dataset:`` mapping: ``manifest`` (a built-in name or a YAML
+    path, usually ``${dataset}``) and optionally ``inplane_size`` (pixels of the longer in-plane
+    side, or empty to keep the manifest's grid). Defined: ``dataset_name`` (the stores are
+    ``W/preprocessed/<dataset_name>__<domain>``); ``patch`` ("rows,cols" of the preprocessed
+    slices, the training patch; 256,256 where the manifest fixes no in-plane size);
+    ``geometry`` (``--set`` options for ``udaseg preprocess`` that resample to
+    ``inplane_size`` pixels over the manifest's field of view, or empty).
+
+    Raises:
+        UdasegError (exit code 2): unknown keys, a variable that redefines a derived one, a
+            manifest that does not load, a size that is not a positive integer.
+    """
+    from udaseg.data.manifest import load_manifest
+
+    if not isinstance(section, dict) or "manifest" not in section:
+        raise UdasegError(
+            f"pipeline {path.name}: 'dataset' must be a mapping with a 'manifest' key",
+            path=path,
+            exit_code=2,
+        )
+    for key in section:
+        look_up_option(key, DATASET_KEYS, what=f"key of the dataset section of {path.name}")
+    for key in DERIVED:
+        if key in variables:
+            raise UdasegError(
+                f"pipeline {path.name}: variable {key} is defined by its dataset section",
+                hint=f"rename the variable; {', '.join(DERIVED)} come from the manifest",
+                path=path,
+                exit_code=2,
+            )
+    # the manifest's own expression may not use the variables it defines
+    known = _resolve({**variables, **dict.fromkeys(DERIVED, "")}, path)
+    name = _substitute(str(section["manifest"]), known, "dataset.manifest", path)
+    manifest = load_manifest(name)
+    size_text = _substitute(str(section.get("inplane_size") or ""), known, "dataset", path)
+    geometry = manifest.geometry
+    rows_cols = geometry.inplane_size
+    options = ""
+    if size_text.strip():
+        try:
+            size = int(size_text)
+            if size < 1:
+                raise ValueError
+        except ValueError:
+            raise UdasegError(
+                f"pipeline {path.name}: inplane_size {size_text!r} is not a positive integer",
+                hint="give the pixels of the longer in-plane side, e.g. --var size=128, "
+                "or leave it empty to keep the manifest's grid",
+                path=path,
+                exit_code=2,
+            ) from None
+        rows_cols, options = _resized(geometry, size)
+    # slices of no fixed size: the models' usual 256x256 patches
+    patch = ",".join(str(n) for n in rows_cols) if rows_cols else "256,256"
+    return manifest, {"dataset_name": manifest.name, "patch": patch, "geometry": options}
+
+
+def _resized(geometry, size: int) -> tuple[tuple[int, int], str]:
+    """The (rows, cols) and preprocess ``--set`` options that put ``size`` pixels on the longer
+    side of the manifest's in-plane grid, keeping its field of view (spacing scaled with it)."""
+    if geometry.inplane_size is None:  # no fixed grid: a fixed square one of that size
+        return (size, size), f"--set 'geometry.inplane_size=[{size},{size}]'"
+    rows, cols = geometry.inplane_size
+    scale = max(rows, cols) / size
+    new = (max(1, round(rows / scale)), max(1, round(cols / scale)))
+    options = f"--set 'geometry.inplane_size=[{new[0]},{new[1]}]'"
+    if geometry.inplane_mm is not None:
+        options += f" --set geometry.inplane_mm={geometry.inplane_mm * scale:g}"
+    return new, options
+
+
+def _group(optional: Any, stage: str) -> str | None:
+    """An optional stage's group: ``optional: bounds``, or ``optional: true`` for a group of one
+    (the stage's own name); None for a stage that always runs."""
+    if optional is None or optional is False:
+        return None
+    return stage if optional is True else str(optional)
+
+
+def _not_applicable(when: str, manifest, stage: str) -> str | None:
+    """Why a stage's ``when:`` condition fails on this dataset, or None when it holds.
+    Conditions: ``labelled:DOMAIN`` (the manifest gives that domain's labels)."""
+    kind, _, domain = when.partition(":")
+    if kind != "labelled" or not domain:
+        raise UdasegError(
+            f"stage {stage}: unknown condition when: {when!r}",
+            hint="conditions: labelled:DOMAIN",
+            exit_code=2,
+        )
+    if manifest is None:
+        raise UdasegError(
+            f"stage {stage}: when: {when} needs the pipeline's dataset section", exit_code=2
+        )
+    if domain not in manifest.domains:
+        look_up_option(domain, list(manifest.domains), what=f"domain of {manifest.name}")
+    if manifest.domains[domain].labelled:
+        return None
+    return f"domain {domain} of {manifest.name} has no labels"
 
 
 def commands() -> list[str]:
@@ -192,6 +319,8 @@ def check_inputs(pipeline: Pipeline, stages: list[Stage]) -> None:
     }
     written: list[Path] = []
     for stage in stages:
+        if stage.not_applicable:
+            continue
         config = _parse(stage).config
         needed = []
         if stage.kind == "phantom":
@@ -266,17 +395,28 @@ def _substitute(text: str, variables: dict[str, Any], stage: str, path: Path) ->
     return VAR.sub(value, text)
 
 
-def select(stages: list[Stage], only: list[str] | None, start: str | None) -> list[Stage]:
-    """The stages to run: ``only`` these names, or every stage from ``start`` on."""
+def select(
+    stages: list[Stage],
+    only: list[str] | None,
+    start: str | None,
+    extra: list[str] | None = None,
+) -> list[Stage]:
+    """The stages to run: ``only`` these names, or every stage from ``start`` on; optional
+    stages (``optional: GROUP``) only when ``only`` names them or ``extra`` (``--with``) names
+    their group."""
     names = [s.name for s in stages]
+    groups = sorted({s.optional for s in stages if s.optional})
+    for name in extra or []:
+        look_up_option(name, groups, what="optional stage group (--with)")
     if only:
         for name in only:
             look_up_option(name, names, what="stage (--only)")
         return [s for s in stages if s.name in only]
+    chosen = [s for s in stages if not s.optional or s.optional in (extra or [])]
     if start:
         look_up_option(start, names, what="stage (--from)")
-        return stages[names.index(start) :]
-    return stages
+        return [s for s in chosen if names.index(s.name) >= names.index(start)]
+    return chosen
 
 
 def run(
@@ -298,6 +438,20 @@ def run(
     check_inputs(pipeline, stages)
     results = []
     for stage in stages:
+        if stage.not_applicable:
+            echo(f"  {stage.name}: not applicable, {stage.not_applicable}")
+            results.append(
+                {
+                    "stage": stage.name,
+                    "command": stage.command,
+                    "status": "not applicable",
+                    "reason": stage.not_applicable,
+                    "seconds": 0.0,
+                    "label": stage.label,
+                    "summary": None,
+                }
+            )
+            continue
         echo(f"$ {stage.command}")
         started = time.perf_counter()
         summary = _call(stage, progress)
@@ -325,6 +479,11 @@ def run(
     write_atomic(out / layout.SUMMARY, json.dumps(record, indent=2, default=str) + "\n")
     write_atomic(out / layout.COMPARISON, comparison_markdown(table, pipeline))
     record["output"] = str(out)
+    record["outputs"] = {
+        label: where for label, where in pipeline.outputs.items() if Path(where).exists()
+    }
+    for label, where in record["outputs"].items():
+        echo(f"{label}: {where}")
     return record
 
 
