@@ -27,6 +27,7 @@ def test_builtin_set_is_complete():
         "sifa-tfrecords",
         "brats",
         "crossmoda",
+        "mscmrseg",
         "custom",
     }
 

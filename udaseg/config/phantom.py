@@ -19,7 +19,8 @@ class PhantomConfig(StageConfig):
     out: Path = result(help="Folder to write the raw phantom dataset into.")
     task: str = result(
         "abdomen",
-        help="abdomen (BTCV-like CT + CHAOS-like MR, SSL-ALPNet layout) or cardiac (MMWHS layout).",
+        help="abdomen (BTCV-like CT + CHAOS-like MR, SSL-ALPNet layout), cardiac (MMWHS layout) "
+        "or mscmrseg (bSSFP C0 + LGE short-axis stacks, MS-CMRSeg 2019 layout).",
     )
     seed: int = result(0, help="Random seed.")
     size: str = result("small", help="small (demo) or tiny (tests).")

@@ -25,7 +25,7 @@ class PreprocessConfig(StageConfig):
 
     dataset: str = result(
         help="Built-in dataset (mmwhs, chaos, btcv, abdominal-normalized, sifa-tfrecords, brats, "
-        "crossmoda, custom) or the path of a manifest YAML.",
+        "crossmoda, mscmrseg, custom) or the path of a manifest YAML.",
         argument=True,
     )
     raw: Path | None = result(

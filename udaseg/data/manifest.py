@@ -27,7 +27,8 @@ import yaml
 from udaseg import layout
 from udaseg.errors import UdasegError, did_you_mean
 
-VIEWS = ("axial", "coronal", "sagittal")
+# short-axis: cardiac short-axis stacks, kept as acquired (udaseg/data/geometry.py)
+VIEWS = ("axial", "coronal", "sagittal", "short-axis")
 READERS = ("nifti", "dicom-png", "sifa-tfrecords")
 CROP_METHODS = ("none", "body", "label")
 INTENSITY_METHODS = ("none", "minmax", "zscore", "window")
@@ -59,6 +60,7 @@ _DOMAIN = {
     "test_ids": list,
     "val_ids": list,
     "assume_orientation": str,
+    "assume_spacing_scale": (list, type(None)),
     "other_codes": str,
 }
 _INTENSITY = {"method": str, "percentiles": list, "window": list, "over": str}
@@ -111,6 +113,9 @@ class Domain:
     # orientation code (e.g. "LAS") to use instead of the files' header, for releases known to
     # carry a wrong direction matrix; None trusts the header
     assume_orientation: str | None = None
+    # factors (x, y, z file axes) by which the header's spacing is multiplied, for releases whose
+    # arrays were resampled without updating the header; None trusts the header
+    assume_spacing_scale: tuple[float, float, float] | None = None
     # what a label code missing from label_map means: "error" (default: a wrong manifest cannot
     # silently drop an organ) or "background" (for label sets with many uninteresting codes)
     other_codes: str = "error"
@@ -443,8 +448,9 @@ def _validate_domain(name: str, spec: dict, classes: tuple[str, ...], source: st
         label_ranges=label_ranges,
         intensity=_validate_intensity(spec.get("intensity") or {}, f"{where}.intensity", source),
         test_ids=tuple(str(c) for c in spec.get("test_ids") or ()),
-        val_ids=tuple(str(c) for c in spec.get("val_ids") or ()),
+        val_ids=_val_ids(spec, where, source),
         assume_orientation=_orientation(spec.get("assume_orientation"), where, source),
+        assume_spacing_scale=_spacing_scale(spec.get("assume_spacing_scale"), where, source),
         other_codes=_choice(
             spec.get("other_codes", "error"),
             ("error", "background"),
@@ -453,6 +459,38 @@ def _validate_domain(name: str, spec: dict, classes: tuple[str, ...], source: st
         ),
         description=str(spec.get("description", "")),
     )
+
+
+def _val_ids(spec: dict, where: str, source: str) -> tuple[str, ...]:
+    """The domain's fixed validation ids, refused where one is also a published test id."""
+    val = tuple(str(c) for c in spec.get("val_ids") or ())
+    both = sorted(set(val) & {str(c) for c in spec.get("test_ids") or ()})
+    if both:
+        raise UdasegError(
+            f"{source}: {where}: cases {', '.join(both)} are in both val_ids and test_ids",
+            hint="a case validates or tests, never both; remove it from one of the lists",
+            exit_code=2,
+        )
+    if len(set(val)) != len(val):
+        raise UdasegError(f"{source}: {where}.val_ids lists a case twice", exit_code=2)
+    return val
+
+
+def _spacing_scale(value: Any, where: str, source: str) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    if not (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise UdasegError(
+            f"{source}: {where}.assume_spacing_scale must be 3 positive numbers (file axes x, y, "
+            f"z), got {value!r}",
+            hint="e.g. [0.6, 0.6, 1.0] for in-plane spacings that are 0.6 times the header's",
+            exit_code=2,
+        )
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
 
 
 def _orientation(code: str | None, where: str, source: str) -> str | None:

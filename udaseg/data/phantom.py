@@ -32,6 +32,18 @@ Tasks and layouts (``N`` / ``ID`` are integer case ids):
     uint16, MR label int16. CT image int16 HU in -1000..1500, MR image int16 in 0..~2000.
     Direction identity for both, non-zero origins.
 
+``mscmrseg`` -- the MS-CMRSeg 2019 release (cropped by the VarDA authors)::
+
+    C0/patientN_C0.nii.gz, patientN_C0_manual.nii.gz      bSSFP cine, N = 1, 2, 3, ...
+    LGE/patientN_LGE.nii.gz, patientN_LGE_manual.nii.gz   LGE, N = 1 (then 2, ...), 6, 7, ...
+
+    Short-axis stacks (oblique headers, nearest body axes PSR or LSP, every third case stored
+    transposed), images float32, labels int16 with 200 myocardium, 500 LV blood pool, 600 RV.
+    bSSFP: bright blood, dark myocardium; LGE: grey blood, nulled myocardium with bright scar
+    patches. The C0 headers state 1/0.6 times the true in-plane spacing, as the release's do.
+    LGE ids start at 1 (VarDA's validation patients 1-5) and continue at 6, so both splits hold
+    cases. See :mod:`udaseg.data.phantom_short_axis`.
+
 Array layout: a numpy volume is (D, H, W) = (z, y, x), which SimpleITK reads as an image of size
 (x, y, z); spacing and origin are in mm in SimpleITK (x, y, z) order. Anatomy is defined in a
 patient "body frame" in mm (LPS: +x patient left, +y posterior, +z superior, origin at the body
@@ -45,8 +57,9 @@ field of view (CT: finer in-plane, thin slices, longer z coverage with organ-fre
 coarse, thick slices just covering the organs).
 
 Sizes: ``small`` (default) 96x96 in-plane, CT 48 slices (1.6-1.8 mm in-plane, 2.5-3 mm thick), MR
-16 slices (2.0-2.5 mm, 6.5-7.5 mm thick), 6 cases per domain, about 2 s to write; ``tiny`` 48x48,
-CT 14 / MR 10 slices with proportionally coarser spacing (same field of view), 3 cases.
+16 slices (2.0-2.5 mm, 6.5-7.5 mm thick), C0 8 / LGE 12 slices, 6 cases per domain, about 2 s to
+write; ``tiny`` 48x48, CT 14 / MR 10 (C0 6 / LGE 8) slices with proportionally coarser spacing
+(same field of view), 3 cases.
 
 Every case draws from its own ``numpy.random.default_rng([seed, task, domain, case])`` stream, so
 the output is deterministic for a seed (byte-identical files) and adding cases never changes the
@@ -69,12 +82,14 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from udaseg.data import phantom_short_axis
 from udaseg.data.phantom_anatomy import Points, Scene, abdomen_scene, cardiac_scene
 from udaseg.errors import UdasegError, look_up_option
 
 __all__ = [
     "CARDIAC_LABELS",
     "CHAOS_MR_LABELS",
+    "MSCMR_LABELS",
     "BTCV_CT_LABELS",
     "LABEL_CODES",
     "SIZES",
@@ -94,6 +109,8 @@ BTCV_CT_LABELS = {
 CHAOS_MR_LABELS = {"liver": 1, "kidney_r": 2, "kidney_l": 3, "spleen": 4}
 # MM-WHS codes, identical in CT and MR.
 CARDIAC_LABELS = {"myo": 205, "la": 420, "lv": 500, "ra": 550, "rv": 600, "aorta": 820, "pa": 850}
+# MS-CMRSeg codes, identical in C0 and LGE.
+MSCMR_LABELS = {"myo": 200, "lv": 500, "rv": 600}
 
 # task -> domain -> {code: structure name}; what PHANTOM.md and phantom.json list.
 LABEL_CODES = {
@@ -102,12 +119,14 @@ LABEL_CODES = {
         "mr": {c: n for n, c in CHAOS_MR_LABELS.items()},
     },
     "cardiac": {d: {c: n for n, c in CARDIAC_LABELS.items()} for d in ("ct", "mr")},
+    "mscmrseg": {d: {c: n for n, c in MSCMR_LABELS.items()} for d in ("c0", "lge")},
 }
 
 # The structures a pipeline segments; every other code is a distractor that maps to background.
 _CLASSES = {
     "abdomen": ("liver", "kidney_r", "kidney_l", "spleen"),
     "cardiac": ("myo", "la", "lv", "aorta"),
+    "mscmrseg": ("myo", "lv", "rv"),
 }
 
 # Real CHAOS MR case ids (the phantom reuses them so ids are sparse, as in the real data).
@@ -126,23 +145,32 @@ class PhantomSize:
     ct_slices: int
     mr_slices: int
     n_cases: int  # per domain
+    short_axis_slices: tuple[int, int]  # mscmrseg: C0 and LGE slices
 
 
 SIZES = {
-    "small": PhantomSize(inplane=96, ct_slices=48, mr_slices=16, n_cases=6),
-    "tiny": PhantomSize(inplane=48, ct_slices=14, mr_slices=10, n_cases=3),
-}
+    "small": PhantomSize(inplane=96, ct_slices=48, mr_slices=16, n_cases=6,
+                         short_axis_slices=(8, 12)),
+    "tiny": PhantomSize(inplane=48, ct_slices=14, mr_slices=10, n_cases=3,
+                        short_axis_slices=(6, 8)),
+}  # fmt: skip
 _REF = SIZES["small"]  # spacing ranges below are for this size
 
 
 @dataclass(frozen=True)
-class _Domain:
-    """How one modality of a task is sampled and stored."""
+class _Files:
+    """Where one domain of a task is stored."""
 
-    key: str  # "ct" or "mr"
+    key: str  # "ct", "mr", "c0", "lge"
     folder: str
     image_name: str  # file name pattern with {id}
     label_name: str
+
+
+@dataclass(frozen=True)
+class _Domain(_Files):
+    """How one modality of a body-frame task (abdomen, cardiac) is sampled and stored."""
+
     inplane_mm: tuple[float, float]  # spacing range at the "small" size
     slice_mm: tuple[float, float]
     z_jitter_mm: float  # how far the organs may sit off the centre of the z coverage
@@ -198,11 +226,14 @@ _CARDIAC_TISSUES = {
 @dataclass(frozen=True)
 class _Task:
     layout: str
-    domains: tuple[_Domain, _Domain]
-    tissues: dict[str, tuple[float, float]]
-    scene: Callable[[np.random.Generator], Scene]
-    noise: tuple[float, float]  # CT Gaussian sigma (HU), MR Rician sigma
+    domains: tuple[_Files, _Files]
     case_ids: Callable[[str, int], list[int]]
+    # body-frame tasks: tissue values per domain, the scene, CT Gaussian sigma (HU) and MR Rician
+    # sigma; tasks drawn in their own frame (mscmrseg) bring their own case writer instead
+    tissues: dict[str, tuple[float, float]] | None = None
+    scene: Callable[[np.random.Generator], Scene] | None = None
+    noise: tuple[float, float] = (0.0, 0.0)
+    write_case: Callable[..., list[str]] | None = None
 
 
 def _abdomen_ids(domain: str, n: int) -> list[int]:
@@ -216,11 +247,47 @@ def _cardiac_ids(domain: str, n: int) -> list[int]:
     return list(range(1001, 1001 + n))
 
 
+def _mscmr_ids(domain: str, n: int) -> list[int]:
+    """C0: 1..n; LGE: a third of them (at least one) from 1 (VarDA's validation patients 1-5),
+    the rest from 6 on, so the manifest's validation and training splits both hold cases."""
+    if domain == "c0":
+        return list(range(1, n + 1))
+    val = min(5, max(1, n // 3))
+    return [*range(1, val + 1), *range(6, 6 + n - val)]
+
+
+_MSCMR_DOMAINS = (
+    _Files("c0", "C0", "patient{id}_C0.nii.gz", "patient{id}_C0_manual.nii.gz"),
+    _Files("lge", "LGE", "patient{id}_LGE.nii.gz", "patient{id}_LGE_manual.nii.gz"),
+)
+
+
+def _write_short_axis_case(
+    task_name: str, dom: _Files, size: PhantomSize, stream: list[int], case_id: int, out_dir: Path
+) -> list[str]:
+    """Draw, render and write one short-axis case (see :mod:`udaseg.data.phantom_short_axis`)."""
+    rng = np.random.default_rng(stream)
+    slices = size.short_axis_slices[0 if dom.key == "c0" else 1]
+    codes = {name: code for code, name in LABEL_CODES[task_name][dom.key].items()}
+    variant = stream[-1] % 3  # PSR-like, LSP-like, transposed: every domain gets each in turn
+    image, label, stack = phantom_short_axis.render_case(
+        rng, dom.key, size.inplane, slices, variant, codes
+    )
+    direction = tuple(float(v) for v in stack.direction.ravel())
+    grid = _Grid(stack.shape, stack.header_spacing, stack.origin, direction)
+    paths = _case_files(dom, case_id)
+    for array, rel in zip((image, label), paths, strict=True):
+        _write_nifti(array, grid, out_dir / rel)
+    return paths
+
+
 _TASKS = {
-    "abdomen": _Task("abdominal-normalized", _ABDOMEN_DOMAINS, _ABDOMEN_TISSUES, abdomen_scene,
-                     noise=(12.0, 18.0), case_ids=_abdomen_ids),
-    "cardiac": _Task("mmwhs", _CARDIAC_DOMAINS, _CARDIAC_TISSUES, cardiac_scene,
-                     noise=(25.0, 35.0), case_ids=_cardiac_ids),
+    "abdomen": _Task("abdominal-normalized", _ABDOMEN_DOMAINS, _abdomen_ids, _ABDOMEN_TISSUES,
+                     abdomen_scene, noise=(12.0, 18.0)),
+    "cardiac": _Task("mmwhs", _CARDIAC_DOMAINS, _cardiac_ids, _CARDIAC_TISSUES, cardiac_scene,
+                     noise=(25.0, 35.0)),
+    "mscmrseg": _Task("mscmrseg", _MSCMR_DOMAINS, _mscmr_ids,
+                      write_case=_write_short_axis_case),
 }  # fmt: skip
 # task -> layout name, which is also the name of the built-in manifest that reads that layout
 # (data_manifests/<layout>.yaml), so a phantom's dataset.yaml can simply extend it
@@ -404,6 +471,7 @@ def _write_case(
 ) -> list[str]:
     """Draw, render and write one case (image + label); return the relative paths written."""
     task = _TASKS[task_name]
+    assert task.scene is not None and task.tissues is not None and isinstance(dom, _Domain)
     rng = np.random.default_rng(stream)  # one stream per case: adding cases changes no other
     scene = task.scene(rng)
     grid, body_centre = _make_grid(rng, dom, size)
@@ -478,7 +546,8 @@ def _describe(summary: dict) -> str:
         "",
         f"Synthetic cross-modality `{summary['task']}` dataset written by "
         "`udaseg.data.phantom.write_phantom` for demos and tests. Shapes are ellipsoid-like "
-        "organs with a deliberate CT/MR appearance gap; nothing here comes from a patient.",
+        "organs with a deliberate appearance gap between the two domains; nothing here comes "
+        "from a patient.",
         "",
         f"- task: {summary['task']}; layout: {summary['layout']} (the real dataset's file layout)",
         f"- seed: {summary['seed']}; size: {summary['size']}; cases: "
@@ -503,12 +572,14 @@ def write_phantom(
     """Write a synthetic cross-modality dataset under ``out_dir`` in a real dataset's file layout.
 
     Args:
-        task: ``abdomen`` (SSL-ALPNet normalized SABS CT / CHAOS MR T2 layout) or ``cardiac``
-            (MM-WHS layout); see the module docstring for files, dtypes and label codes.
+        task: ``abdomen`` (SSL-ALPNet normalized SABS CT / CHAOS MR T2 layout), ``cardiac``
+            (MM-WHS layout) or ``mscmrseg`` (MS-CMRSeg bSSFP C0 + LGE short-axis stacks); see
+            the module docstring for files, dtypes and label codes.
         out_dir: created if needed. A folder holding NIfTI data that no phantom wrote is refused.
         seed: non-negative integer; the same seed gives identical arrays.
         n_cases: cases per domain (default: 6 for ``small``, 3 for ``tiny``).
-        size: ``small`` (96x96 in-plane, CT 48 / MR 16 slices) or ``tiny`` (48x48, 14 / 10).
+        size: ``small`` (96x96 in-plane, CT 48 / MR 16, C0 8 / LGE 12 slices) or ``tiny``
+            (48x48, 14 / 10, 6 / 8).
 
     Returns:
         summary dict (also written to ``out_dir/phantom.json``): task, layout, seed, size,
@@ -529,11 +600,12 @@ def write_phantom(
     marker = {"task": task, "complete": False, "files": sorted({*previous, *planned})}
     _write_json(out_dir / "phantom.json", marker)
     files: list[str] = []
+    write_case = spec.write_case or _write_case
     for d_index, dom in enumerate(spec.domains):
         (out_dir / dom.folder).mkdir(exist_ok=True)
         for c_index, case_id in enumerate(case_ids[dom.key]):
             stream = [int(seed), list(_TASKS).index(task), d_index, c_index]
-            files += _write_case(task, dom, SIZES[size], stream, case_id, out_dir)
+            files += write_case(task, dom, SIZES[size], stream, case_id, out_dir)
     files += ["PHANTOM.md", "phantom.json"]
     _remove_stale(out_dir, marker["files"], files)
     summary = {

@@ -53,6 +53,8 @@ def preprocess_case(manifest: DatasetManifest, domain: Domain, case: CaseFiles) 
     original = geo.geometry_of(loaded.image)
     if domain.assume_orientation:
         _assume_orientation(loaded, domain.assume_orientation)
+    if domain.assume_spacing_scale:
+        original["assumed_spacing"] = _assume_spacing(loaded, domain.assume_spacing_scale)
     image = geo.to_canonical(sitk.Cast(loaded.image, sitk.sitkFloat32), manifest.view)
     label = None
     if loaded.label is not None:
@@ -94,7 +96,7 @@ def preprocess_case(manifest: DatasetManifest, domain: Domain, case: CaseFiles) 
             "spacing": list(image.GetSpacing()),
             "origin": list(geo.box_origin(image, box)),
             "direction": list(image.GetDirection()),
-            "orientation": geo.VIEW_ORIENTATION[manifest.view],
+            "orientation": geo.orientation_code(image),
         },
         "crop_box_shw": {"start": list(box.start), "stop": list(box.stop)},
         "intensity": intensity,
@@ -111,6 +113,16 @@ def _assume_orientation(loaded: LoadedCase, code: str) -> None:
     loaded.image.SetDirection(direction)
     if loaded.label is not None and loaded.label.GetSize() == loaded.image.GetSize():
         loaded.label.SetDirection(direction)
+
+
+def _assume_spacing(loaded: LoadedCase, scale: tuple[float, float, float]) -> list[float]:
+    """Multiply a known-wrong header spacing by ``scale`` (file axes x, y, z); voxels, origin and
+    direction stay as they are. Returns the spacing used."""
+    spacing = [float(s * f) for s, f in zip(loaded.image.GetSpacing(), scale, strict=True)]
+    for image in (loaded.image, loaded.label):
+        if image is not None and image.GetSize() == loaded.image.GetSize():
+            image.SetSpacing(spacing)
+    return spacing
 
 
 def _check_image(raw: np.ndarray, case: CaseFiles) -> None:

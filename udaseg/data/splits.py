@@ -14,8 +14,9 @@ def make_splits(manifest: DatasetManifest, domain: Domain, case_ids: list[str]) 
 
     Published test ids (``domain.test_ids``) go to ``test``; ids published but not on disk are
     listed in ``test_absent`` (e.g. the held-out SIFA cases missing from a training-only copy).
-    Without published ids, ``splits.test_fraction`` of the cases is drawn for test. ``val_ids``
-    or a seeded ``splits.val_fraction`` of the remaining cases form ``val``; the rest is ``train``.
+    Without published ids, ``splits.test_fraction`` of the cases is drawn for test. The domain's
+    fixed ``val_ids`` (those on disk; the others are listed in ``val_absent``), or else a seeded
+    ``splits.val_fraction`` of the remaining cases, form ``val``; the rest is ``train``.
     The draw depends only on the seed and the sorted case ids, so with ``paired_cases`` every
     sequence of a patient lands in the same split.
     """
@@ -41,6 +42,7 @@ def make_splits(manifest: DatasetManifest, domain: Domain, case_ids: list[str]) 
         "val": val,
         "test": test,
         "test_absent": [c for c in domain.test_ids if c not in present],
+        "val_absent": [c for c in domain.val_ids if c not in present],
         "seed": spec.seed,
         "source": spec.source,
     }

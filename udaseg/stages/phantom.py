@@ -27,6 +27,12 @@ PHANTOM_MANIFESTS = {
         "name": "phantom-cardiac",
         "geometry": {"inplane_mm": 2.0, "through_plane_mm": 2.0, "inplane_size": [64, 64]},
     },
+    # the same 144 mm field of view as the real release, on 64x64 slices
+    "mscmrseg": {
+        "extends": "mscmrseg",
+        "name": "phantom-mscmrseg",
+        "geometry": {"inplane_mm": 2.25, "inplane_size": [64, 64]},
+    },
 }
 
 
