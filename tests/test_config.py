@@ -17,7 +17,13 @@ from udaseg.config.values import parse_ints
 from udaseg.stages import STAGES
 
 # values a field must hold to build a valid config where its type alone does not say
-VALID = {"shard": ("0/2", "1/2"), "stride": ("0.5", "0.25"), "metric": ("dice", "dice,hd95")}
+VALID = {
+    "shard": ("0/2", "1/2"),
+    "stride": ("0.5", "0.25"),
+    "metric": ("dice", "dice,hd95"),
+    "label_values": ("dataset-codes", "class-ids"),
+    "pred_values": ("class-ids", "dataset-codes"),
+}
 
 
 def _value(name: str, annotation, current, item=None):

@@ -10,9 +10,11 @@ Nothing else in udaseg spells these names; a stage asks here where its artifact 
     W/segment/<run>/  W/adapt/<run>/      checkpoint_{latest,best,final}.pt, model.json,
                                           metrics.jsonl; adapt also extras/
     W/pseudo/<run>/                       store.h5 (pseudo-labelled target)
-    W/predict/<run>/                      <case>.nii.gz in the original geometry
+    W/predict/<run>/                      <case>.nii.gz in the original geometry,
+                                          labels.itksnap.txt, labels.ctbl
     W/evaluate/<run>/                     per_case.csv, summary.json, table.md
     W/report/                             report.html, report.md, figures/
+    W/export/nnunet/DatasetXXX_Name/      an nnU-Net v2 raw dataset (``udaseg export nnunet``)
     W/runs/<pipeline>/                    summary.json, comparison.md (``udaseg run``)
 
 Every artifact folder also holds ``manifest.json`` (see :mod:`udaseg.artifacts`).
@@ -37,6 +39,8 @@ PREDICT = "predict"
 EVALUATE = "evaluate"
 REPORT = "report"
 RUNS = "runs"
+# hand-offs to other tools: one folder per tool under ``W/export``
+NNUNET_EXPORT = "export/nnunet"
 
 # folders that hold one artifact per run (``W/<folder>/<run>/``); the report is ``W/report/``
 RUN_FOLDERS = (
@@ -50,6 +54,7 @@ RUN_FOLDERS = (
     PREDICT,
     EVALUATE,
     RUNS,
+    NNUNET_EXPORT,
 )
 
 # identity parts of a default run name are joined with this (``dataset__domain``)
@@ -75,6 +80,8 @@ REPORT_HTML = "report.html"
 REPORT_MARKDOWN = "report.md"
 FIGURES = "figures"
 EXTRAS = "extras"  # what an adaptation method writes for inspection
+ITKSNAP_LABELS = "labels.itksnap.txt"  # label descriptions beside predictions
+SLICER_COLOURS = "labels.ctbl"  # the same as a 3D Slicer colour table
 
 # the manifest `udaseg phantom` writes beside the raw files it makes (outside the workspace)
 PHANTOM_MANIFEST = "dataset.yaml"
@@ -133,8 +140,11 @@ def workspace_of(artifact_dir: Path) -> Path | None:
     """The workspace root ``W`` an artifact folder lies in (resolved), or None when the folder is
     not where this layout puts artifacts (e.g. a model directory copied elsewhere)."""
     artifact_dir = Path(artifact_dir).resolve()
-    if artifact_dir.parent.name in RUN_FOLDERS:
-        return artifact_dir.parent.parent
+    for folder in RUN_FOLDERS:
+        # a folder may be nested (``export/nnunet``): compare its last parts
+        parts = tuple(folder.split("/"))
+        if artifact_dir.parent.parts[-len(parts) :] == parts:
+            return artifact_dir.parents[len(parts)]
     if artifact_dir.name == REPORT:
         return artifact_dir.parent
     return None

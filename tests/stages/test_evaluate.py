@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 
 from udaseg import artifacts
 from udaseg.cli import app, main
+from udaseg.data.label_values import dataset_codes
 from udaseg.data.manifest import load_manifest
 from udaseg.data.store import StoreWriter
 from udaseg.errors import UdasegError
@@ -115,10 +117,12 @@ def toy(tmp_path: Path) -> SimpleNamespace:
 
 
 def config(toy: SimpleNamespace, **options) -> stage.EvaluateConfig:
+    """The toy's evaluate config; its bare folder of predictions holds class ids."""
     return stage.EvaluateConfig(
         pred=options.pop("pred", toy.pred),
         ref=options.pop("ref", toy.ref),
         dataset=options.pop("dataset", str(toy.manifest)),
+        pred_values=options.pop("pred_values", "class-ids"),
         **options,
     )
 
@@ -160,7 +164,7 @@ def exit_code_of(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 
 def toy_args(toy: SimpleNamespace, *extra: str) -> list[str]:
     return [
-        "--pred", str(toy.pred), "--ref", str(toy.ref),
+        "--pred", str(toy.pred), "--ref", str(toy.ref), "--pred-values", "class-ids",
         "--dataset", str(toy.manifest), "--work", str(toy.work), *extra,
     ]  # fmt: skip
 
@@ -225,7 +229,9 @@ def test_regions_are_evaluated_as_unions(tmp_path):
     write(tmp_path / "raw" / "p1" / "p1_seg.nii.gz", np.choose(ref_ids, [0, 1, 2, 4]))
     write(tmp_path / "raw" / "p1" / "p1_t1.nii.gz", np.ones(SHAPE, np.float32))
     write(tmp_path / "pred" / "p1.nii.gz", pred)
-    config = stage.EvaluateConfig(tmp_path / "pred", tmp_path / "raw", str(manifest))
+    config = stage.EvaluateConfig(
+        tmp_path / "pred", tmp_path / "raw", str(manifest), pred_values="class-ids"
+    )
     stage.run(config, tmp_path / "work")
     out = tmp_path / "work" / "evaluate" / "pred"
     regions = load_manifest(manifest).evaluation_classes()
@@ -449,9 +455,12 @@ def test_store_as_reference_and_stale_store_refused(toy):
     for i, case in enumerate(CASES):
         assert_rows_equal(rows, case, expected(i))
     # a store of predictions against the store itself: perfect scores
-    same = stage.run(config(toy, pred=store / "store.h5", ref=store), toy.work)
+    same = stage.run(config(toy, pred=store / "store.h5", ref=store, pred_values=None), toy.work)
     assert same.summary["run"] == "toy__src"
     assert same.summary["mean_over_classes"]["dice"]["mean"] == 1.0
+    with pytest.raises(UdasegError, match="prediction store .* holds class ids") as caught:
+        stage.run(config(toy, pred=store, ref=store, pred_values="dataset-codes"), toy.work)
+    assert caught.value.exit_code == 2
     with open(store / "store.h5", "ab") as handle:  # the store changes after it was published
         handle.write(b"\0")
     with pytest.raises(artifacts.StaleInputError, match="rerun `udaseg preprocess toy`"):
@@ -500,3 +509,102 @@ def test_cli_errors_exit_non_zero(toy, monkeypatch, capsys):
     assert code == 2 and 'did you mean "pooled"' in output
     code, output = exit_code_of(monkeypatch, capsys, *toy_args(toy, "--connectivity", "4"))
     assert code == 2 and "--connectivity 4" in output
+
+
+# --- what prediction files hold: class ids or the dataset's codes -------------------------------
+
+CODES = np.array([0, 10, 20], np.int16)  # the toy src domain's codes of a and b, by class id
+
+
+def write_codes(folder: Path) -> Path:
+    """The toy's predictions as the dataset's own codes."""
+    for i, case in enumerate(CASES):
+        write(folder / f"{case}.nii.gz", CODES[prediction(i)])
+    return folder
+
+
+def fake_predict_run(toy: SimpleNamespace, name: str, summary: dict, codes: bool) -> Path:
+    """A `udaseg predict` artifact holding the toy's predictions, recording ``summary``."""
+    out = toy.work / "predict" / name
+    with artifacts.building(out) as tmp:
+        for i, case in enumerate(CASES):
+            write(tmp / f"{case}.nii.gz", CODES[prediction(i)] if codes else prediction(i))
+        artifacts.publish(tmp, out, stage="predict", config={"name": name}, summary=summary)
+    return out
+
+
+def test_codes_and_class_ids_of_one_prediction_score_the_same(toy):
+    ids = stage.run(config(toy, name="ids"), toy.work)
+    codes = write_codes(toy.tmp / "codes")
+    coded = config(toy, pred=codes, pred_values="dataset-codes", domain="src", name="codes")
+    as_codes = stage.run(coded, toy.work)
+    assert as_codes.summary["pred"]["label_values"] == "dataset-codes"
+    assert as_codes.summary["pred"]["label_table"] == {"background": 0, "a": 10, "b": 20}
+    assert ids.summary["pred"]["label_values"] == "class-ids"
+    assert as_codes.summary["per_class"] == ids.summary["per_class"]
+    rows = read_csv(toy.work / "evaluate" / "codes" / "per_case.csv")
+    assert rows == read_csv(toy.work / "evaluate" / "ids" / "per_case.csv")
+    # the codes of a raw reference's domain, found without --domain
+    raw = stage.run(
+        config(toy, pred=codes, ref=toy.raw, pred_values="dataset-codes", name="raw"), toy.work
+    )
+    assert raw.summary["per_class"] == ids.summary["per_class"]
+    # a code the manifest maps to background is read as background
+    with_five = CODES[prediction(0)]
+    with_five[0, 0, 0] = 5
+    write(codes / "c1.nii.gz", with_five)
+    five = stage.run(
+        config(toy, pred=codes, pred_values="dataset-codes", domain="src", name="five"), toy.work
+    )
+    assert five.summary["per_class"] == ids.summary["per_class"]
+
+
+def test_a_value_that_is_neither_fails_naming_the_file_and_the_value(toy):
+    codes = write_codes(toy.tmp / "codes")
+    bad = CODES[prediction(1)]
+    bad[2, 2, 2] = 15
+    write(codes / "c2.nii.gz", bad)
+    where = re.escape(str(codes / "c2.nii.gz"))
+    with pytest.raises(UdasegError, match=rf"case c2: prediction {where} has values 15 outside "
+                       r"the label codes of toy/src \(0 background, 10 a, 20 b\)"):  # fmt: skip
+        stage.run(config(toy, pred=codes, pred_values="dataset-codes", domain="src"), toy.work)
+    # codes read as class ids: the hint says how to read them
+    with pytest.raises(UdasegError, match=r"values 10, 20 outside the class ids 0\.\.2") as caught:
+        stage.run(config(toy, pred=codes, cases=["c1"]), toy.work)
+    assert "--pred-values dataset-codes" in caught.value.hint
+
+
+def test_a_bare_folder_needs_pred_values(toy, monkeypatch, capsys):
+    with pytest.raises(UdasegError, match="is no `udaseg predict` run") as caught:
+        stage.run(config(toy, pred_values=None), toy.work)
+    assert caught.value.exit_code == 2 and "--pred-values class-ids" in caught.value.hint
+    args = [a for a in toy_args(toy) if a not in ("--pred-values", "class-ids")]
+    code, output = exit_code_of(monkeypatch, capsys, *args)
+    assert code == 2 and "--pred-values" in output
+    code, output = exit_code_of(monkeypatch, capsys, *args, "--pred-values", "codes")
+    assert code == 2 and 'unknown --pred-values "codes"' in output
+    # the codes of which domain? toy's tgt has none of its own: it takes src's, the only ones
+    with_tgt = config(
+        toy, pred=write_codes(toy.tmp / "c"), pred_values="dataset-codes", domain="tgt"
+    )
+    assert stage.run(with_tgt, toy.work).summary["n_cases"] == 3
+
+
+def test_a_predict_run_says_what_it_holds(toy):
+    ids = stage.run(config(toy, name="ids"), toy.work)
+    codes = dataset_codes(load_manifest(toy.manifest), "src")
+    run = fake_predict_run(toy, "coded", codes.record(), codes=True)
+    read = stage.run(config(toy, pred=run, pred_values=None), toy.work)
+    assert read.summary["per_class"] == ids.summary["per_class"]
+    assert read.inputs["pred"]["stage"] == "predict"
+    agreeing = stage.run(config(toy, pred=run, pred_values="dataset-codes"), toy.work)
+    assert agreeing.summary["per_class"] == ids.summary["per_class"]
+    with pytest.raises(
+        UdasegError, match="--pred-values class-ids, but predict run .* wrote dataset-codes"
+    ) as caught:
+        stage.run(config(toy, pred=run), toy.work)
+    assert caught.value.exit_code == 2
+    # a run from before predict recorded its values wrote class ids
+    old = fake_predict_run(toy, "old", {"cases": 3}, codes=False)
+    before = stage.run(config(toy, pred=old, pred_values=None), toy.work)
+    assert before.summary["per_class"] == ids.summary["per_class"]

@@ -26,6 +26,8 @@ from tests.conftest import TINY_MANIFEST, tiny_volume, write_nifti
 from udaseg import artifacts
 from udaseg.cli import app, main
 from udaseg.config.predict import parse_stride
+from udaseg.data.label_values import class_ids, dataset_codes
+from udaseg.data.manifest import load_manifest
 from udaseg.data.store import Store
 from udaseg.device import resolve_device
 from udaseg.errors import UdasegError
@@ -37,13 +39,19 @@ from udaseg.inference import (
     segment_volume,
     window_starts,
 )
+from udaseg.inference.label_tables import class_colours, itksnap_text, slicer_text
 from udaseg.inference.sources import CaseInput
 from udaseg.models import registry
+from udaseg.progress import NullProgress
 from udaseg.stages import predict as stage
 from udaseg.stages import preprocess
 from udaseg.training.checkpoint import save_checkpoint, write_model_json
 
 CLASSES = ["organ_a", "organ_b"]
+# TINY_MANIFEST's label codes of organ_a and organ_b (src; its unlabelled tgt shares them): what
+# predictions hold by default, indexed by class id
+CODES = np.array([0, 5, 7], dtype=np.uint8)
+LABEL_FILES = ["labels.ctbl", "labels.itksnap.txt"]
 
 
 # --- test models ---------------------------------------------------------------------------------
@@ -455,13 +463,14 @@ def run_stage(model_dir: Path, data: Path, work: Path, **options) -> artifacts.M
     return stage.run(config, work, force=force)
 
 
-def assert_on_original_grid(prediction: Path, original: Path) -> np.ndarray:
+def assert_on_original_grid(prediction: Path, original: Path, values=CODES) -> np.ndarray:
+    """The prediction's array, checked: the original's grid, uint8 ``values`` only."""
     a, b = sitk.ReadImage(str(prediction)), sitk.ReadImage(str(original))
     assert a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing()
     assert a.GetOrigin() == b.GetOrigin()
     np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
     array = sitk.GetArrayFromImage(a)
-    assert array.dtype == np.uint8 and array.max() <= len(CLASSES)
+    assert array.dtype == np.uint8 and set(np.unique(array).tolist()) <= set(values.tolist())
     return array
 
 
@@ -477,7 +486,7 @@ def test_stage_predicts_every_case_onto_the_original_grid(tiny_store, tmp_path, 
     out = work / "predict" / "unet__tiny__src"
     assert manifest.summary["output"] == str(out) and manifest.summary["cases"] == 4
     assert sorted(p.name for p in out.iterdir()) == [
-        "c0.nii.gz", "c1.nii.gz", "c2.nii.gz", "c3.nii.gz", "manifest.json",
+        "c0.nii.gz", "c1.nii.gz", "c2.nii.gz", "c3.nii.gz", *LABEL_FILES, "manifest.json",
     ]  # fmt: skip
     assert set(manifest.summary["seconds_per_case"]) == {"c0", "c1", "c2", "c3"}
     for case in ("c0", "c3"):
@@ -503,9 +512,12 @@ def test_stage_output_is_the_model_applied_to_the_stored_image(tiny_store, tmp_p
     meta = store.meta("c1")
     expected = restore_label(label, meta["processed"], meta["original"], meta["assumed_direction"])
     written = sitk.ReadImage(str(tmp_path / "w" / "predict" / "one" / "c1.nii.gz"))
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(expected))
+    # the class ids, as the dataset's codes
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(written), CODES[sitk.GetArrayFromImage(expected)]
+    )
     assert sorted(p.name for p in (tmp_path / "w" / "predict" / "one").iterdir()) == [
-        "c1.nii.gz", "manifest.json"]  # fmt: skip
+        "c1.nii.gz", *LABEL_FILES, "manifest.json"]  # fmt: skip
 
 
 def test_largest_component_keeps_one_body_per_class():
@@ -558,7 +570,9 @@ def test_ensemble_averages_the_members_probabilities(tiny_store, tmp_path):
     meta = store.meta("c1")
     expected = restore_label(total.argmax(0).astype(np.uint8), meta["processed"], meta["original"],
                              meta["assumed_direction"])  # fmt: skip
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(expected))
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(written), CODES[sitk.GetArrayFromImage(expected)]
+    )
     single = run_stage(first, tiny_store["store"], work, cases=["c1"], name="one")
     assert single.config["ensemble"] == []
     assert [m["path"] for m in manifest.config["ensemble"]] == [str(second.resolve())]
@@ -660,9 +674,20 @@ def test_unfinished_store_folder_is_refused(store_copy, tmp_path):
     (store_copy / "manifest.json").unlink()
     with pytest.raises(artifacts.StaleInputError, match="was never finished|does not exist"):
         run_stage(model_dir, store_copy, tmp_path / "w")
-    # a bare store file outside an artifact is accepted (tracked by its size and mtime)
-    done = run_stage(model_dir, store_copy / "store.h5", tmp_path / "w")
+    # a bare store file outside an artifact is accepted (tracked by its size and mtime); nothing
+    # records its manifest (nor does the model), so its codes are unknown: class ids, said once
+    logs = Logged()
+    config = stage.PredictConfig(model_dir=model_dir, data=store_copy / "store.h5", device="cpu")
+    done = stage.run(config, tmp_path / "w", progress=logs)
     assert "data" not in done.inputs and done.config["data"]["fingerprint"]
+    assert done.summary["label_values"] == "class-ids"
+    (notice,) = [line for line in logs.lines if "class ids" in line]
+    assert "no dataset manifest is recorded for --data" in notice and "\n" not in notice
+    out = Path(done.summary["output"])
+    for case in ("c0", "c3"):
+        array = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz")))
+        assert set(np.unique(array).tolist()) <= {0, 1, 2}
+    assert read_itksnap(out / "labels.itksnap.txt") == {0: "background", 1: "organ_a", 2: "organ_b"}
 
 
 def test_model_and_data_must_agree_on_classes_and_view(tiny_store, tmp_path):
@@ -734,9 +759,247 @@ def test_shards_partition_the_cases_and_merge_into_the_full_run(tiny_store, tmp_
     for case in full.summary["case_ids"]:
         a = (work / "predict" / "full" / f"{case}.nii.gz").read_bytes()
         assert (work / "predict" / "sharded" / f"{case}.nii.gz").read_bytes() == a
+    for name in ("labels.itksnap.txt", "labels.ctbl"):  # the same table, made for the merged run
+        text = (work / "predict" / "sharded" / name).read_text()
+        assert "sharded (2 shards merged)" in text
+        assert (
+            text.splitlines()[3:] == (work / "predict" / "full" / name).read_text().splitlines()[3:]
+        )
+    assert merged.summary["label_table"] == full.summary["label_table"] == {
+        "background": 0, "organ_a": 5, "organ_b": 7}  # fmt: skip
     shutil.rmtree(work / "predict" / "sharded__shard-1-of-2")
     with pytest.raises(UdasegError, match="shards missing: sharded__shard-1-of-2"):
         run_stage(model_dir, tiny_store["store"], work, name="sharded", merge_shards=True)
+
+
+# --- label values: the dataset's codes or class ids, and the files that name them -----------------
+
+ABDOMEN_MANIFEST = """
+name: abdomen
+view: axial
+classes: [liver, right_kidney, left_kidney, spleen]
+domains:
+  ct:
+    modality: CT
+    reader: nifti
+    images: ct/{case}_image.nii.gz
+    labels: ct/{case}_label.nii.gz
+    label_map: {6: liver, 2: right_kidney, 3: left_kidney, 1: spleen, 4: background}
+    intensity: {method: minmax, percentiles: [0.5, 99.5], over: body}
+  mr:
+    modality: MR
+    reader: nifti
+    images: mr/{case}_image.nii.gz
+    labels: mr/{case}_label.nii.gz
+    label_map: {1: liver, 2: right_kidney, 3: left_kidney, 4: spleen}
+    intensity: {method: minmax, percentiles: [0.5, 99.5], over: body}
+geometry:
+  inplane_mm: null
+  through_plane_mm: null
+  crop: {method: none}
+splits: {val_fraction: 0.0, seed: 0}
+"""
+ABDOMEN = ["liver", "right_kidney", "left_kidney", "spleen"]
+CT_CODES = {"background": 0, "liver": 6, "right_kidney": 2, "left_kidney": 3, "spleen": 1}
+MR_CODES = {"background": 0, "liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}
+
+
+def abdomen_codes(domain: str, shift: int = 0, shape=(6, 20, 24)) -> np.ndarray:
+    """Four organs in ``domain``'s codes (BTCV-like CT with a gallbladder, 4, that the manifest
+    maps to background; CHAOS-like MR), shifted by ``shift`` columns."""
+    codes = CT_CODES if domain == "ct" else MR_CODES
+    label = np.zeros(shape, np.int16)
+    label[1:5, 2:8, 2 + shift : 8 + shift] = codes["liver"]
+    label[1:5, 10:14, 3:7] = codes["right_kidney"]
+    label[1:5, 10:14, 15:19] = codes["left_kidney"]
+    label[2:4, 3:6, 17:22] = codes["spleen"]
+    if domain == "ct":
+        label[3, 16:18, 10:12] = 4
+    return label
+
+
+@pytest.fixture(scope="module")
+def abdomen(tmp_path_factory) -> dict:
+    """A two-case CT and MR dataset in their own codes, preprocessed into W/preprocessed."""
+    root = tmp_path_factory.mktemp("abdomen")
+    raw = root / "raw"
+    for domain in ("ct", "mr"):
+        for i, case in enumerate(("a", "b")):
+            label = abdomen_codes(domain, shift=i)
+            image = (100.0 + 20.0 * label + np.arange(label.shape[2])).astype(np.float32)
+            write_nifti(image, raw / domain / f"{case}_image.nii.gz", origin=(4.0, -2.0, 9.0))
+            write_nifti(label, raw / domain / f"{case}_label.nii.gz", origin=(4.0, -2.0, 9.0))
+    manifest = root / "abdomen.yaml"
+    manifest.write_text(ABDOMEN_MANIFEST)
+    preprocess.run(preprocess.PreprocessConfig(dataset=str(manifest), raw=raw), root / "w")
+    stores = {d: root / "w" / "preprocessed" / f"abdomen__{d}" for d in ("ct", "mr")}
+    return {"raw": raw, "manifest": manifest, "stores": stores}
+
+
+class Logged(NullProgress):
+    """Keeps the lines a stage logs."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
+def read_label(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def read_itksnap(path: Path) -> dict[int, str]:
+    """value -> name of an ITK-SNAP label description file, each line checked for its 8 fields."""
+    rows = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        fields = line.split(None, 7)
+        assert len(fields) == 8 and fields[7][0] == fields[7][-1] == '"', line
+        rows[int(fields[0])] = fields[7][1:-1]
+    return rows
+
+
+def read_ctbl(path: Path) -> dict[int, tuple[str, tuple[int, ...]]]:
+    """value -> (name, (r, g, b, a)) of a 3D Slicer colour table."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("# Color table file")
+    rows = {}
+    for line in lines:
+        if line.startswith("#"):
+            continue
+        value, name, *rgba = line.split()
+        assert len(rgba) == 4, line
+        rows[int(value)] = (name, tuple(int(c) for c in rgba))
+    assert lines[1] == f"# {len(rows)} values"
+    return rows
+
+
+def test_predictions_hold_the_dataset_codes_of_the_predicted_domain(abdomen, tmp_path):
+    """The stored label through the 'identity on labels' model, written as each domain's codes:
+    exactly the original label file, its background-mapped code (the CT's 4) as 0."""
+    manifest = load_manifest(abdomen["manifest"])
+    for domain in ("ct", "mr"):
+        store = Store(abdomen["stores"][domain] / "store.h5")
+        cases = [CaseInput(c, store.label(c).astype(np.float32), store.meta(c)) for c in "ab"]
+        segment = functools.partial(segment_volume, OneHot(5), dims=2, patch_size=(16, 16))
+        out = tmp_path / domain
+        out.mkdir()
+        stage.predict_cases(cases, segment, out, values=dataset_codes(manifest, domain))
+        for case in ("a", "b"):
+            original = sitk.ReadImage(str(abdomen["raw"] / domain / f"{case}_label.nii.gz"))
+            codes = sitk.GetArrayFromImage(original)
+            written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz")))
+            expected = np.where(codes == 4, 0, codes) if domain == "ct" else codes
+            np.testing.assert_array_equal(written, expected)
+            assert (6 in written) == (domain == "ct")  # CT liver is 6; MR's codes are 1..4
+
+
+def test_stage_writes_codes_by_default_and_class_ids_when_asked(abdomen, tmp_path):
+    model_dir = write_model_dir(tmp_path / "m", classes=ABDOMEN)
+    work, store = tmp_path / "w", abdomen["stores"]["ct"]
+    codes = run_stage(model_dir, store, work, name="codes")
+    ids = run_stage(model_dir, store, work, name="ids", label_values="class-ids")
+    assert codes.summary["label_values"] == "dataset-codes"
+    assert codes.summary["label_table"] == CT_CODES
+    assert ids.summary["label_values"] == "class-ids"
+    ids_table = [(c, i) for i, c in enumerate(["background", *ABDOMEN])]
+    assert list(ids.summary["label_table"].items()) == ids_table
+    # the choice is part of the result's identity
+    assert codes.config["label_values"] == "dataset-codes"
+    assert codes.config["written"]["label_table"] == CT_CODES
+    assert codes.config_hash != ids.config_hash
+    lut = np.array(list(CT_CODES.values()), np.uint8)
+    for case in ("a", "b"):
+        as_codes = read_label(work / "predict" / "codes" / f"{case}.nii.gz")
+        as_ids = read_label(work / "predict" / "ids" / f"{case}.nii.gz")
+        assert as_ids.max() <= 4 and len(np.unique(as_ids)) > 1
+        np.testing.assert_array_equal(as_codes, lut[as_ids])
+    # MR's codes are its class ids, written under their own name
+    mr = run_stage(model_dir, abdomen["stores"]["mr"], work, name="mr")
+    assert mr.summary["label_values"] == "dataset-codes" and mr.summary["label_table"] == MR_CODES
+
+
+def test_evaluate_scores_both_kinds_of_one_prediction_alike(abdomen, tmp_path):
+    """Codes and class ids of the same predictions, each read back as its run recorded."""
+    from udaseg.stages import evaluate
+
+    model_dir = write_model_dir(tmp_path / "m", classes=ABDOMEN)
+    work = tmp_path / "w"
+    scores = {}
+    for name in ("dataset-codes", "class-ids"):
+        run_stage(model_dir, abdomen["stores"]["ct"], work, name=name, label_values=name)
+        config = evaluate.EvaluateConfig(
+            pred=work / "predict" / name, ref=abdomen["raw"], dataset=str(abdomen["manifest"]),
+            domain="ct", metric="dice,hd95", name=name,
+        )  # fmt: skip
+        scores[name] = evaluate.run(config, work).summary
+        assert scores[name]["pred"]["label_values"] == name
+    assert scores["dataset-codes"]["per_class"] == scores["class-ids"]["per_class"]
+    dice = [c["dice"]["mean"] for c in scores["class-ids"]["per_class"].values()]
+    assert any(d > 0 for d in dice)  # something was found, so the agreement means something
+
+
+def test_label_files_list_exactly_the_written_values_with_class_names(abdomen, tmp_path):
+    """labels.itksnap.txt and labels.ctbl name background and each class with the value
+    written; a class has one colour whatever its value (CT liver 6 and MR liver 1 alike)."""
+    model_dir = write_model_dir(tmp_path / "m", classes=ABDOMEN)
+    work = tmp_path / "w"
+    tables = {}
+    for name, store, options in (
+        ("ct", abdomen["stores"]["ct"], {}),
+        ("mr", abdomen["stores"]["mr"], {}),
+        ("ids", abdomen["stores"]["ct"], {"label_values": "class-ids"}),
+    ):
+        done = run_stage(model_dir, store, work, name=name, **options)
+        out = work / "predict" / name
+        itksnap, ctbl = read_itksnap(out / "labels.itksnap.txt"), read_ctbl(out / "labels.ctbl")
+        written = {v: c for c, v in done.summary["label_table"].items()}
+        assert itksnap == written and {v: n for v, (n, _) in ctbl.items()} == written
+        assert set(done.outputs) >= {"labels.itksnap.txt", "labels.ctbl"}
+        tables[name] = {n: rgba for n, rgba in ctbl.values()}
+    assert read_itksnap(work / "predict" / "ct" / "labels.itksnap.txt")[6] == "liver"
+    assert tables["ct"] == tables["mr"] == tables["ids"]
+    assert tables["ct"]["background"] == (0, 0, 0, 0)
+    colours = [tables["ct"][c][:3] for c in ABDOMEN]
+    assert colours == class_colours(4) and len(set(colours)) == 4
+    assert all(tables["ct"][c][3] == 255 for c in ABDOMEN)
+
+
+def test_label_file_formats_spell_names_as_the_viewers_read_them():
+    values = class_ids(["left kidney", 'the "core"'], "x")
+    itksnap = itksnap_text(values, "a test").splitlines()
+    assert all(line.startswith("#") for line in itksnap[:-3])
+    assert itksnap[-3].split() == ["0", "0", "0", "0", "0", "0", "0", '"background"']
+    red, green, blue = class_colours(2)[0]
+    assert itksnap[-2].split(None, 7) == [
+        "1", str(red), str(green), str(blue), "1", "1", "1", '"left kidney"'
+    ]  # fmt: skip
+    assert itksnap[-1].endswith("\"the 'core'\"")
+    ctbl = slicer_text(values, "a test").splitlines()
+    assert ctbl[:2] == ["# Color table file labels.ctbl", "# 3 values"]
+    assert ctbl[-2].split()[:2] == ["1", "left_kidney"] and ctbl[-1].split()[1] == 'the_"core"'
+
+
+def test_class_colours_are_the_reports():
+    """The viewers' colours are those of `udaseg report`'s figures (matplotlib's tab10/tab20)."""
+    colormaps = pytest.importorskip("matplotlib").colormaps
+    for n in (1, 4, 10, 11, 25):
+        cmap = colormaps["tab10" if n <= 10 else "tab20"]
+        want = [tuple(round(255 * c) for c in cmap(i % cmap.N)[:3]) for i in range(n)]
+        assert class_colours(n) == want
+
+
+def test_label_values_option_is_checked(tmp_path):
+    def config(value):
+        return stage.PredictConfig(model_dir=tmp_path, data=tmp_path, label_values=value)
+
+    assert config("Class-IDs").label_values == "class-ids"
+    with pytest.raises(UdasegError, match='unknown --label-values "codes"') as caught:
+        config("codes")
+    assert caught.value.exit_code == 2 and "dataset-codes" in caught.value.hint
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -753,8 +1016,11 @@ def test_cli_json_summary(tiny_store, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["cases"] == 4 and summary["run"] == "unet__tiny__src"
     assert summary["skipped"] is False and summary["device"] == "cpu"
+    assert summary["label_values"] == "dataset-codes"
     again = json.loads(CliRunner().invoke(app, args).stdout)
     assert again["skipped"] is True
+    ids = json.loads(CliRunner().invoke(app, [*args, "--label-values", "class-ids"]).stdout)
+    assert ids["skipped"] is False and ids["label_values"] == "class-ids"
 
 
 def test_cli_unknown_checkpoint_is_a_usage_error(tiny_store, tmp_path, monkeypatch, capsys):

@@ -25,6 +25,7 @@ ORDER = (
     "adapt",
     "pseudo-label",
     "predict",
+    "export",
     "evaluate",
     "report",
     "run",
@@ -66,9 +67,9 @@ def _main(
 
 
 def _register() -> None:
-    from udaseg.cli import data, evaluation, pipelines, training, translate
+    from udaseg.cli import data, evaluation, export, pipelines, training, translate
 
-    for module in (data, translate, training, evaluation, pipelines):
+    for module in (data, translate, training, evaluation, export, pipelines):
         module.register(app)
 
 

@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
         "predict",
         _predicted_line,
         help="Segment scans with a trained model -> <case>.nii.gz label maps on the ORIGINAL "
-        "scan grid.",
+        "scan grid, in the dataset's own label codes, with label tables for ITK-SNAP and 3D "
+        "Slicer.",
         example="udaseg predict --model-dir W/segment/no-adaptation "
         "--data W/preprocessed/mmwhs__ct --split val --work W  (then: udaseg evaluate --pred "
         "W/predict/no-adaptation__mmwhs__ct --ref RAW --dataset mmwhs --domain ct --work W)",
@@ -34,7 +35,7 @@ def register(app: typer.Typer) -> None:
 
 def _predicted_line(manifest) -> str:
     s = manifest.summary
-    done = f"{s.get('cases')} cases in {s.get('seconds', 0)} s"
+    done = f"{s.get('cases')} cases in {s.get('seconds', 0)} s ({s.get('label_values')})"
     return f"predict {s['run']}: {state(s, done)} -> {s['output']}"
 
 

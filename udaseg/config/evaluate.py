@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from udaseg.config import StageConfig, result, runtime, shared
-from udaseg.config.values import comma_list
+from udaseg.config.values import CLASS_IDS, DATASET_CODES, comma_list, parse_label_values
 
 STAGE = "evaluate"
 
@@ -17,7 +17,8 @@ class EvaluateConfig(StageConfig):
     """One evaluate run (see the module docstring).
 
     ``metric`` is a comma list or a list of names (the stage checks and orders them); ``cases``
-    holds a list of ids or None once built (comma text or a list accepted).
+    holds a list of ids or None once built (comma text or a list accepted); ``pred_values`` one
+    of :data:`~udaseg.config.values.LABEL_VALUES` or None.
     """
 
     STAGE: ClassVar[str] = STAGE
@@ -26,8 +27,9 @@ class EvaluateConfig(StageConfig):
     VERSION: ClassVar[int] = 1
 
     pred: Path = result(
-        help="Predictions: a folder of <case_id>.nii.gz class-id maps 0..C (what `udaseg "
-        "predict` writes), or an HDF5 store (store.h5 or an artifact folder holding one)."
+        help="Predictions: a folder of <case_id>.nii.gz label maps (a `udaseg predict` run, whose "
+        "manifest says whether they hold dataset codes or class ids; any other folder needs "
+        "--pred-values), or an HDF5 store (store.h5 or an artifact folder holding one)."
     )
     ref: Path = result(
         help="Reference labels: a store (store.h5 or its artifact folder); else the RAW dataset "
@@ -40,7 +42,15 @@ class EvaluateConfig(StageConfig):
     )
     domain: str | None = result(
         None,
-        help="Domain of a raw --ref (needed when several domains' labels are found in it).",
+        help="Domain of a raw --ref (needed when several domains' labels are found in it), and "
+        f"whose label codes --pred-values {DATASET_CODES} reads.",
+    )
+    pred_values: str | None = result(
+        None,
+        help=f"What a --pred folder that is no `udaseg predict` run holds: {DATASET_CODES} (the "
+        "label codes of --domain, as the dataset's own label files) or "
+        f"{CLASS_IDS} (0..C in the order of the manifest's classes). A predict run's folder says "
+        "it itself.",
     )
     metric: str = result(
         "dice,assd,hd95",
@@ -88,4 +98,5 @@ class EvaluateConfig(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.pred_values = parse_label_values(self.pred_values, "--pred-values")
         self.cases = comma_list(self.cases)  # type: ignore[assignment]

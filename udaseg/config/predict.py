@@ -9,7 +9,13 @@ from typing import ClassVar
 
 from udaseg.config import StageConfig, result, runtime, shared
 from udaseg.config.shared import MODEL_DIR_HELP, WINDOW_BATCH_HELP
-from udaseg.config.values import comma_list, parse_shard
+from udaseg.config.values import (
+    CLASS_IDS,
+    DATASET_CODES,
+    comma_list,
+    parse_label_values,
+    parse_shard,
+)
 from udaseg.errors import UdasegError
 
 STAGE = "predict"
@@ -19,7 +25,8 @@ STAGE = "predict"
 class PredictConfig(StageConfig):
     """One predict run (see the module docstring).
 
-    Text options hold their converted values once built: ``stride`` None, a fraction of the
+    Text options hold their converted values once built: ``label_values`` one of
+    :data:`~udaseg.config.values.LABEL_VALUES`; ``stride`` None, a fraction of the
     window (float) or voxels per window axis (tuple of ints); ``cases`` a list of ids or None;
     ``shard`` ``(i, n)`` or None. Each also accepts the converted value.
     """
@@ -27,7 +34,8 @@ class PredictConfig(StageConfig):
     STAGE: ClassVar[str] = STAGE
     COMMAND: ClassVar[str] = "predict"
     # bump when the same model, data and options would give different label maps
-    VERSION: ClassVar[int] = 1
+    # 2: dataset codes by default (--label-values), label description files beside the maps
+    VERSION: ClassVar[int] = 2
 
     model_dir: Path = result(help=MODEL_DIR_HELP)
     data: Path = result(
@@ -67,6 +75,13 @@ class PredictConfig(StageConfig):
         help="Sliding-window step: a fraction of the window (default 0.5) or voxels per window "
         "axis, e.g. 16,128,128 (3D) or 128,128 (2D).",
     )
+    label_values: str = result(
+        DATASET_CODES,
+        help=f"Voxel values written: {DATASET_CODES} (the dataset's own label code of each class "
+        "in the predicted domain, as its ground-truth files have them, e.g. liver 6 in BTCV CT) "
+        f"or {CLASS_IDS} (0..C in the order of the manifest's classes). Where the codes are "
+        "unknown (no dataset manifest recorded for the data), class ids, with a notice.",
+    )
     amp: bool = shared.amp()
     cases: str | None = result(None, help="Comma list of case ids (default: all).")
     split: str | None = result(
@@ -92,6 +107,7 @@ class PredictConfig(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.label_values = parse_label_values(self.label_values, "--label-values")  # type: ignore[assignment]
         self.stride = parse_stride(self.stride)  # type: ignore[assignment]
         self.cases = comma_list(self.cases)  # type: ignore[assignment]
         self.shard = parse_shard(self.shard)  # type: ignore[assignment]

@@ -171,3 +171,21 @@ def _check_numbers(key, value, items, wanted, *, whole=False, low=0, below=None)
                 hint="see the defaults with --show-defaults",
                 exit_code=2,
             )
+
+
+# what the voxel values of a written label map are: a dataset's own label codes or udaseg's class
+# ids (udaseg.data.label_values says which class each value stands for)
+DATASET_CODES = "dataset-codes"
+CLASS_IDS = "class-ids"
+LABEL_VALUES = (DATASET_CODES, CLASS_IDS)
+
+
+def parse_label_values(value: str | None, option: str) -> str | None:
+    """``"dataset-codes"`` or ``"class-ids"`` (any case); None stays None.
+
+    Raises:
+        UdasegError: naming ``option``, for anything else (with a "did you mean"); exit code 2.
+    """
+    if value is None:
+        return None
+    return look_up_option(str(value).strip().lower(), LABEL_VALUES, what=option)

@@ -1,6 +1,7 @@
 """One case of an evaluation: one side's label map as a worker process is told where to find it
-(:class:`Item`), loaded as class ids with its grid (:class:`Labels`), and the check that a
-prediction and its reference share that grid.
+(:class:`Item`), loaded as class ids with its grid (:class:`Labels`; a prediction's dataset codes
+mapped back, :mod:`udaseg.data.label_values`), and the check that a prediction and its reference
+share that grid.
 
 Arrays are (S, H, W) = (z, y, x) as ``sitk.GetArrayFromImage`` gives them; geometry records hold
 size, spacing (mm), origin (mm) and direction in SimpleITK (x, y, z) order.
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from udaseg.config.values import CLASS_IDS, DATASET_CODES
+from udaseg.data.label_values import LabelValues, class_ids
 from udaseg.data.manifest import DatasetManifest, Domain
 from udaseg.data.readers import CaseFiles
 from udaseg.errors import UdasegError
@@ -33,6 +36,7 @@ class Item:
     role: str  # "prediction" or "reference"
     case_id: str
     location: Path | CaseFiles  # NIfTI file, store file, or the raw case's files
+    values: LabelValues | None = None  # what a NIfTI file holds; None: class ids
 
 
 @dataclass
@@ -48,7 +52,7 @@ class Labels:
 def case_item(source: Source, role: str, case_id: str) -> Item:
     """Case ``case_id`` of ``source`` (``role``: ``prediction`` or ``reference``)."""
     location = source.path if source.kind == "store" else source.files[case_id]
-    return Item(source.kind, role, case_id, location)
+    return Item(source.kind, role, case_id, location, source.values)
 
 
 def _geometry(image) -> dict[str, list[float]]:
@@ -121,11 +125,13 @@ def _load_store(item: Item) -> Labels:
 
 def load_labels(item: Item, manifest: DatasetManifest, domain: Domain | None) -> Labels:
     """One side of one case as class ids 0..C of ``manifest`` (uint8, or int16 past 255 classes);
-    ``domain`` maps a raw reference's codes (only needed for ``raw`` items).
+    ``domain`` maps a raw reference's codes (only needed for ``raw`` items), ``item.values`` a
+    NIfTI file's values (default: class ids).
 
     Raises:
         UdasegError: a missing or unreadable file, a store case without a label or geometry, or
-            values that are not class ids; naming the case, its role and the file.
+            values that are not what the file should hold; naming the case, its role, the file
+            and the values.
     """
     if item.kind == "store":
         labels = _load_store(item)
@@ -133,12 +139,14 @@ def load_labels(item: Item, manifest: DatasetManifest, domain: Domain | None) ->
         labels = _load_raw(item, manifest, domain)  # type: ignore[arg-type]
     else:
         labels = _load_nifti(item)
-    labels.array = _class_ids(labels, item, len(manifest.classes), manifest.name)
+    values = item.values or class_ids(manifest.classes, manifest.name)
+    labels.array = _class_ids(labels, item, values)
     return labels
 
 
-def _class_ids(labels: Labels, item: Item, n_classes: int, dataset: str) -> np.ndarray:
-    """The label map as uint8/int16 class ids; values outside 0..C are an error naming the case."""
+def _class_ids(labels: Labels, item: Item, values: LabelValues) -> np.ndarray:
+    """The label map as uint8/int16 class ids; values that are none of ``values`` are an error
+    naming the case, the file and the values."""
     array = labels.array
     if array.dtype.kind == "f" and not np.array_equal(array, np.rint(array)):
         raise UdasegError(
@@ -148,21 +156,18 @@ def _class_ids(labels: Labels, item: Item, n_classes: int, dataset: str) -> np.n
         )
     if array.dtype.kind not in "biuf":
         raise UdasegError(f"case {item.case_id}: {item.role} {labels.where} is not numeric")
-    if array.size and (array.min() < 0 or array.max() > n_classes):
-        bad = np.unique(array[(array < 0) | (array > n_classes)])
-        shown = ", ".join(str(int(v)) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
+    if item.role == "reference":
+        hint = "a raw dataset's codes are mapped only when --ref is the raw dataset folder"
+    elif values.kind == CLASS_IDS:
         hint = (
-            "a raw dataset's codes are mapped only when --ref is the raw dataset folder"
-            if item.role == "reference"
-            else "predictions must be class ids in the manifest's class order"
+            "predictions must be class ids in the manifest's class order; maps in the dataset's "
+            f"own label codes are read with --pred-values {DATASET_CODES} (and --domain)"
         )
-        raise UdasegError(
-            f"case {item.case_id}: {item.role} {labels.where} has values {shown} outside the "
-            f"class ids 0..{n_classes} of dataset '{dataset}'",
-            hint=hint,
-            path=labels.where,
-        )
-    return array.astype(np.uint8 if n_classes < 256 else np.int16, copy=False)
+    else:
+        hint = f"maps of class ids are read with --pred-values {CLASS_IDS}"
+    return values.to_class_ids(
+        array, f"case {item.case_id}: {item.role} {labels.where}", path=labels.where, hint=hint
+    )
 
 
 def _same_geometry(a: dict, b: dict, tol: float = GEOMETRY_TOL) -> bool:

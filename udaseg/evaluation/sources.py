@@ -1,7 +1,10 @@
 """Where one side's label maps come from: predictions and references as stores, raw dataset
-folders or folders of ``<case_id>.nii.gz`` class-id maps, and the case ids both sides share.
+folders or folders of ``<case_id>.nii.gz`` label maps, and the case ids both sides share.
 
-See :mod:`udaseg.stages.evaluate` for the order in which a reference is recognised.
+A folder of predictions holds class ids or a dataset's label codes
+(:mod:`udaseg.data.label_values`): a ``udaseg predict`` run records which in its manifest, a bare
+folder needs to be told. See :mod:`udaseg.stages.evaluate` for the order in which a reference is
+recognised.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from udaseg import layout
+from udaseg import artifacts, layout
+from udaseg.config.values import CLASS_IDS, DATASET_CODES, LABEL_VALUES
 from udaseg.data.dicom import natural_key
+from udaseg.data.label_values import LabelValues, class_ids, dataset_codes, from_record
 from udaseg.data.manifest import DatasetManifest, Domain
 from udaseg.data.readers import find_cases, pattern_regex
 from udaseg.errors import UdasegError
@@ -28,6 +33,7 @@ class Source:
     :class:`~udaseg.data.readers.CaseFiles`, ``domain`` says how to map codes) or ``store``
     (``path`` is the .h5 file).
     artifact: the artifact folder (with ``manifest.json``) holding it, if any.
+    values: what a ``nifti`` folder's maps hold; None: the manifest's class ids.
     """
 
     kind: str
@@ -36,9 +42,13 @@ class Source:
     files: dict[str, Any] = field(default_factory=dict)
     artifact: Path | None = None
     domain: Domain | None = None
+    values: LabelValues | None = None
 
     def record(self) -> dict[str, Any]:
-        return {"path": str(self.path.resolve()), "kind": self.kind}
+        record = {"path": str(self.path.resolve()), "kind": self.kind}
+        if self.values is not None:
+            record.update(self.values.record())
+        return record
 
 
 def _artifact_of(folder: Path) -> Path | None:
@@ -95,11 +105,31 @@ def _nifti_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def resolve_pred(path: Path, manifest: DatasetManifest) -> Source:
-    """The prediction source: a store, or a folder of ``<case_id>.nii.gz``."""
+def resolve_pred(
+    path: Path,
+    manifest: DatasetManifest,
+    values: str | None = None,
+    domain: Domain | None = None,
+) -> Source:
+    """The prediction source: a store (class ids), or a folder of ``<case_id>.nii.gz`` whose
+    values are what the ``udaseg predict`` run that wrote it records, else ``values``
+    (``dataset-codes``: the label codes of ``domain``, or those the dataset's labelled domains
+    share when it is None; ``class-ids``).
+
+    Raises:
+        UdasegError: no predictions; a bare folder without ``values`` or a store with codes
+            (exit code 2); ``values`` that contradict the predict run's record (exit code 2);
+            codes the manifest does not define; a record of other classes.
+    """
     path = Path(path)
     store = _find_store(path)
     if store is not None:
+        if values not in (None, CLASS_IDS):
+            raise UdasegError(
+                f"--pred-values {values}: the prediction store {store} holds class ids",
+                hint=f"leave out --pred-values, or pass --pred-values {CLASS_IDS}",
+                exit_code=2,
+            )
         return _store_source(store, manifest, "prediction")
     if not path.exists():
         raise UdasegError(f"predictions {path} do not exist", path=path, exit_code=2)
@@ -110,7 +140,57 @@ def resolve_pred(path: Path, manifest: DatasetManifest) -> Source:
             hint="pass the folder `udaseg predict` wrote",
             path=path,
         )
-    return Source("nifti", path, _sorted(files), files, artifact=_artifact_of(path))
+    artifact = _artifact_of(path)
+    found = _pred_values(path, artifact, manifest, values, domain)
+    return Source("nifti", path, _sorted(files), files, artifact=artifact, values=found)
+
+
+def _pred_values(
+    path: Path,
+    artifact: Path | None,
+    manifest: DatasetManifest,
+    values: str | None,
+    domain: Domain | None,
+) -> LabelValues:
+    """What the predictions in ``path`` hold (see :func:`resolve_pred`)."""
+    recorded = artifacts.load_manifest(artifact) if artifact is not None else None
+    if recorded is not None and recorded.stage == "predict":
+        where = f"predict run {artifact}"
+        found = from_record(recorded.summary, manifest.classes, where)
+        if found is None:  # udaseg predict wrote class ids before it recorded its values
+            found = class_ids(manifest.classes, manifest.name)
+        if values is not None and values != found.kind:
+            raise UdasegError(
+                f"--pred-values {values}, but {where} wrote {found.kind} ({found.describe()})",
+                hint="leave out --pred-values: a predict run's folder says what it holds",
+                exit_code=2,
+            )
+        return found
+    if values is None:
+        raise UdasegError(
+            f"--pred {path} is no `udaseg predict` run (no predict manifest.json), so nothing "
+            "says whether its label maps hold class ids or the dataset's label codes",
+            hint=f"pass --pred-values {CLASS_IDS} (0..{len(manifest.classes)} in the order "
+            f"{', '.join(manifest.classes)}) or --pred-values {DATASET_CODES} (the label codes "
+            "of --domain, as the dataset's own label files)",
+            path=path,
+            exit_code=2,
+        )
+    if values == CLASS_IDS:
+        return class_ids(manifest.classes, manifest.name)
+    if values != DATASET_CODES:
+        raise UdasegError(
+            f"--pred-values {values}: not one of {', '.join(LABEL_VALUES)}", exit_code=2
+        )
+    try:
+        return dataset_codes(manifest, domain.name if domain else None)
+    except UdasegError as exc:
+        raise UdasegError(
+            f"--pred-values {DATASET_CODES}: {exc.message}",
+            hint=exc.hint or f"pass --domain, or --pred-values {CLASS_IDS} if the maps hold ids",
+            path=path,
+            exit_code=2,
+        ) from exc
 
 
 def _label_pattern_finds(domain: Domain, raw: Path) -> bool:

@@ -330,8 +330,11 @@ def _entry_for(
     return None
 
 
-def recorded_manifest(entry: dict[str, Any], model_dir: Path) -> DatasetManifest:
-    """The resolved dataset manifest a record entry holds, validated again.
+def recorded_manifest(
+    entry: dict[str, Any], model_dir: Path, where: str | None = None
+) -> DatasetManifest:
+    """The resolved dataset manifest a record entry holds, validated again. ``where``: the file
+    holding the record, for the error (default: the model directory's model.json).
 
     Raises:
         UdasegError: it no longer validates (written by another udaseg version).
@@ -345,9 +348,10 @@ def recorded_manifest(entry: dict[str, Any], model_dir: Path) -> DatasetManifest
         try:
             return load_manifest(path)
         except UdasegError as exc:
+            where = where or f"model {model_dir}'s {layout.MODEL_JSON}"
             raise UdasegError(
-                f"the manifest of {entry['dataset']}/{entry['domain']} recorded in model "
-                f"{model_dir}'s {layout.MODEL_JSON} does not validate any more: {exc.message}",
+                f"the manifest of {entry['dataset']}/{entry['domain']} recorded in {where} "
+                f"does not validate any more: {exc.message}",
                 hint="predict from a preprocessed store, or retrain the model with this udaseg",
                 path=model_dir,
             ) from exc

@@ -21,13 +21,16 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from udaseg import artifacts, layout
 from udaseg.errors import UdasegError
 from udaseg.inference.models import ModelSource, file_fingerprint
+
+if TYPE_CHECKING:
+    from udaseg.data.manifest import DatasetManifest
 
 
 @dataclass
@@ -236,6 +239,43 @@ def preprocess_like(
         domain_spec=dataclasses.replace(manifest.domain(data.domain), labels=None),
         preprocessing=chosen.record,
     )
+
+
+def dataset_manifest(data: DataSource, models: list[ModelSource]) -> DatasetManifest | None:
+    """The dataset manifest whose label codes the data's domain has, or None when nothing
+    records it.
+
+    Raw data: the ``--dataset`` manifest. A store artifact: the resolved manifest its
+    ``preprocess`` manifest records. Any other store: the manifest a model's ``model.json``
+    records for a store of the same dataset (its own domain's first). A recorded manifest that
+    no longer validates counts as none.
+    """
+    from udaseg.inference.preprocessing import RECORD_KEY, recorded_manifest
+
+    if data.kind == "raw":
+        return data.manifest
+    candidates: list[tuple[dict[str, Any], Path, str | None]] = []
+    if data.artifact is not None:
+        config = artifacts.load_manifest(data.artifact).config
+        where = f"{data.artifact / layout.MANIFEST}"
+        candidates.append(
+            ({**config, "dataset": data.dataset, "domain": data.domain}, data.artifact, where)
+        )
+    for model in models:
+        entries = (model.info.get(RECORD_KEY) or {}).get("stores", [])
+        same = [e for e in entries if e.get("dataset") == data.dataset and e.get("manifest")]
+        same.sort(key=lambda e: e.get("domain") != data.domain)
+        candidates += [(e, model.directory, None) for e in same]
+    for entry, folder, where in candidates:
+        if not isinstance(entry.get("manifest"), dict):
+            continue
+        try:
+            manifest = recorded_manifest(entry, folder, where)
+        except UdasegError:
+            continue
+        if manifest.name == data.dataset and data.domain in manifest.domains:
+            return manifest
+    return None
 
 
 def check_compatible(model: ModelSource, data: DataSource) -> None:

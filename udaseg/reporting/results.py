@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from udaseg import layout
+from udaseg.config.values import CLASS_IDS
 from udaseg.data.manifest import DatasetManifest, load_manifest
 from udaseg.errors import UdasegError
 from udaseg.evaluation.comparison import comparison, fmt
@@ -106,7 +107,10 @@ def _load_case(group: list[Evaluation], notes: list[str]) -> _Scored | None:
     reference, predictions = None, []
     for evaluation in group:
         try:
-            pred = resolve_pred(Path(evaluation.summary["pred"]["path"]), manifest)
+            recorded = evaluation.summary["pred"]
+            # read as evaluate read it: a bare folder with the values it was told (none: ids)
+            values = recorded.get("label_values", CLASS_IDS)
+            pred = resolve_pred(Path(recorded["path"]), manifest, values, domain)
             pred_item = case_item(pred, "prediction", case)
             if reference is None:
                 reference = load_labels(ref_item, manifest, ref.domain)

@@ -15,6 +15,7 @@ from typing import Any
 from udaseg.config.adapt import AdaptConfig
 from udaseg.config.cluster_styles import ClusterStylesConfig
 from udaseg.config.evaluate import EvaluateConfig
+from udaseg.config.export_nnunet import ExportNnunetConfig
 from udaseg.config.phantom import PhantomConfig
 from udaseg.config.predict import PredictConfig
 from udaseg.config.preprocess import PreprocessConfig
@@ -62,6 +63,7 @@ STAGES = {
         StageEntry(AdaptConfig, shows_defaults=True),
         StageEntry(PseudoLabelConfig),
         StageEntry(PredictConfig),
+        StageEntry(ExportNnunetConfig),
         StageEntry(EvaluateConfig),
         StageEntry(ReportConfig),
     )

@@ -2,9 +2,14 @@
 
 Inputs, matched by case id:
 
-* predictions (``pred``): a folder of ``<case_id>.nii.gz`` (or ``.nii``) class-id maps 0..C, what
+* predictions (``pred``): a folder of ``<case_id>.nii.gz`` (or ``.nii``) label maps, what
   ``udaseg predict`` writes on the original scan grid; or an HDF5 store (``store.h5``, or an
-  artifact folder holding one) whose cases have labels;
+  artifact folder holding one) whose cases have labels (class ids). A folder's maps hold the
+  dataset's label codes or class ids (:mod:`udaseg.data.label_values`): a predict run's manifest
+  records which (and the value of each class; older runs, recording none, hold class ids); any other
+  folder is read as ``pred_values`` says (required), the codes being those of ``domain`` (or,
+  without it, of a raw ``ref``'s domain, or the ones the labelled domains share). Codes are mapped
+  back to class ids; a value that is none of them is an error naming the file and the value;
 * reference (``ref``), recognised in this order:
   1. a store (``*.h5`` file, or a folder holding ``store.h5``): class ids already, geometry from
      each case's ``meta["processed"]``;
@@ -14,7 +19,7 @@ Inputs, matched by case id:
   3. a folder of ``<case_id>.nii.gz`` class-id maps.
 
 Every pair must share its grid (size, spacing, origin, direction within tolerance), and every
-label map must hold class ids 0..C of the manifest's classes. Classes are evaluated as the
+label map must hold class ids 0..C of the manifest's classes once read. Classes are evaluated as the
 manifest's :meth:`~udaseg.data.manifest.DatasetManifest.evaluation_classes` (BraTS: regions WT, TC,
 ET). Arrays are (S, H, W) = (z, y, x) as ``sitk.GetArrayFromImage`` gives them, so the spacing
 handed to the metrics is the SimpleITK (x, y, z) spacing reversed.
@@ -247,15 +252,18 @@ def run(
     built from the same inputs and options is left as it is (``skipped: true``) unless ``force``.
 
     Raises:
-        UdasegError: bad options, unmatched cases, grid mismatches, values outside the class ids,
-            unreadable files, or stale input artifacts; each naming the case and files.
+        UdasegError: bad options, a --pred folder of unknown values (no predict run, no
+            ``pred_values``), unmatched cases, grid mismatches, values that are neither the class
+            ids nor the codes the predictions should hold, unreadable files, or stale input
+            artifacts; each naming the case and files.
     """
     progress = progress or NullProgress()
     metrics = _check_options(config)
     manifest = load_manifest(config.dataset)
     domain = manifest.domain(config.domain) if config.domain else None
-    pred = resolve_pred(artifacts.check_finished(Path(config.pred), "--pred"), manifest)
+    pred_path = artifacts.check_finished(Path(config.pred), "--pred")
     ref = resolve_ref(artifacts.check_finished(Path(config.ref), "--ref"), manifest, domain)
+    pred = resolve_pred(pred_path, manifest, config.pred_values, domain or ref.domain)
     inputs = _inputs(pred, ref, force)
     wanted = config.cases
     if config.predicted_only:

@@ -21,11 +21,28 @@ The model's classes and view must be the data's (store attributes, or the manife
 unfinished (``.partial``) or replaced (``.old``) folders are refused, and so is a shard that would
 take no case; case ids must be plain file names.
 
-Output: ``W/predict/<run>/`` with ``<case_id>.nii.gz`` for every case: uint8 class ids 0..C (ids in
-the order of the model's ``classes``) on the ORIGINAL image's grid (its size, spacing, origin and
-direction, so it overlays the source file voxel by voxel; voxels preprocessing cropped away are
-background), and ``manifest.json`` (inputs: the model directory when it is an artifact and the data
-when it is one; summary: cases, seconds, seconds per case). ``<run>`` defaults to
+Output: ``W/predict/<run>/`` with ``<case_id>.nii.gz`` for every case, on the ORIGINAL image's grid
+(its size, spacing, origin and direction, so it overlays the source file voxel by voxel; voxels
+preprocessing cropped away are background), holding (``label_values``,
+:mod:`udaseg.data.label_values`):
+
+* ``dataset-codes`` (default): the dataset's own label code of each class in the predicted domain,
+  as its ground-truth files have them (abdominal-normalized CT: liver 6, right kidney 2, left
+  kidney 3, spleen 1; MR: 1, 2, 3, 4); the smallest code where several map to one class;
+  background 0; uint8, or uint16 when a code exceeds 255 (MM-WHS). The codes come from the
+  dataset manifest: ``--dataset`` for raw data, the one a ``preprocess`` artifact's manifest
+  records for a store, else the one the model's ``model.json`` records for the store's dataset.
+  Where none is known, or the domain has no codes (an unlabelled domain whose labelled domains
+  disagree, CHAOS's grey-level PNG ranges), class ids are written, with a one-line notice;
+* ``class-ids``: uint8 ids 0..C in the order of the model's ``classes``.
+
+Beside them ``labels.itksnap.txt`` (ITK-SNAP label descriptions) and ``labels.ctbl`` (a 3D Slicer
+colour table) name background and each class with the value written and give each class one
+colour (:mod:`udaseg.inference.label_tables`); ``manifest.json`` (inputs: the model directory when
+it is an artifact and the data when it is one; summary: cases, seconds, seconds per case, and
+``label_values``, ``label_source`` and ``label_table`` (class -> value), from which ``udaseg
+evaluate`` reads the maps back; the same under ``written`` in the config, so the choice is part of
+the config hash). ``<run>`` defaults to
 ``<model folder>__<data name>``, the data name being the store's folder (``<dataset>__<domain>``
 for a ``preprocess`` artifact) or ``<dataset>__<domain>`` for raw data. With ``shard=(i, n)`` only
 every n-th case from i on is predicted, into ``<run>__shard-i-of-n/``; ``merge_shards`` copies the
@@ -52,15 +69,25 @@ import numpy as np
 from udaseg import artifacts, layout
 from udaseg.config import result_config
 from udaseg.config.predict import STAGE, PredictConfig
+from udaseg.config.values import CLASS_IDS
+from udaseg.data.label_values import (
+    BACKGROUND,
+    LabelValues,
+    class_ids,
+    dataset_codes,
+    from_record,
+)
 from udaseg.device import apply_threads, precision_record, resolve_device
 from udaseg.errors import UdasegError
 from udaseg.inference.cases import select_cases
+from udaseg.inference.label_tables import write_label_tables
 from udaseg.inference.models import ModelSource, model_dims, require_model, resolve_model
 from udaseg.inference.options import inference_options
 from udaseg.inference.sources import (
     CaseInput,
     DataSource,
     check_compatible,
+    dataset_manifest,
     input_records,
     preprocess_like,
     resolve_data,
@@ -76,14 +103,48 @@ Segmenter = Callable[[np.ndarray], np.ndarray]
 # --- writing results -----------------------------------------------------------------------------
 
 
-def write_label(path: Path, label: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write an (S, H, W) label map on the processed grid as NIfTI on the original image's grid."""
+def write_label(
+    path: Path, label: np.ndarray, meta: dict[str, Any], values: LabelValues | None = None
+) -> None:
+    """Write an (S, H, W) class-id map on the processed grid as NIfTI on the original image's
+    grid, its ids turned into ``values`` (default: class ids, uint8)."""
     import SimpleITK as sitk
 
     from udaseg.data.geometry import restore_label
 
     image = restore_label(label, meta["processed"], meta["original"], meta.get("assumed_direction"))
+    if values is not None and not values.is_class_ids:
+        # codes after the resampling, which keeps uint8 ids (nearest neighbour: no new values)
+        coded = sitk.GetImageFromArray(values.encode(sitk.GetArrayFromImage(image)))
+        coded.CopyInformation(image)
+        image = coded
     sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def label_values(
+    config: PredictConfig,
+    models: list[ModelSource],
+    data: DataSource,
+    log: Callable[[str], None],
+) -> LabelValues:
+    """What the written maps hold: ``config.label_values``; dataset codes fall back to class ids,
+    with one line to ``log`` saying why, where the data's manifest or its codes are unknown."""
+    ids = class_ids(data.classes, data.dataset)
+    if config.label_values == CLASS_IDS:
+        return ids
+    manifest = dataset_manifest(data, models)
+    if manifest is None:
+        why = f"no dataset manifest is recorded for --data {config.data}"
+    else:
+        try:
+            return dataset_codes(manifest, data.domain)
+        except UdasegError as exc:
+            why = exc.message
+    log(
+        f"predictions hold class ids ({ids.describe()}), not {data.dataset}/{data.domain}'s "
+        f"label codes: {why}"
+    )
+    return ids
 
 
 def predict_cases(
@@ -92,10 +153,11 @@ def predict_cases(
     folder: Path,
     progress: Progress | None = None,
     total: int | None = None,
+    values: LabelValues | None = None,
 ) -> dict[str, float]:
     """Segment each case with ``segment`` ((S, H, W) float32 -> (S, H, W) class ids) and write
-    ``folder/<case_id>.nii.gz`` on its original grid; returns the seconds per case (reading or
-    preprocessing, inference and writing).
+    ``folder/<case_id>.nii.gz`` on its original grid, as ``values`` (default: class ids); returns
+    the seconds per case (reading or preprocessing, inference and writing).
 
     The stage calls it with a model's :func:`udaseg.inference.segment_volume`; any function of the
     volume will do (tests feed the stored label through a one-hot "model" to check geometry).
@@ -111,7 +173,7 @@ def predict_cases(
                 f"case {case.case_id}: the segmenter returned shape {label.shape} for an image "
                 f"of shape {case.image.shape}"
             )
-        write_label(Path(folder) / f"{case.case_id}{SUFFIX}", label, case.meta)
+        write_label(Path(folder) / f"{case.case_id}{SUFFIX}", label, case.meta, values)
         now = time.perf_counter()
         seconds[case.case_id] = round(now - started, 3)
         started = now
@@ -201,9 +263,12 @@ def _stage_config(
     ids: list[str],
     device: str,
     members: list[ModelSource],
+    values: LabelValues,
 ) -> dict[str, Any]:
     return result_config(
         config,
+        # what was written for each class: the request, resolved (codes, or ids as a fallback)
+        written=values.record(),
         model=model.record(),
         ensemble=[m.record() for m in members],
         data=data.record(ids),
@@ -226,8 +291,10 @@ def run(
     """Predict the data's cases with the model; returns the artifact's manifest.
 
     The summary holds ``run``, ``output``, ``cases`` (count), ``case_ids``, ``seconds``,
-    ``seconds_per_case`` ({case: s}), ``device``, ``checkpoint`` and ``skipped``. An artifact built
-    from the same model, data and options is left as it is (``skipped: true``) unless ``force``.
+    ``seconds_per_case`` ({case: s}), ``device``, ``checkpoint``, ``label_values``,
+    ``label_source``, ``label_table`` ({class: value written}, background first) and
+    ``skipped``. An artifact built from the same model, data and options is left as it is
+    (``skipped: true``) unless ``force``.
 
     Raises:
         UdasegError: bad options, unknown checkpoint name, missing model or checkpoint, stale
@@ -263,22 +330,23 @@ def run(
     for case_id in ids:  # each becomes <case>.nii.gz in the run folder
         layout.check_name(case_id, f"case id in --data {config.data}")
     device = resolve_device(config.device)
+    values = label_values(config, [model, *members], data, progress.log)
     if config.merge_shards:
         # the merged artifact records what one unsharded run would have (shards are runtime
         # options), so that run (e.g. a later `udaseg run`) finds it current instead of
         # predicting everything again
-        merged_config = _stage_config(config, model, data, ids, device, members)
+        merged_config = _stage_config(config, model, data, ids, device, members, values)
         merged_inputs = _ensemble_inputs(input_records(model, data), members)
         return merge_shards(
             work, name, merged_config, merged_inputs, force=force, progress=progress
         )
     out = output_dir(work, name, config.shard)
-    stage_config = _stage_config(config, model, data, ids, device, members)
+    stage_config = _stage_config(config, model, data, ids, device, members, values)
     inputs = _ensemble_inputs(input_records(model, data), members)
     done = artifacts.reuse_if_current(out, stage_config, inputs, progress.log, force=force)
     if done:
         return done
-    return _predict(config, model, data, ids, device, out, stage_config, inputs, progress)
+    return _predict(config, model, data, ids, device, out, stage_config, inputs, progress, values)
 
 
 def _ensemble(config: PredictConfig, model: ModelSource, force: bool) -> list[ModelSource]:
@@ -340,7 +408,7 @@ def _wanted(config: PredictConfig, data: DataSource) -> list[str] | None:
     return cases
 
 
-def _predict(config, model, data, ids, device, out, stage_config, inputs, progress):
+def _predict(config, model, data, ids, device, out, stage_config, inputs, progress, values):
     from udaseg.training.checkpoint import load_model
 
     started = time.perf_counter()
@@ -355,7 +423,8 @@ def _predict(config, model, data, ids, device, out, stage_config, inputs, progre
         segment = model_segmenter(network, info, config, device)
     # nothing to resume: a failure leaves no half-written artifact behind
     with artifacts.building(out, discard_on_error=True) as tmp:
-        seconds = predict_cases(data.cases(ids), segment, tmp, progress, total=len(ids))
+        seconds = predict_cases(data.cases(ids), segment, tmp, progress, len(ids), values)
+        write_label_tables(tmp, values, f"udaseg predict {out.name}: {data.dataset}/{data.domain}")
         summary = {
             "run": out.name,
             "output": str(out),
@@ -370,11 +439,20 @@ def _predict(config, model, data, ids, device, out, stage_config, inputs, progre
             "seconds_per_case": seconds,
             "device": device,
             "batch_size": config.batch_size,
+            **values.record(),
             "skipped": False,
         }
         return artifacts.publish(
             tmp, out, stage=STAGE, config=stage_config, inputs=inputs, summary=summary
         )
+
+
+def _write_tables(folder: Path, written: dict[str, Any], title: str) -> None:
+    """The label description files of a run's recorded values (:meth:`LabelValues.record`)."""
+    classes = [c for c in written["label_table"] if c != BACKGROUND]
+    values = from_record(written, classes, title)
+    assert values is not None  # a record made by LabelValues.record
+    write_label_tables(folder, values, title)
 
 
 def merge_shards(
@@ -386,14 +464,15 @@ def merge_shards(
     force: bool = False,
     progress: Progress | None = None,
 ) -> artifacts.Manifest:
-    """Copy the case files of the n finished shards ``<name>__shard-i-of-n`` into ``<name>/``.
+    """Copy the case files of the n finished shards ``<name>__shard-i-of-n`` into ``<name>/``,
+    with the label description files of their values.
 
     ``config`` and ``inputs`` are those of the equivalent unsharded run, recorded in the merged
-    manifest; the shards must hold exactly its cases.
+    manifest; the shards must hold exactly its cases, written as its label values.
 
     Raises:
         UdasegError: no shards, missing shards, stale shards (unless ``force``), a case in two,
-            or shards made for other cases than ``config["cases"]``.
+            shards made for other cases than ``config["cases"]`` or written as other values.
     """
     progress = progress or NullProgress()
     parent = layout.stage_dir(work, layout.PREDICT)
@@ -430,6 +509,13 @@ def merge_shards(
             f"{len(config['cases'])}",
             hint="merge with the same --data, --cases/--split and model as the shards",
         )
+    written = [m.config.get("written") for m in manifests]
+    if any(w != config["written"] for w in written):
+        raise UdasegError(
+            f"cannot merge {name}: the shards hold other label values than this command writes "
+            f"({config['written']['label_values']}: {config['written']['label_table']})",
+            hint="merge with the same --label-values as the shards (or rerun them)",
+        )
     out = output_dir(work, name)
     done = artifacts.reuse_if_current(out, config, inputs, progress.log, force=force)
     if done:
@@ -440,11 +526,13 @@ def merge_shards(
             for case_id in manifest.config["cases"]:
                 shutil.copy2(shard / f"{case_id}{SUFFIX}", tmp / f"{case_id}{SUFFIX}")
             seconds.update(manifest.summary.get("seconds_per_case", {}))
+        _write_tables(tmp, config["written"], f"udaseg predict {name} ({count} shards merged)")
         summary = {
             **{
                 k: manifests[0].summary.get(k)
                 for k in ("model", "checkpoint", "data", "dataset", "domain", "device")
             },
+            **config["written"],
             "run": name,
             "output": str(out),
             "cases": len(ids),
