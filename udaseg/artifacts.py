@@ -36,6 +36,7 @@ import contextlib
 import datetime as _dt
 import errno
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -209,8 +210,15 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """Commit of the udaseg checkout this code runs from (``+dirty`` if modified), else None."""
+    """Commit of the udaseg checkout this code runs from (``+dirty`` if modified), else None
+    (no git, or an installed copy outside a checkout).
+
+    Asked once per process: the code that runs is what was imported at start, so a later edit of
+    the tree must not relabel it, and a pipeline publishing dozens of artifacts runs git twice,
+    not twice per artifact.
+    """
     package_dir = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(

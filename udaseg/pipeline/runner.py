@@ -83,6 +83,8 @@ class Pipeline:
     variables: dict[str, Any] = field(default_factory=dict)
     # what the run made for its user, e.g. {"predictions of the target": "W/predict/..."}
     outputs: dict[str, str] = field(default_factory=dict)
+    # the --preset its variables came from (None: the pipeline's defaults)
+    preset: str | None = None
 
 
 def find_pipeline(pipeline: str | Path) -> Path:
@@ -178,7 +180,7 @@ def load_pipeline(
         for label, where in (data.get("outputs") or {}).items()
     }
     description = str(data.get("description", ""))
-    return Pipeline(path.stem, path, description, stages, variables, outputs)
+    return Pipeline(path.stem, path, description, stages, variables, outputs, preset)
 
 
 def dataset_variables(section: Any, variables: dict[str, Any], path: Path) -> tuple[Any, dict]:
@@ -429,10 +431,17 @@ def run(
     """Run ``stages`` in order in this process; returns the run summary (also written to
     ``W/runs/<pipeline>/summary.json`` with the comparison table as ``comparison.md``).
 
+    The summary records the provenance ``udaseg report`` shows beside each result: the preset,
+    the variables, the udaseg version and git commit, each stage's command and the artifacts it
+    wrote (``artifacts``: workspace-relative keys such as ``evaluate/x``), and an index of every
+    artifact any run of this pipeline wrote into W (kept across runs with other variables, e.g.
+    both directions of a route).
+
     Raises:
         UdasegError: the first failing stage, named, with the message of its error.
     """
-    from udaseg.artifacts import write_atomic
+    from udaseg import __version__
+    from udaseg.artifacts import git_commit, write_atomic
 
     progress = progress or NullProgress()
     check_inputs(pipeline, stages)
@@ -448,6 +457,7 @@ def run(
                     "reason": stage.not_applicable,
                     "seconds": 0.0,
                     "label": stage.label,
+                    "artifacts": [],
                     "summary": None,
                 }
             )
@@ -463,6 +473,7 @@ def run(
                 "status": "skipped" if skipped else "ran",
                 "seconds": round(time.perf_counter() - started, 2),
                 "label": stage.label,
+                "artifacts": _artifact_keys(summary, pipeline.variables["work"]),
                 "summary": summary,
             }
         )
@@ -470,12 +481,18 @@ def run(
     table = comparison(results)
     out = layout.run_dir(pipeline.variables["work"], layout.RUNS, pipeline.name)
     out.mkdir(parents=True, exist_ok=True)
+    stage_records = [{k: v for k, v in r.items() if k != "summary"} for r in results]
     record = {
         "pipeline": str(pipeline.path),
+        "preset": pipeline.preset,
+        "udaseg_version": __version__,
+        "git_commit": git_commit(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "variables": pipeline.variables,
-        "stages": [{k: v for k, v in r.items() if k != "summary"} for r in results],
+        "stages": stage_records,
         "comparison": table,
     }
+    record["artifacts"] = _artifact_index(out / layout.SUMMARY, record)
     write_atomic(out / layout.SUMMARY, json.dumps(record, indent=2, default=str) + "\n")
     write_atomic(out / layout.COMPARISON, comparison_markdown(table, pipeline))
     record["output"] = str(out)
@@ -485,6 +502,41 @@ def run(
     for label, where in record["outputs"].items():
         echo(f"{label}: {where}")
     return record
+
+
+def _artifact_keys(summary: Any, work: str | Path) -> list[str]:
+    """The workspace-relative folders (``segment/x``) a stage's summary names as its output."""
+    summaries = summary if isinstance(summary, list) else [summary]
+    keys = []
+    for one in summaries:
+        if isinstance(one, dict) and isinstance(one.get("output"), str) and one["output"]:
+            try:
+                keys.append(Path(one["output"]).resolve().relative_to(Path(work).resolve()))
+            except ValueError:  # written outside the workspace (an export): not a W artifact
+                continue
+    return [key.as_posix() for key in keys]
+
+
+def _artifact_index(path: Path, record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Artifact key -> how this pipeline made it, merged over the index an earlier run left in
+    ``path``: a rerun with other variables (the route's other direction) writes other
+    artifacts into W, and the provenance of the first ones must survive it."""
+    try:
+        index = dict(json.loads(path.read_text(encoding="utf-8")).get("artifacts") or {})
+    except (OSError, ValueError, AttributeError):
+        index = {}
+    made = {k: record[k] for k in ("preset", "udaseg_version", "git_commit", "finished")}
+    for stage in record["stages"]:
+        for key in stage["artifacts"]:
+            index[key] = {
+                "stage": stage["stage"],
+                "label": stage["label"],
+                "command": stage["command"],
+                "status": stage["status"],
+                **made,
+                "variables": record["variables"],
+            }
+    return index
 
 
 def _call(stage: Stage, progress: Progress) -> Any:

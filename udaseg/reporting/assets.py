@@ -13,6 +13,10 @@ th, td { border: 1px solid #ccc; padding: .25em .6em; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f4f4f4; }
 .note { color: #8a5a00; }
+details { margin: .4em 0; border-left: 3px solid #ddd; padding-left: .8em; }
+summary { cursor: pointer; font-weight: 600; padding: .2em 0; }
+th[colspan] { text-align: center; }
+caption { text-align: left; font-style: italic; padding: .2em 0; }
 #render-check { color: #888; font-size: .8em; }
 """
 

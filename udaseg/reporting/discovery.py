@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from udaseg import artifacts, layout
 from udaseg.data.dicom import natural_key
 from udaseg.errors import UdasegError
 from udaseg.evaluation.comparison import read_summary
+from udaseg.metrics.tables import ordered_metrics
 
 # errors that mean "this artifact cannot be drawn": reported in the page, never a crash
 SKIPPABLE = (UdasegError, OSError, ValueError)
@@ -107,55 +109,88 @@ def _leftover(run: Path) -> bool:
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """``metrics.jsonl`` as (training rows, validation rows); a line that is not JSON (one being
-    written while we read) is skipped. Validation rows look like ``{"step", "val": {"score",
-    "dice": {class: value}}}``."""
-    train, val = [], []
+    """``metrics.jsonl`` as (training rows, validation rows), each sorted by step with one row
+    per step: the last one written wins, so a log that a resumed run wrote a step into twice
+    still reads as one continuous run. A line that is not JSON (one being written while we
+    read) is skipped. Validation rows look like ``{"step", "val": {"score", "dice": {class:
+    value}}}``."""
+    train: dict[int, dict] = {}
+    val: dict[int, dict] = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not isinstance(row, dict) or "step" not in row:
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int | float):
             continue
-        (val if isinstance(row.get("val"), dict) else train).append(row)
-    return train, val
+        (val if isinstance(row.get("val"), dict) else train)[row["step"]] = row
+    return [train[k] for k in sorted(train)], [val[k] for k in sorted(val)]
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """An evaluate run: its artifact, ``summary`` (summary.json) and ``dice`` (per_case.csv as
-    {case: {class: Dice}})."""
+    """An evaluate run: its artifact, ``summary`` (summary.json) and ``per_case``
+    (per_case.csv as {case: {class: {metric: value}}}, in the file's case and class order; NaN
+    where evaluate wrote no value, e.g. a distance to an empty mask)."""
 
     artifact: Artifact
     summary: dict[str, Any]
-    dice: dict[str, dict[str, float]]
+    per_case: dict[str, dict[str, dict[str, float]]]
 
     @property
     def name(self) -> str:
         return self.artifact.name
 
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics per_case.csv holds, in table order (Dice, ASSD, ASD, HD95, HD; others
+        after them)."""
+        found = list(
+            dict.fromkeys(m for c in self.per_case.values() for v in c.values() for m in v)
+        )
+        known = ordered_metrics(found)
+        return known + [m for m in found if m not in known]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(dict.fromkeys(c for classes in self.per_case.values() for c in classes))
+
+    @property
+    def dice(self) -> dict[str, dict[str, float]]:
+        """{case: {class: Dice}} (empty when Dice was not computed)."""
+        return {
+            case: {c: v["dice"] for c, v in classes.items() if "dice" in v}
+            for case, classes in self.per_case.items()
+            if any("dice" in v for v in classes.values())
+        }
+
 
 def load_evaluations(workspace: Workspace) -> tuple[list[Evaluation], list[str]]:
-    """Every evaluate run with its summary and per-case Dice; notes for unreadable ones."""
+    """Every evaluate run with its summary and per-case scores; notes for unreadable ones."""
     found, notes = [], []
     for artifact in workspace.runs("evaluate"):
         try:
             summary = read_summary(artifact.path)
-            dice = _per_case_dice(artifact.path / layout.PER_CASE)
+            per_case = read_per_case(artifact.path / layout.PER_CASE)
         except SKIPPABLE as exc:
             notes.append(f"{artifact.key}: cannot read its results: {exc}")
             continue
-        found.append(Evaluation(artifact, summary, dice))
+        found.append(Evaluation(artifact, summary, per_case))
     return found, notes
 
 
-def _per_case_dice(path: Path) -> dict[str, dict[str, float]]:
-    """{case: {class: Dice}} from per_case.csv (empty when Dice was not computed)."""
+def read_per_case(path: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """per_case.csv (columns ``case``, ``class``, then one per metric) as {case: {class:
+    {metric: value}}}; an empty cell or ``nan`` reads as NaN."""
     with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    dice: dict[str, dict[str, float]] = {}
-    for row in rows:
-        if row.get("dice") not in (None, ""):
-            dice.setdefault(row["case"], {})[row["class"]] = float(row["dice"])
-    return dice
+        reader = csv.DictReader(handle)
+        metrics = [m for m in reader.fieldnames or [] if m not in ("case", "class")]
+        per_case: dict[str, dict[str, dict[str, float]]] = {}
+        for row in reader:
+            values = {m: _number(row.get(m)) for m in metrics}
+            per_case.setdefault(row["case"], {})[row["class"]] = values
+    return per_case
+
+
+def _number(cell: str | None) -> float:
+    return math.nan if cell in (None, "") else float(cell)  # type: ignore[arg-type]

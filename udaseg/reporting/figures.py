@@ -1,5 +1,7 @@
 """The report's pictures as PNG bytes, drawn on matplotlib ``Figure`` objects (no pyplot, no
-display): label maps over scans, loss and validation curves, and Dice box plots."""
+display): label maps over scans, predictions over references, and Dice box plots (training
+curves: :mod:`udaseg.reporting.curves`). Classes have the colours of the label tables
+``udaseg predict`` writes (:mod:`udaseg.inference.label_tables`)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from udaseg.reporting.discovery import Evaluation
-
-# metrics.jsonl keys that are not loss terms
-NOT_LOSSES = frozenset({"step", "lr", "seconds", "val"})
 
 
 @dataclass(frozen=True)
@@ -27,18 +26,34 @@ class Panel:
     aspect: float = 1.0
 
 
-def _png(figure) -> bytes:
+def png_bytes(figure, exact: list[tuple[float, float, float]] | None = None) -> bytes:
+    """A matplotlib ``Figure`` as PNG bytes; with ``exact`` colours (RGB 0..1), as a 256-colour
+    palette PNG that holds those colours exactly (about half the size of a full-colour one of a
+    scan: the report embeds one picture per evaluated case and run)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    if exact is None:
+        return buffer.getvalue()
+    from PIL import Image
+
+    buffer.seek(0)
+    rgb = Image.open(buffer).convert("RGB")
+    kept = [tuple(round(255 * c) for c in colour) for colour in dict.fromkeys(exact)]
+    rest = rgb.quantize(256 - len(kept), method=Image.Quantize.MEDIANCUT).getpalette() or []
+    colours = kept + [tuple(rest[i : i + 3]) for i in range(0, len(rest), 3)]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([v for colour in colours[:256] for v in colour])
+    compact = io.BytesIO()
+    rgb.quantize(palette=palette, dither=Image.Dither.NONE).save(compact, "PNG", optimize=True)
+    return compact.getvalue()
 
 
-def _class_colours(n_classes: int) -> list[tuple[float, float, float]]:
-    """One RGB colour per class id 1..C (index 0 = class 1)."""
-    from matplotlib import colormaps
+def class_colours(n_classes: int) -> list[tuple[float, float, float]]:
+    """One RGB colour (0..1) per class id 1..C (index 0 = class 1): the colours of the label
+    tables ``udaseg predict`` writes, so a figure colours each organ as ITK-SNAP and Slicer do."""
+    from udaseg.inference.label_tables import class_colours as table_colours
 
-    cmap = colormaps["tab10" if n_classes <= 10 else "tab20"]
-    return [tuple(cmap(i % cmap.N)[:3]) for i in range(n_classes)]
+    return [(r / 255, g / 255, b / 255) for r, g, b in table_colours(n_classes)]
 
 
 def _draw_label(ax, label: np.ndarray, colours: list, aspect: float, alpha: float) -> None:
@@ -62,7 +77,7 @@ def panels_png(panels: list[Panel], classes: list[str]) -> bytes:
 
     from udaseg.translation.io import display_window
 
-    colours = _class_colours(len(classes))
+    colours = class_colours(len(classes))
     height = max(p.aspect * _shape(p)[0] / _shape(p)[1] for p in panels)
     figure = Figure(figsize=(2.6 * len(panels), 2.6 * min(height, 2.0) + 0.9), dpi=100)
     for i, panel in enumerate(panels):
@@ -82,7 +97,7 @@ def panels_png(panels: list[Panel], classes: list[str]) -> bytes:
         handles = [Patch(color=colours[i], label=name) for i, name in enumerate(classes)]
         figure.legend(handles=handles, loc="lower center", ncol=min(len(classes), 6), fontsize=7)
     figure.tight_layout(rect=(0, 0.08 if classes else 0, 1, 1))
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _shape(panel: Panel) -> tuple[int, int]:
@@ -99,71 +114,85 @@ def busiest_slice(label: np.ndarray | None, n_slices: int) -> int:
     return int(np.argmax(foreground_voxels(label)))
 
 
-def curves_png(title: str, train: list[dict], val: list[dict]) -> tuple[bytes, list[str]]:
-    """Loss terms against the step (log scale when all positive), and beside it the validation
-    score and Dice per class when ``val`` has rows. Returns the PNG and the names of terms left
-    out because they are zero throughout."""
+def representative_slices(label: np.ndarray, n: int = 3) -> list[int]:
+    """``n`` slices (axis 0) of a (S, H, W) label map that show its foreground: the labelled
+    slices split into ``n`` consecutive runs, and in each the slice with the most labelled
+    voxels; so the picks spread over the organ instead of being ``n`` near-identical
+    neighbours. Fewer when fewer slices are labelled; evenly spaced without any label.
+    Returns sorted indices."""
+    counts = (label > 0).reshape(len(label), -1).sum(axis=1)
+    labelled = np.flatnonzero(counts)
+    if labelled.size == 0:
+        return sorted({int(i) for i in np.linspace(0, len(label) - 1, n + 2)[1:-1].round()})
+    picks = {int(run[np.argmax(counts[run])]) for run in np.array_split(labelled, n) if run.size}
+    return sorted(picks)
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """One slice of a scored case: ``image`` (H, W) float32 intensities or None (black),
+    ``reference`` and ``prediction`` (H, W) class ids 0..C, rows ``aspect`` times as tall as
+    columns are wide (row spacing / column spacing, mm)."""
+
+    title: str
+    image: np.ndarray | None
+    reference: np.ndarray
+    prediction: np.ndarray
+    aspect: float = 1.0
+
+
+def overlay_png(title: str, slices: list[Overlay], classes: list[str]) -> bytes:
+    """One case in a row of slices: the scan, the prediction filled in its class colours, the
+    reference outlined in the same colours (over a dark line, so it shows on a bright fill).
+    A line with no fill inside is a miss, a fill with no line around it a false positive.
+    Small on purpose (about 200 px per slice): a report has one per evaluated case and run."""
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    terms = _loss_terms(train)
-    zero = [t for t, (_, values) in terms.items() if not np.any(values)]
-    shown = {t: v for t, v in terms.items() if t not in zero}
-    figure = Figure(figsize=(10.0 if val else 6.0, 3.4), dpi=100)
-    ax = figure.add_subplot(1, 2 if val else 1, 1)
-    for term, (steps, values) in shown.items():
-        _plot_series(ax, steps, values, term)
-    if shown and all(np.all(v > 0) for _, v in shown.values()):
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"{title}: training losses", fontsize=9)
-    if shown:
-        ax.legend(fontsize=7, ncol=2)
-    if val:
-        _plot_validation(figure.add_subplot(1, 2, 2), title, val)
-    figure.tight_layout()
-    return _png(figure), zero
+    from udaseg.translation.io import display_window
 
-
-def _loss_terms(rows: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every numeric, finite-valued term: name -> (steps, values), in first-seen order."""
-    series: dict[str, tuple[list, list]] = {}
-    for row in rows:
-        for key, value in row.items():
-            if key in NOT_LOSSES or isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            if math.isfinite(value):
-                steps, values = series.setdefault(key, ([], []))
-                steps.append(row["step"])
-                values.append(float(value))
-    return {k: (np.asarray(s), np.asarray(v)) for k, (s, v) in series.items()}
+    colours = class_colours(len(classes))
+    height = max(o.aspect * o.reference.shape[0] / o.reference.shape[1] for o in slices)
+    figure = Figure(figsize=(2.3 * len(slices), 2.3 * min(height, 2.0) + 0.75), dpi=80)
+    for i, overlay in enumerate(slices):
+        ax = figure.add_subplot(1, len(slices), i + 1)
+        if overlay.image is not None:
+            low, high = display_window([overlay.image])
+            ax.imshow(overlay.image, cmap="gray", vmin=low, vmax=high)
+        else:
+            ax.imshow(np.zeros(overlay.reference.shape, np.float32), cmap="gray", vmin=0, vmax=1)
+        ax.set_aspect(overlay.aspect)
+        _fill(ax, overlay.prediction, colours, 0.4 if overlay.image is not None else 0.7)
+        _outline(ax, overlay.reference, colours)
+        ax.set_title(overlay.title, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [Patch(color=colours[i], label=name) for i, name in enumerate(classes)]
+    handles += [
+        Patch(facecolor="grey", alpha=0.5, label="fill: prediction"),
+        Line2D([], [], color="grey", linewidth=1.2, label="line: reference"),
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=6)
+    figure.suptitle(title, fontsize=8)
+    legend_rows = math.ceil(len(handles) / 4)
+    figure.tight_layout(rect=(0, 0.05 + 0.05 * legend_rows, 1, 1))
+    return png_bytes(figure, exact=colours)
 
 
-def _plot_series(ax, steps: np.ndarray, values: np.ndarray, label: str) -> None:
-    """A short series with markers; a long (noisy) one faint, with a moving average on top."""
-    if len(values) < 50:
-        ax.plot(steps, values, marker=".", linewidth=1, label=label)
-        return
-    (line,) = ax.plot(steps, values, linewidth=0.6, alpha=0.3)
-    width = max(len(values) // 50, 2)
-    smooth = np.convolve(values, np.ones(width) / width, mode="valid")
-    ax.plot(steps[width - 1 :], smooth, linewidth=1.2, color=line.get_color(), label=label)
+def _fill(ax, label: np.ndarray, colours: list, alpha: float) -> None:
+    rgba = np.zeros((*label.shape, 4), np.float32)
+    for c in (int(c) for c in np.unique(label) if 0 < c <= len(colours)):
+        rgba[label == c] = (*colours[c - 1], alpha)
+    ax.imshow(rgba, interpolation="nearest", aspect=ax.get_aspect())
 
 
-def _plot_validation(ax, title: str, rows: list[dict]) -> None:
-    steps = [row["step"] for row in rows]
-    scores = [row["val"].get("score", math.nan) for row in rows]
-    ax.plot(steps, scores, marker="o", linewidth=1.5, color="black", label="score")
-    dice = [row["val"].get("dice") for row in rows]
-    names = list(dict.fromkeys(k for d in dice if isinstance(d, dict) for k in d))
-    for name in names:
-        values = [d.get(name, math.nan) if isinstance(d, dict) else math.nan for d in dice]
-        ax.plot(steps, values, marker=".", linestyle="--", linewidth=1, label=f"Dice {name}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{title}: validation", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+def _outline(ax, label: np.ndarray, colours: list) -> None:
+    for c in (int(c) for c in np.unique(label) if 0 < c <= len(colours)):
+        mask = (label == c).astype(np.float32)
+        if 0 < mask.sum() < mask.size:
+            ax.contour(mask, levels=[0.5], colors="black", linewidths=1.6, alpha=0.6)
+            ax.contour(mask, levels=[0.5], colors=[colours[c - 1]], linewidths=0.9)
 
 
 def dice_boxplot_png(evaluations: list[Evaluation]) -> bytes:
@@ -207,4 +236,4 @@ def dice_boxplot_png(evaluations: list[Evaluation]) -> bytes:
     ]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
-    return _png(figure)
+    return png_bytes(figure)

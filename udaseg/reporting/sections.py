@@ -1,5 +1,7 @@
 """The report's sections in reading order: what the workspace holds, its data, its translators,
-the training curves, then the evaluation results (:mod:`udaseg.reporting.results`).
+the training curves, then the evaluation results (:mod:`udaseg.reporting.results`), how each was
+made (:mod:`udaseg.reporting.provenance`) and the predictions of every evaluated case
+(:mod:`udaseg.reporting.predictions`).
 
 Each section is present whatever the workspace holds; without its artifacts it says what is
 missing and which command makes them.
@@ -11,6 +13,7 @@ import re
 from pathlib import Path
 
 from udaseg import layout
+from udaseg.reporting.curves import curve_panels, curves_png
 from udaseg.reporting.discovery import (
     SKIPPABLE,
     Artifact,
@@ -19,8 +22,10 @@ from udaseg.reporting.discovery import (
     read_metrics,
 )
 from udaseg.reporting.document import Picture, Section, Table, unique_names
-from udaseg.reporting.figures import Panel, busiest_slice, curves_png, panels_png
-from udaseg.reporting.results import boxplot_section, comparison_section, predictions_section
+from udaseg.reporting.figures import Panel, busiest_slice, panels_png
+from udaseg.reporting.predictions import predictions_section
+from udaseg.reporting.provenance import provenance_section
+from udaseg.reporting.results import boxplot_section, comparison_section, per_case_section
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TRAINING_STAGES = ("translate-train", "segment-train", "adapt")
@@ -29,16 +34,19 @@ TRAINING_STAGES = ("translate-train", "segment-train", "adapt")
 def build_sections(workspace: Workspace) -> list[Section]:
     """Every section of the report, in reading order."""
     evaluations, notes = load_evaluations(workspace)
+    comparison = comparison_section(evaluations)
+    comparison.notes.extend(notes)
     sections = [
         overview_section(workspace),
         data_section(workspace),
         translator_section(workspace),
         curves_section(workspace),
-        predictions_section(evaluations),
+        comparison,
+        provenance_section(workspace, evaluations),
+        per_case_section(evaluations),
         boxplot_section(evaluations),
-        comparison_section(evaluations),
+        predictions_section(evaluations),
     ]
-    sections[-1].notes.extend(notes)
     unique_names(sections)
     return sections
 
@@ -187,7 +195,7 @@ def _add_file(section: Section, artifact: Artifact, path: Path, name: str, capti
 
 
 def curves_section(workspace: Workspace) -> Section:
-    """One picture per training run (translate, segment, adapt)."""
+    """One picture per training run (translate, segment, adapt) of every step it logged."""
     section = Section("curves", "Training curves")
     runs = workspace.runs(*TRAINING_STAGES)
     if not runs:
@@ -198,9 +206,13 @@ def curves_section(workspace: Workspace) -> Section:
         )
         return section
     section.text.append(
-        f"Loss terms against the training step (as logged in each run's {layout.METRICS}; long "
-        "runs drawn faint with a moving average on top) and, where the run validated, the "
-        "validation score (mean Dice) and Dice per class."
+        f"Every line of each training run's {layout.METRICS}, against the step, from the first "
+        "logged step to the last (nothing cut or subsampled; a resumed run is one continuous "
+        "curve): one panel per kind of loss term (objective, segmentation, adversarial, "
+        "discriminators, cycle / reconstruction / identity / consistency, others), where the run "
+        "validated the validation score (mean Dice) and Dice per class, and the learning rate "
+        "where it changes. Runs of many logged steps are drawn faint with a centred moving "
+        "average on top."
     )
     for artifact in runs:
         path = artifact.path / layout.METRICS
@@ -212,13 +224,18 @@ def curves_section(workspace: Workspace) -> Section:
         if not train and not val:
             section.notes.append(f"{artifact.key}: {path.name} holds no logged step")
             continue
-        png, zero = curves_png(artifact.key, train, val)
-        last = max(row["step"] for row in train + val)
-        caption = f"{artifact.key} ({artifact.manifest.stage}), {last} steps"
-        if not val:
-            caption += ", no validation logged"
-        if zero:
-            caption += f"; zero throughout, not drawn: {', '.join(zero)}"
+        curves = curve_panels(train, val)
+        png = curves_png(artifact.key, curves)
+        caption = (
+            f"{artifact.key} ({artifact.manifest.stage}): {len(train)} logged training steps, "
+            f"steps {curves.first_step} to {curves.last_step}"
+        )
+        caption += f", {len(val)} validations" if val else ", no validation logged"
+        if curves.zero:
+            caption += f"; zero throughout, not drawn: {', '.join(curves.zero)}"
+        if curves.non_finite:
+            bad = ", ".join(f"{t} ({n} steps)" for t, n in curves.non_finite.items())
+            caption += f"; not finite (NaN or infinite) at some steps: {bad}"
         name = f"curves__{artifact.path.parent.name}__{artifact.name}.png"
         section.pictures.append(Picture(name, png, caption))
     return section

@@ -14,14 +14,21 @@ Sections, each present only when its artifacts exist (otherwise a line says what
 * **Translator**: the newest ``samples/step_N.png`` of every ``translate-train`` run (rows
   source / translated / reconstructed / target, a column per sample or style) and the
   ``styles.png`` of every ``cluster-styles`` run (style embedding + the source in each style);
-* **Training curves**: every loss term against the step, and the validation score and Dice per
-  class where logged, from ``metrics.jsonl`` of every ``translate-train``, ``segment-train`` and
-  ``adapt`` run;
-* **Predictions**: per reference (the same scans), the first evaluated case at the slice with the
-  most reference foreground: image | ground truth | each run's prediction, read through the
-  readers ``udaseg evaluate`` used (so the grids are the ones that were scored);
+* **Training curves**: every logged step of every ``translate-train``, ``segment-train`` and
+  ``adapt`` run's ``metrics.jsonl``, one panel per kind of loss term, the validation score and
+  Dice per class, and the learning rate (:mod:`udaseg.reporting.curves`);
+* **Comparison**: one row per ``evaluate`` run: mean Dice per class, mean Dice, mean ASSD and HD95;
+* **Provenance**: per row, the pipeline run (preset, variables), the predict run and the model
+  behind it (stage, method, steps, seed, precision, udaseg version and commit), and what the model
+  was built from (:mod:`udaseg.reporting.provenance`);
+* **Per-case results**: per ``evaluate`` run (a collapsible block), its ``per_case.csv`` with
+  the mean and std rows of its ``summary.json``;
 * **Dice per class**: box plots of the per-case Dice of every ``evaluate`` run;
-* **Comparison**: one row per ``evaluate`` run: mean Dice per class, mean Dice, mean ASSD.
+* **Predictions**: per reference, the first case with every run side by side; per run, one picture
+  per evaluated case at 3 slices spread over the reference foreground, the prediction filled and
+  the reference outlined in the label tables' class colours, read through the readers ``udaseg
+  evaluate`` used (so the grids are the ones that were scored;
+  :mod:`udaseg.reporting.predictions`).
 
 Output ``W/report/`` (an artifact, built in ``W/report.partial/`` and renamed when complete)::
 
@@ -46,7 +53,7 @@ from udaseg.reporting.sections import build_sections
 
 STAGE = ReportConfig.STAGE
 # bump when the same workspace would give a different report
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 
 def output_dir(work: Path) -> Path:
@@ -73,7 +80,7 @@ def run(
         f"Workspace {Path(work).resolve()}, udaseg {__version__}, "
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}."
     )
-    images = sum(len(s.pictures) for s in sections)
+    images = sum(len(s.all_pictures()) for s in sections)
     inputs = {
         a.key: artifacts.input_record(a.path, a.manifest)
         for runs in workspace.by_stage.values()
@@ -85,16 +92,24 @@ def run(
         "markdown": str((out / layout.REPORT_MARKDOWN).resolve()),
         "images": images,
         "sections": {
-            s.key: {"title": s.title, "images": len(s.pictures), "notes": s.notes} for s in sections
+            s.key: {
+                "title": s.title,
+                "images": len(s.all_pictures()),
+                "tables": len(s.tables) + sum(len(g.tables) for g in s.groups),
+                "notes": s.notes + [f"{g.title}: {n}" for g in s.groups for n in g.notes],
+            }
+            for s in sections
         },
-        "sections_with_content": sum(bool(s.pictures or s.tables) for s in sections),
+        "sections_with_content": sum(
+            bool(s.all_pictures() or s.tables or s.groups) for s in sections
+        ),
         "artifacts": sum(len(runs) for runs in workspace.by_stage.values()),
         "evaluate_runs": len(workspace.runs("evaluate")),
     }
     with artifacts.building(out) as tmp:
         (tmp / layout.FIGURES).mkdir()
         for section in sections:
-            for picture in section.pictures:
+            for picture in section.all_pictures():
                 (tmp / layout.FIGURES / picture.name).write_bytes(picture.png)
         markdown, page = render_markdown(title, meta, sections), render_html(title, meta, sections)
         (tmp / layout.REPORT_MARKDOWN).write_text(markdown, encoding="utf-8")
