@@ -60,6 +60,15 @@ RUN_FOLDERS = (
 # identity parts of a default run name are joined with this (``dataset__domain``)
 JOIN = "__"
 
+# what kind of artifact a stage (manifest "stage") writes: models, and stores with the command
+# that rebuilds each (named in "rebuild it with ..." hints)
+MODEL_STAGES = ("segment-train", "adapt")
+STORE_STAGES = {
+    "preprocess": "preprocess",
+    "translate-apply": "translate apply",
+    "pseudo-label": "pseudo-label",
+}
+
 # file names inside artifacts
 MANIFEST = "manifest.json"
 STORE = "store.h5"

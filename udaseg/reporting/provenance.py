@@ -22,7 +22,6 @@ from udaseg import artifacts, layout
 from udaseg.reporting.discovery import Artifact, Evaluation, Workspace
 from udaseg.reporting.document import Section, Table
 
-MODEL_STAGES = ("segment-train", "adapt")
 # how many characters of a commit hash the table shows (git's usual short form is 7 to 12)
 SHORT_COMMIT = 10
 
@@ -127,7 +126,7 @@ def follow(evaluation: Evaluation, known: dict[Path, Artifact]) -> Chain:
     models = [
         model
         for name, record in predict.manifest.inputs.items()
-        if record.get("stage") in MODEL_STAGES
+        if record.get("stage") in layout.MODEL_STAGES
         if (model := _input(predict, name, known)) is not None
     ]
     return Chain(evaluation, predict, models)

@@ -77,12 +77,8 @@ from udaseg.errors import UdasegError, look_up_option
 from udaseg.progress import NullProgress, Progress
 
 # stages whose artifacts are stores with labels, and the command that rebuilds each
-TRAIN_STAGES = {
-    "translate-apply": "udaseg translate apply",
-    "pseudo-label": "udaseg pseudo-label",
-    "preprocess": "udaseg preprocess",
-}
-TARGET_STAGES = {"preprocess": "udaseg preprocess"}
+TRAIN_STAGES = {stage: f"udaseg {command}" for stage, command in layout.STORE_STAGES.items()}
+TARGET_STAGES = {"preprocess": TRAIN_STAGES["preprocess"]}
 
 IMAGES_TR = "imagesTr"
 LABELS_TR = "labelsTr"

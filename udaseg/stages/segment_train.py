@@ -42,12 +42,7 @@ from udaseg.training import loop
 from udaseg.training.checkpoint import model_info, write_model_json
 from udaseg.training.validation import dice_on
 
-# stages whose artifacts hold stores, and the command that rebuilds them
-STORE_STAGES = {
-    "preprocess": "preprocess",
-    "translate-apply": "translate apply",
-    "pseudo-label": "pseudo-label",
-}
+STORE_STAGES = layout.STORE_STAGES
 
 
 def resolved_hparams(config: SegmentTrainConfig) -> dict[str, Any]:

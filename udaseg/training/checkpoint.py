@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 FORMAT = "udaseg-checkpoint"
 VERSION = 1
 # stages whose output is a model directory (checkpoints + model.json) that others may load
-MODEL_STAGES = ("segment-train", "adapt")
+MODEL_STAGES = layout.MODEL_STAGES
 
 
 def rng_state(numpy_rng: np.random.Generator | None = None) -> dict[str, Any]:
