@@ -277,3 +277,25 @@ def test_cli_adapt_runs_and_shows_the_hparams(ws):
     missing = runner.invoke(app, ["adapt", "--work", str(work), "--method", "advent.v1"])
     assert isinstance(missing.exception, UdasegError) and missing.exception.exit_code == 2
     assert "--source and --target" in str(missing.exception)
+
+
+def test_location_scale_and_ipa_remap_the_labelled_slices_only(ws, monkeypatch):
+    seen = []
+    real_batch = adapt._batch
+
+    def spy(samplers, job, generator):
+        batch = real_batch(samplers, job, generator)
+        seen.append(batch)
+        return batch
+
+    monkeypatch.setattr(adapt, "_batch", spy)
+    work = ws[0]
+    cfg = config(ws, "advent.v1", name="ls", location_scale=1.0, intensity_net=0.5, ipa=1.0)
+    cfg.hparams = {**cfg.hparams, "steps": 2}
+    adapt.run(cfg, work)
+    assert seen and all(b.original_source is not None for b in seen)
+    assert not torch.equal(seen[0].source, seen[0].original_source)
+    with pytest.raises(UdasegError, match="does not take --location-scale"):
+        adapt.run(config(ws, "sifa.v1", location_scale=0.5), work)
+    with pytest.raises(UdasegError, match="--intensity-net"):
+        adapt.run(config(ws, "advent.v1", name="x", ipa=0.5), work)

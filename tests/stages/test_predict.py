@@ -399,17 +399,22 @@ def write_model_dir(
     patch_size: list[int] | None = None,
     artifact: bool = True,
     seed: int = 0,
+    context_slices: int = 0,
 ) -> Path:
-    """A model directory as segment-train writes: model.json, checkpoint_final.pt (+ manifest)."""
+    """A model directory as segment-train writes: model.json, checkpoint_final.pt (+ manifest);
+    ``context_slices`` K > 0: a 2.5D model of 2K + 1 input channels."""
     name = f"test-conv{dims}d.v0"
-    kwargs = {"in_channels": 1, "num_classes": len(classes) + 1, "width": 4}
+    channels = 2 * context_slices + 1
+    kwargs = {"in_channels": channels, "num_classes": len(classes) + 1, "width": 4}
     torch.manual_seed(seed)
     model = registry.create_model(name, **kwargs)
     info = {
         "name": name, "kwargs": kwargs, "dims": dims, "classes": list(classes),
-        "num_classes": len(classes) + 1, "in_channels": 1, "dataset": "tiny", "view": view,
+        "num_classes": len(classes) + 1, "in_channels": channels, "dataset": "tiny", "view": view,
         "patch_size": patch_size or ([16, 16] if dims == 2 else [4, 16, 16]),
     }  # fmt: skip
+    if context_slices:
+        info["context_slices"] = context_slices
 
     def fill(folder: Path) -> None:
         write_model_json(folder, info)
@@ -518,6 +523,31 @@ def test_stage_output_is_the_model_applied_to_the_stored_image(tiny_store, tmp_p
     )
     assert sorted(p.name for p in (tmp_path / "w" / "predict" / "one").iterdir()) == [
         "c1.nii.gz", *LABEL_FILES, "manifest.json"]  # fmt: skip
+
+
+def test_a_2_5d_model_predicts_from_the_slice_stacks_its_model_json_names(tiny_store, tmp_path):
+    from udaseg.data.geometry import restore_label
+    from udaseg.training.checkpoint import load_model
+
+    model_dir = write_model_dir(tmp_path / "m", context_slices=1)
+    work = tmp_path / "w"
+    with pytest.warns(UserWarning, match="trained without flips"):
+        manifest = run_stage(model_dir, tiny_store["store"], work, cases=["c1"], tta=True)
+    assert manifest.config["in_channels"] == 3
+    model, _ = load_model(model_dir)
+    store = Store(tiny_store["store"] / "store.h5")
+    label = segment_volume(model, store.image("c1"), dims=2, patch_size=(16, 16), in_channels=3,
+                           tta_flips=(1, 2))  # fmt: skip
+    meta = store.meta("c1")
+    expected = restore_label(label, meta["processed"], meta["original"], meta["assumed_direction"])
+    written = sitk.ReadImage(str(Path(manifest.summary["output"]) / "c1.nii.gz"))
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(written), CODES[sitk.GetArrayFromImage(expected)]
+    )
+    # an ensemble averages models that read the same input: a plain 2D member is refused
+    plain = write_model_dir(tmp_path / "plain")
+    with pytest.raises(UdasegError, match=r"--ensemble .*plain: its input channels \(1\)"):
+        run_stage(model_dir, tiny_store["store"], work, cases=["c1"], ensemble=[plain], name="e")
 
 
 def test_largest_component_keeps_one_body_per_class():

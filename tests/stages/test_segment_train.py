@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import KillAt
+from udaseg import artifacts
 from udaseg.data.sampling import PatchSampler, SliceSampler, Source, VolumeBank, fit
 from udaseg.data.store import Store
 from udaseg.errors import UdasegError
@@ -238,3 +239,79 @@ def test_translation_sampling_skips_empty_slices(tmp_path):
     sampler = SliceSampler(bank, (8, 8), 4, np.random.default_rng(0), 0.0, skip_empty=True)
     assert sampler.index == [(0, 0), (0, 2)]
     assert len(SliceSampler(bank, (8, 8), 4, np.random.default_rng(0), 0.0).index) == 3
+
+
+def test_context_slices_train_a_2_5d_model_that_predict_and_pseudo_label_read(stores, tmp_path):
+    from typer.testing import CliRunner
+
+    from udaseg.cli import app
+    from udaseg.stages import pseudo_label
+
+    source, target = stores
+    work = tmp_path / "w"
+    manifest = segment_train.run(config(source, name="ctx", context_slices=1), work)
+    model_dir = work / "segment" / "ctx"
+    info = json.loads((model_dir / "model.json").read_text())
+    assert info["context_slices"] == 1 and info["in_channels"] == 3
+    assert info["kwargs"]["in_channels"] == 3 and manifest.config["context_slices"] == 1
+    rows = log_without_times(model_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows if "val" in r] == [3, 6]  # validated on 3-slice stacks
+    # the command line needs nothing more than for a 2D model: model.json says how to stack
+    args = ["predict", "--model-dir", str(model_dir), "--data", str(source), "--work", str(work),
+            "--device", "cpu", "--tta", "--name", "p", "--json"]  # fmt: skip
+    with pytest.warns(UserWarning, match="trained without flips"):  # --tta's caution
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["cases"] == 4
+    assert artifacts.load_manifest(work / "predict" / "p").config["in_channels"] == 3
+    labelled = pseudo_label.run(
+        pseudo_label.PseudoLabelConfig(model_dir=model_dir, target=target, device="cpu", name="pl"),
+        work,
+    )
+    assert labelled.summary["cases"] >= 1
+
+
+def test_context_slices_change_the_config_hash(stores, tmp_path):
+    source, _ = stores
+    work = tmp_path / "w"
+    first = segment_train.run(config(source, name="h", context_slices=1), work)
+    plain = segment_train.run(config(source, name="h"), work)  # same name: retrained, not reused
+    assert not plain.summary["skipped"] and plain.config_hash != first.config_hash
+    info = json.loads((work / "segment" / "h" / "model.json").read_text())
+    assert info["context_slices"] == 0 and info["in_channels"] == 1
+
+
+def test_context_slices_are_refused_where_single_slices_are_needed(stores, tmp_path):
+    from udaseg.stages import adapt, translate_train
+
+    source, target = stores
+    work = tmp_path / "w"
+    dar = dict(model_spec("dar-unet.v1").tiny)
+    with pytest.raises(UdasegError, match="--context-slices 1: dar-unet.v1 is a 3D model") as err:
+        segment_train.run(
+            config(source, model="dar-unet.v1", model_kwargs=dar, context_slices=1,
+                   hparams={"steps": 1, "batch_size": 1, "patch_size": [4, 16, 16]}),
+            work,
+        )  # fmt: skip
+    assert err.value.exit_code == 2 and not (work / "segment").exists()
+    with pytest.raises(UdasegError, match="out of range"):
+        config(source, context_slices=-1)
+    model_dir = work / "segment" / "ctx"
+    segment_train.run(config(source, name="ctx", context_slices=1, hparams={
+        "steps": 1, "batch_size": 2, "patch_size": [32, 32]}, val_every=0), work)  # fmt: skip
+    # adaptation warm-started from a 2.5D model would feed it single slices
+    warm = adapt.AdaptConfig(
+        method="advent.v1", source=source, target=target, init=model_dir, model="unet2d.v1",
+        hparams={**model_spec("unet2d.v1").tiny, "steps": 1, "patch_size": [32, 32]},
+        device="cpu", name="warm",
+    )  # fmt: skip
+    with pytest.raises(UdasegError, match=f"--init {model_dir}: .*--context-slices 1") as err:
+        adapt.run(warm, work)
+    assert err.value.exit_code == 2 and not (work / "adapt").exists()
+    semantic = translate_train.TranslateTrainConfig(
+        method="cyclegan.v1", source=source, target=target, semantic_segmenter=model_dir,
+        device="cpu", name="sem",
+    )  # fmt: skip
+    with pytest.raises(UdasegError, match="--context-slices 1 \\(2.5D input\\)") as err:
+        translate_train.run(semantic, work)
+    assert err.value.exit_code == 2 and not (work / "translate").exists()

@@ -47,6 +47,8 @@ class AdaptConfig(StageConfig):
     )
     augment: bool = result(True, help="Random affine + gamma on both domains.")
     intensity_net: float = result(0.0, help=INTENSITY_NET_HELP, low=0, high=1)
+    ipa: float = result(0.0, help=shared.IPA_HELP, low=0, high=1)
+    location_scale: float = result(0.0, help=shared.LOCATION_SCALE_HELP, low=0, high=1)
     foreground_fraction: float = result(
         0.5, help="Share of each source batch drawn from slices with labels.", low=0, high=1
     )

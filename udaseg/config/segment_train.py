@@ -68,8 +68,32 @@ class SegmentTrainConfig(StageConfig):
     )
     augment: bool = result(True, help="Random rotation, scaling, shear, elastic (3D).")
     intensity_net: float = result(0.0, help=INTENSITY_NET_HELP, low=0, high=1)
+    ipa: float = result(0.0, help=shared.IPA_HELP, low=0, high=1)
+    location_scale: float = result(0.0, help=shared.LOCATION_SCALE_HELP, low=0, high=1)
+    flip: bool = result(
+        False,
+        help="Flip training samples along each in-plane axis with probability 1/2. Anatomy is "
+        "never mirrored in real scans, but a model trained with flips reads both sides and "
+        "gains from `udaseg predict --tta`.",
+    )
+    ema: float = result(
+        0.0,
+        help="Keep an exponential moving average of the weights with this decay (e.g. 0.99; 0 "
+        "= off) and validate and publish it instead of the last weights: an average over the "
+        "last ~1/(1-decay) steps, steadier than any one step, as mean-teacher self-training "
+        "uses.",
+        low=0,
+        high=0.9999,
+    )
     foreground_fraction: float = result(
         0.5, help="Share of each batch drawn from slices/voxels with labels.", low=0, high=1
+    )
+    context_slices: int = result(
+        0,
+        help="2.5D input for 2D models: each slice and its K neighbours on each side as 2K+1 "
+        "input channels (the edge slice repeated at a volume's ends); predict reads it from "
+        "model.json. 0: plain 2D. Refused for 3D models.",
+        low=0,
     )
     balance_stores: bool = result(
         False,

@@ -12,6 +12,17 @@ INTENSITY_NET_HELP = (
     "shape rather than one modality's contrast."
 )
 
+IPA_HELP = (
+    "Probability that a re-rendered image blends two random renderings through a smooth random "
+    "map instead of one (interventional pseudo-correlation augmentation, IPA, Ouyang et al. "
+    "2022; needs --intensity-net > 0): the intensity mapping then varies across the image."
+)
+LOCATION_SCALE_HELP = (
+    "Probability that a labelled training image gets a random location-scale re-mapping of its "
+    "intensities (SLAug-style, Su et al. 2023; 0 = off): a random tone curve, scale and shift, "
+    "for the whole image or, half of the time, one per class label and the background."
+)
+
 # the stages that run a trained segmenter over scans (predict, pseudo-label)
 MODEL_DIR_HELP = "Model directory (output of `udaseg segment-train` or `udaseg adapt`)."
 WINDOW_BATCH_HELP = "Windows per forward pass."

@@ -22,7 +22,22 @@ Each sample is augmented with probability ``p``; an augmented sample gets, in th
    the intensity of each tissue changes non-monotonically and differently for every sample, so a
    segmenter cannot rely on one modality's contrast. It is not part of the five adaptation
    papers; udaseg offers it because it is the cheapest strong remedy for CT <-> MR contrast
-   changes.
+   changes. With ``ipa > 0`` a re-rendered sample is instead a spatial blend of two such
+   renderings through a smooth random map, the interventional pseudo-correlation augmentation
+   (IPA) of the same paper: the intensity mapping itself then varies across the image, as a
+   scanner's bias field or a contrast agent's uptake does, so the segmenter cannot take one
+   global intensity rule for granted either;
+5. with ``location_scale > 0``, a random location-scale re-mapping of the intensities, after the
+   idea of SLAug (Su et al., "Rethinking data augmentation for single-source domain
+   generalization in medical image segmentation", AAAI 2023): the image, scaled to [0, 1]
+   between its own minimum and maximum, goes through a random piecewise-linear tone curve (kept
+   monotone, rising or falling, half of the time), then ``a * v + b`` with a random scale ``a``
+   and shift ``b``, and back to its own range. Either the whole image gets one curve (global)
+   or, with probability ``location_scale_local`` and labels given, each labelled class and the
+   background get their own curve (local): organs' contrasts against each other and against
+   their surroundings change independently, which is what a change of modality does. (SLAug
+   also fuses the two by a saliency map of the segmenter's gradients; udaseg leaves that out,
+   as it needs a second backward pass per step.)
 
 3D volumes are transformed slice by slice in the (H, W) plane: rotation is about the slice axis
 and the elastic displacement has no through-plane component, because the volumes are anisotropic
@@ -49,7 +64,7 @@ saving and restoring the generator's state makes training exactly resumable. ``c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from itertools import pairwise
 
 import torch
@@ -59,6 +74,12 @@ from torch import Tensor
 from udaseg.errors import UdasegError
 
 Range = tuple[float, float]
+
+# knots of the random tone curves of the location-scale re-mapping, evenly spaced on [0, 1]
+TONE_KNOTS = 6
+# curves drawn per sample for the local re-mapping: class c (and the background, 0) takes curve
+# c % TONE_REGIONS, so the draws do not depend on how many classes a batch happens to show
+TONE_REGIONS = 16
 
 
 @dataclass
@@ -86,6 +107,14 @@ class AugmentConfig:
         that ``p`` chose.
     intensity_net_layers: convolutions in that network (>= 1).
     intensity_net_width: channels between its convolutions.
+    ipa: probability that a re-rendered sample blends two renderings through a smooth random
+        map (IPA; needs ``intensity_net > 0``).
+    ipa_grid: control points of that map along each in-plane side (its smoothness).
+    location_scale: probability that an augmented sample gets a random location-scale
+        re-mapping of its intensities (0 = off).
+    location_scale_local: probability that the re-mapping is local (one curve per class label
+        and one for the background) rather than global, where labels are given.
+    location_scale_range: bounds on |a - 1| and |b| of ``a * v + b`` on the [0, 1] scale.
     """
 
     rotation_deg: float | Range = 15.0
@@ -101,6 +130,11 @@ class AugmentConfig:
     intensity_net: float = 0.0
     intensity_net_layers: int = 4
     intensity_net_width: int = 4
+    ipa: float = 0.0
+    ipa_grid: int = 4
+    location_scale: float = 0.0
+    location_scale_local: float = 0.5
+    location_scale_range: float = 0.25
 
     def __post_init__(self) -> None:
         # YAML and the CLI give lists; normalise to tuples and a rotation range
@@ -120,16 +154,20 @@ class AugmentConfig:
                 problems.append(f"{name} must be a range (low, high) with low <= high")
         if self.scale[0] <= 0 or (self.intensity_gamma or (1, 1))[0] <= 0:
             problems.append("scale and intensity_gamma must be positive")
-        for name in ("shear", "translate", "elastic_alpha", "noise_std"):
+        for name in ("shear", "translate", "elastic_alpha", "noise_std", "location_scale_range"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         if self.elastic_sigma <= 0:
             problems.append("elastic_sigma must be > 0")
-        for name in ("p", "intensity_net"):
+        for name in ("p", "intensity_net", "ipa", "location_scale", "location_scale_local"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be in [0, 1]")
         if self.intensity_net_layers < 1 or self.intensity_net_width < 1:
             problems.append("intensity_net_layers and intensity_net_width must be >= 1")
+        if self.ipa > 0 and self.intensity_net == 0:
+            problems.append("ipa blends GIN renderings: it needs intensity_net > 0")
+        if self.ipa_grid < 2:
+            problems.append("ipa_grid must be >= 2")
         if problems:
             raise UdasegError(
                 f"bad augmentation settings: {'; '.join(problems)}",
@@ -149,6 +187,7 @@ class _Draws:
     elastic: Tensor | None  # (N, 2, *coarse) standard normal, (dx, dy) control displacements
     noise: Tensor | None  # images.shape standard normal
     net: _NetDraws | None  # the random intensity networks, one per sample
+    tone: _ToneDraws | None  # the location-scale re-mappings, one per sample
 
 
 @dataclass
@@ -160,6 +199,20 @@ class _NetDraws:
     biases: list[Tensor]  # per layer (N, c_out) standard normal
     kernel3: Tensor  # (N, layers) bool: 3x3 (True, probability 1/4) or 1x1 (centre tap only)
     mix: Tensor  # (N,) uniform [0, 1): weight of the re-rendered image in the blend
+    second: _NetDraws | None = None  # IPA: the second network of each sample
+    ipa: Tensor | None = None  # (N,) bool: blend the two renderings (IPA)
+    ipa_map: Tensor | None = None  # (N, 1, g, g) uniform [0, 1): the blend's control points
+
+
+@dataclass
+class _ToneDraws:
+    """Random location-scale re-mappings for :func:`_location_scale` (CPU tensors)."""
+
+    apply: Tensor  # (N,) bool, before intersecting with _Draws.apply
+    local: Tensor  # (N,) bool: one curve per class region (else curve 0 for the whole image)
+    knots: Tensor  # (N, TONE_REGIONS, TONE_KNOTS) the curves' values at the knots, in [0, 1]
+    scale: Tensor  # (N, TONE_REGIONS) a
+    shift: Tensor  # (N, TONE_REGIONS) b
 
 
 def _draw(shape: torch.Size, cfg: AugmentConfig, gen: torch.Generator) -> _Draws:
@@ -173,7 +226,8 @@ def _draw(shape: torch.Size, cfg: AugmentConfig, gen: torch.Generator) -> _Draws
         elastic = torch.randn(n, 2, *coarse, generator=gen)
     noise = torch.randn(shape, generator=gen) if cfg.noise_std > 0 else None
     net = _draw_nets(n, shape[1], cfg, gen) if cfg.intensity_net > 0 else None
-    return _Draws(u[:, 0] < cfg.p, u[:, 1:], flips, gamma, elastic, noise, net)
+    tone = _draw_tones(n, cfg, gen) if cfg.location_scale > 0 else None
+    return _Draws(u[:, 0] < cfg.p, u[:, 1:], flips, gamma, elastic, noise, net, tone)
 
 
 def _draw_nets(n: int, channels: int, cfg: AugmentConfig, gen: torch.Generator) -> _NetDraws:
@@ -182,7 +236,31 @@ def _draw_nets(n: int, channels: int, cfg: AugmentConfig, gen: torch.Generator) 
     weights = [torch.randn(n, c_out, c_in, 3, 3, generator=gen) for c_in, c_out in pairwise(sizes)]
     biases = [torch.randn(n, c_out, generator=gen) for c_out in sizes[1:]]
     u = torch.rand(n, layers + 2, generator=gen)
-    return _NetDraws(u[:, 0] < cfg.intensity_net, weights, biases, u[:, 1:-1] < 0.25, u[:, -1])
+    net = _NetDraws(u[:, 0] < cfg.intensity_net, weights, biases, u[:, 1:-1] < 0.25, u[:, -1])
+    if cfg.ipa > 0:
+        net.second = _draw_nets(n, channels, replace(cfg, ipa=0.0), gen)
+        net.ipa = torch.rand(n, generator=gen) < cfg.ipa
+        net.ipa_map = torch.rand(n, 1, cfg.ipa_grid, cfg.ipa_grid, generator=gen)
+    return net
+
+
+def _draw_tones(n: int, cfg: AugmentConfig, gen: torch.Generator) -> _ToneDraws:
+    u = torch.rand(n, 3, generator=gen)
+    knots = torch.rand(n, TONE_REGIONS, TONE_KNOTS, generator=gen)
+    shape = torch.rand(n, TONE_REGIONS, 2, generator=gen)  # monotone?, falling?
+    scale_shift = torch.rand(n, TONE_REGIONS, 2, generator=gen) * 2 - 1
+    # half of the curves keep the tones' order (rising or falling), the others fold it
+    monotone = knots.sort(dim=-1).values
+    monotone = torch.where(shape[..., 1:] < 0.5, monotone, monotone.flip(-1))
+    knots = torch.where(shape[..., :1] < 0.5, monotone, knots)
+    bound = cfg.location_scale_range
+    return _ToneDraws(
+        u[:, 0] < cfg.location_scale,
+        u[:, 1] < cfg.location_scale_local,
+        knots,
+        1 + bound * scale_shift[..., 0],
+        bound * scale_shift[..., 1],
+    )
 
 
 def _lerp(unit: Tensor, bounds: Range) -> Tensor:
@@ -317,11 +395,9 @@ def _intensity(images: Tensor, draws: _Draws, sel: Tensor, cfg: AugmentConfig) -
     return images
 
 
-def _intensity_net(images: Tensor, net: _NetDraws, sel: Tensor) -> Tensor:
-    """Re-render the selected samples (rows of ``sel`` into the batch) through their own random
-    network; 3D volumes go slice by slice, so every slice of a volume shares one network."""
-    dims = tuple(range(2, images.ndim))
-    low, high = images.amin(dim=dims, keepdim=True), images.amax(dim=dims, keepdim=True)
+def _render(images: Tensor, net: _NetDraws, sel: Tensor) -> Tensor:
+    """The selected samples (rows of ``sel`` into the batch) through their own random network;
+    3D volumes go slice by slice, so every slice of a volume shares one network."""
     n, channels = images.shape[:2]
     # samples become groups of one grouped convolution, so each gets its own weights in one call
     x = images.movedim(1, -3) if images.ndim == 5 else images  # (n, [D,] C, H, W)
@@ -350,17 +426,76 @@ def _intensity_net(images: Tensor, net: _NetDraws, sel: Tensor) -> Tensor:
         .transpose(0, 1)
         .reshape(*lead, channels, *h.shape[-2:])
     )
-    rendered = h.movedim(-3, 1) if images.ndim == 5 else h
+    return h.movedim(-3, 1) if images.ndim == 5 else h
 
-    # standardise both (outliers such as bone or a table line would squash a min-max scaling),
-    # blend, then give the result the original's mean and spread, inside its own range
-    def standard(t: Tensor) -> Tensor:
-        return (t - t.mean(dim=dims, keepdim=True)) / t.std(dim=dims, keepdim=True).clamp_min(1e-6)
 
+def _standard(t: Tensor) -> Tensor:
+    """Zero mean, unit spread per sample and channel: outliers such as bone or a table line
+    would squash a min-max scaling."""
+    dims = tuple(range(2, t.ndim))
+    return (t - t.mean(dim=dims, keepdim=True)) / t.std(dim=dims, keepdim=True).clamp_min(1e-6)
+
+
+def _ipa_blend(first: Tensor, second: Tensor, net: _NetDraws, sel: Tensor) -> Tensor:
+    """Where ``net.ipa`` chose a sample, its two (standardised) renderings blended by a smooth
+    random map in [0, 1] (bilinear between the control points, the same for every slice of a
+    volume); the first rendering elsewhere."""
+    size = first.shape[-2:]
+    blend = F.interpolate(net.ipa_map[sel], size=size, mode="bilinear", align_corners=True)
+    blend = blend.to(first)
+    if first.ndim == 5:
+        blend = blend.unsqueeze(2)
+    chosen = net.ipa[sel].to(first.device).view(-1, *[1] * (first.ndim - 1))
+    mixed = _standard(blend * first + (1 - blend) * second)
+    return torch.where(chosen, mixed, first)
+
+
+def _intensity_net(images: Tensor, net: _NetDraws, sel: Tensor) -> Tensor:
+    """Re-render the selected samples (rows of ``sel`` into the batch): GIN, or IPA's blend of
+    two renderings where the draws chose it."""
+    dims = tuple(range(2, images.ndim))
+    low, high = images.amin(dim=dims, keepdim=True), images.amax(dim=dims, keepdim=True)
+    rendered = _standard(_render(images, net, sel))
+    if net.second is not None:
+        second = _standard(_render(images, net.second, sel))
+        rendered = _ipa_blend(rendered, second, net, sel)
+    # blend with the original, then give the result the original's mean and spread, inside its
+    # own range
     mix = net.mix[sel].to(images).view(-1, *[1] * (images.ndim - 1))
-    blended = standard(mix * standard(rendered) + (1 - mix) * standard(images))
+    blended = _standard(mix * rendered + (1 - mix) * _standard(images))
     mean, std = images.mean(dim=dims, keepdim=True), images.std(dim=dims, keepdim=True)
     return torch.minimum(torch.maximum(mean + std * blended, low), high)
+
+
+def _location_scale(
+    images: Tensor, labels: Tensor | None, tone: _ToneDraws, sel: Tensor
+) -> Tensor:
+    """Re-map the selected samples' intensities by their random tone curve and ``a * v + b``
+    (see the module docstring), per class region where ``tone.local`` and labels are given.
+
+    images: (n, C, *spatial) the selected samples; labels: (n, *spatial) their class ids or None.
+    """
+    dims = tuple(range(2, images.ndim))
+    low, high = images.amin(dim=dims, keepdim=True), images.amax(dim=dims, keepdim=True)
+    span = (high - low).clamp_min(1e-6)
+    unit = ((images - low) / span).clamp(0.0, 1.0)
+    n = images.shape[0]
+    region = torch.zeros(images.shape[:1] + images.shape[2:], dtype=torch.long)
+    if labels is not None:
+        local = tone.local[sel].view(-1, *[1] * (labels.ndim - 1))
+        # ignored voxels (negative ids) count as background: their tones are still an image's
+        region = torch.where(local, labels.cpu().long().clamp_min(0) % TONE_REGIONS, region)
+    region = region.to(images.device).unsqueeze(1).expand_as(images)
+    rows = torch.arange(n, device=images.device).view(-1, *[1] * (images.ndim - 1))
+    position = unit * (TONE_KNOTS - 1)
+    left = position.floor().clamp(max=TONE_KNOTS - 2).long()
+    frac = position - left
+    knots = tone.knots[sel].to(images)
+    curve = knots[rows, region, left] * (1 - frac) + knots[rows, region, left + 1] * frac
+    scale = tone.scale[sel].to(images)[rows, region]
+    shift = tone.shift[sel].to(images)[rows, region]
+    remapped = (scale * (curve - 0.5) + 0.5 + shift).clamp(0.0, 1.0)
+    return low + span * remapped
 
 
 def rerender(
@@ -370,21 +505,39 @@ def rerender(
     *,
     layers: int = 4,
     width: int = 4,
+    ipa: float = 0.0,
+    location_scale: float = 0.0,
+    labels: Tensor | None = None,
 ) -> Tensor:
-    """Only step 4 of :func:`augment`: each sample of ``images`` ((N, C, H, W) or
-    (N, C, D, H, W) float) is re-rendered by its own random shallow network with ``probability``;
-    the others come back unchanged. Draws the same amount from ``generator`` whatever the outcome.
+    """Only the intensity re-mappings of :func:`augment` (steps 4 and 5), no geometry: each sample
+    of ``images`` ((N, C, H, W) or (N, C, D, H, W) float) gets, with ``location_scale``, a random
+    location-scale re-mapping (per class of ``labels``, (N, *spatial) class ids, where given),
+    then with ``probability`` a rendering by its own random shallow network (``ipa``: the
+    probability of IPA's blend of two renderings instead); the others come back unchanged. Draws
+    the same amount from ``generator`` whatever the outcome.
     """
-    if probability == 0:
+    if probability == 0 and location_scale == 0:
         return images
     cfg = AugmentConfig(
-        intensity_net=probability, intensity_net_layers=layers, intensity_net_width=width
+        intensity_net=probability,
+        intensity_net_layers=layers,
+        intensity_net_width=width,
+        ipa=ipa,
+        location_scale=location_scale,
     )
-    net = _draw_nets(images.shape[0], images.shape[1], cfg, generator)
-    rows = net.apply.nonzero().squeeze(1)
-    if len(rows) == 0:
-        return images
-    return _put(images, rows, _intensity_net(_take(images, rows), net, rows))
+    n = images.shape[0]
+    net = _draw_nets(n, images.shape[1], cfg, generator) if probability > 0 else None
+    tone = _draw_tones(n, cfg, generator) if location_scale > 0 else None
+    if tone is not None:
+        rows = tone.apply.nonzero().squeeze(1)
+        if len(rows):
+            chosen = None if labels is None else _take(labels, rows)
+            images = _put(images, rows, _location_scale(_take(images, rows), chosen, tone, rows))
+    if net is not None:
+        rows = net.apply.nonzero().squeeze(1)
+        if len(rows):
+            images = _put(images, rows, _intensity_net(_take(images, rows), net, rows))
+    return images
 
 
 def _check(images: Tensor, labels: Tensor | None, cfg: AugmentConfig) -> None:
@@ -441,6 +594,15 @@ def augment(
     out = _warp_images(_take(images, sel), grid.to(images.device, images.dtype))
     out = _flip(out, draws.flips[sel], config.flip_axes, 2)
     out = _intensity(out, draws, sel, config)
+    warped = None if labels is None else _warp_labels(_take(labels, sel), grid.to(labels.device))
+    if warped is not None:
+        warped = _flip(warped, draws.flips[sel], config.flip_axes, 1)
+    if draws.tone is not None:
+        rows = draws.tone.apply[sel].nonzero().squeeze(1)
+        if len(rows):
+            chosen = None if warped is None else _take(warped, rows)
+            remapped = _location_scale(_take(out, rows), chosen, draws.tone, sel[rows])
+            out = _put(out, rows, remapped)
     if draws.net is not None:
         rows = draws.net.apply[sel].nonzero().squeeze(1)  # rows of out (and sel) to re-render
         if len(rows):
@@ -448,6 +610,4 @@ def augment(
     new_images = _put(images, sel, out)
     if labels is None:
         return new_images, None
-    warped = _warp_labels(_take(labels, sel), grid.to(labels.device))
-    new_labels = _put(labels, sel, _flip(warped, draws.flips[sel], config.flip_axes, 1))
-    return new_images, new_labels
+    return new_images, _put(labels, sel, warped)

@@ -148,12 +148,18 @@ def _window_start(extent: int, size: int, rng: np.random.Generator, centre: int 
 
 
 class SliceSampler:
-    """Random 2D training batches: (images (B, 1, H, W) float32, labels (B, H, W) int64).
+    """Random 2D training batches: (images (B, 2K+1, H, W) float32, labels (B, H, W) int64).
 
     Slices are drawn uniformly over all slices of all cases, except that a fraction
     ``foreground_fraction`` of each batch comes from slices holding labelled structures (small
     organs are otherwise rare in a batch). Slices larger than ``patch_size`` are cropped at a random
     position, smaller ones padded with the slice minimum (the normalised background).
+
+    ``context_slices`` K > 0 gives 2.5D input: the drawn slice k and its neighbours k-K..k+K in
+    slice order as channels (channel K is slice k), slice numbers clipped to the volume so its
+    first/last slice repeats at the ends, as :func:`udaseg.inference.predict_volume` stacks them;
+    all channels share one crop, padded with the stack's minimum. The label is slice k's. K = 0
+    (one channel) draws and returns exactly what it always did.
     """
 
     def __init__(
@@ -164,8 +170,12 @@ class SliceSampler:
         rng: np.random.Generator,
         foreground_fraction: float = 0.5,
         skip_empty: bool = False,
+        context_slices: int = 0,
     ) -> None:
+        if context_slices < 0:
+            raise ValueError(f"context_slices must be >= 0, got {context_slices}")
         self.bank, self.patch_size, self.batch_size, self.rng = bank, patch_size, batch_size, rng
+        self.context_slices = context_slices
         self.index = [(i, k) for i, fg in enumerate(bank.foreground) for k in range(len(fg))]
         if skip_empty:
             self.index = [(i, k) for i, k in self.index if not _is_empty(bank, i, k)]
@@ -186,7 +196,7 @@ class SliceSampler:
         ]
         images, labels = [], []
         for i, k in picks:
-            image, label = self.bank.slices(i, k, k + 1)
+            image, label = self._stack(i, k)
             start = tuple(
                 _window_start(e, s, self.rng, None)
                 for e, s in zip(image.shape[1:], self.patch_size, strict=True)
@@ -195,6 +205,18 @@ class SliceSampler:
             if label is not None:
                 labels.append(fit(label, self.patch_size, start, 0)[0])
         return np.stack(images).astype(np.float32), _batch_labels(labels)
+
+    def _stack(self, i: int, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Slice ``k`` of case ``i`` with its context: image (2K+1, H, W), label (1, H, W) or
+        None. Reads only the slices the stack holds (one HDF5 chunk each when not in memory)."""
+        if self.context_slices == 0:
+            return self.bank.slices(i, k, k + 1)
+        n_slices = len(self.bank.foreground[i])
+        lo, hi = max(k - self.context_slices, 0), min(k + self.context_slices + 1, n_slices)
+        image, label = self.bank.slices(i, lo, hi)
+        offsets = np.arange(k - self.context_slices, k + self.context_slices + 1)
+        image = image[np.clip(offsets, 0, n_slices - 1) - lo]
+        return image, None if label is None else label[k - lo : k - lo + 1]
 
 
 def _batch_labels(labels: list[np.ndarray]) -> np.ndarray | None:

@@ -2,9 +2,9 @@
 described for the manifest of the run that uses it.
 
 A model directory holds ``model.json`` (registered name, kwargs, dims, classes, view, patch size,
-input channels; see :mod:`udaseg.training.checkpoint`) and ``checkpoint_{best,final,latest}.pt``;
-it is an artifact when it also holds ``manifest.json``. The network itself is rebuilt by
-:func:`udaseg.training.checkpoint.load_model`.
+input channels and the 2.5D ``context_slices``; see :mod:`udaseg.training.checkpoint`) and
+``checkpoint_{best,final,latest}.pt``; it is an artifact when it also holds ``manifest.json``.
+The network itself is rebuilt by :func:`udaseg.training.checkpoint.load_model`.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def resolve_model(directory: Path, which: str, option: str = "--model-dir") -> M
 
     Raises:
         UdasegError: unknown checkpoint name, an unfinished (``.partial``) or replaced
-            (``.old``) folder (both exit code 2, naming ``option``), no model.json, or no
-            checkpoint.
+            (``.old``) folder (both exit code 2, naming ``option``), no model.json, a model.json
+            whose input layout contradicts itself (:func:`check_layout`), or no checkpoint.
     """
     from udaseg.training.checkpoint import find_checkpoint, read_model_json
 
@@ -60,6 +60,7 @@ def resolve_model(directory: Path, which: str, option: str = "--model-dir") -> M
             path=directory,
         )
     info = read_model_json(directory)
+    check_layout(info, directory)
     # the same fallback as load_model: the requested checkpoint, then final, then latest
     path = find_checkpoint(directory, which)
     artifact = (directory / layout.MANIFEST).is_file()
@@ -81,6 +82,45 @@ def model_dims(info: dict[str, Any]) -> int:
     from udaseg.models.registry import model_spec
 
     return model_spec(info["name"]).dims
+
+
+def context_slices(info: dict[str, Any]) -> int:
+    """K, the neighbouring slices on each side that a 2D model reads beside the centre slice (its
+    input is 2K + 1 channels, ``segment-train --context-slices``): model.json's
+    ``context_slices``; a model.json written before the option has none, and its in_channels (1)
+    says K = 0."""
+    if "context_slices" in info:
+        return int(info["context_slices"])
+    return (int(info.get("in_channels", 1)) - 1) // 2
+
+
+def input_channels(info: dict[str, Any]) -> int:
+    """The channels a model of layout ``info`` (model.json) takes: 2K + 1 (1 for plain 2D and
+    3D models)."""
+    return 2 * context_slices(info) + 1
+
+
+def check_layout(info: dict[str, Any], directory: Path) -> None:
+    """Refuse a model.json whose ``context_slices`` contradicts its ``in_channels`` or its
+    dimensions (the network would get inputs it was not built for).
+
+    Raises:
+        UdasegError: naming the model directory.
+    """
+    k, channels = context_slices(info), int(info.get("in_channels", 1))
+    problem = None
+    if 2 * k + 1 != channels:
+        problem = (
+            f"context_slices {k} needs {2 * k + 1} input channels, but in_channels is {channels}"
+        )
+    elif k and model_dims(info) != 2:
+        problem = f"context_slices {k} is given for a {model_dims(info)}D model"
+    if problem:
+        raise UdasegError(
+            f"{Path(directory) / layout.MODEL_JSON}: {problem}",
+            hint="the model.json was edited or damaged; retrain with `udaseg segment-train`",
+            path=directory,
+        )
 
 
 def file_fingerprint(paths: list[Path]) -> str:

@@ -1,11 +1,12 @@
-"""The sliding-window options that fit a model: its dimensions, window and input channels, from
-its ``model.json``, with a run's choices (batch size, stride, weighting, flips, device, bf16)."""
+"""The sliding-window options that fit a model: its dimensions, window and input channels (the
+2.5D context slices), from its ``model.json``, with a run's choices (batch size, stride,
+weighting, flips, device, bf16)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from udaseg.inference.models import model_dims
+from udaseg.inference.models import input_channels, model_dims
 
 
 def inference_options(
@@ -19,8 +20,9 @@ def inference_options(
     tta: bool = False,
 ) -> dict:
     """Keyword arguments of :func:`udaseg.inference.predict_volume` / ``segment_volume`` for a
-    model of layout ``info`` (model.json): its dimensions, window and input channels, with the
-    run's options (``tta``: the flips of :func:`tta_axes`)."""
+    model of layout ``info`` (model.json): its dimensions, window and input channels (2K + 1 for
+    a 2.5D model of ``context_slices`` K, which then gets each slice with its K neighbours on
+    each side as channels), with the run's options (``tta``: the flips of :func:`tta_axes`)."""
     dims = model_dims(info)
     return dict(
         dims=dims,
@@ -31,7 +33,7 @@ def inference_options(
         tta_flips=tta_axes(dims) if tta else (),
         device=device,
         amp=amp,
-        in_channels=int(info.get("in_channels", 1)),
+        in_channels=input_channels(info),
     )
 
 

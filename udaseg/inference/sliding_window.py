@@ -27,7 +27,9 @@ How a volume is covered (all sizes in voxels, in (S, H, W) order):
   back, and the 2**k softmax maps are averaged.
 * **Channels.** A 2D model with ``in_channels`` = k > 1 (odd) gets the slice and its (k - 1) / 2
   neighbours on each side as channels, in slice order, repeating the first/last slice at the
-  volume's ends (the 2.5D input of SIFA-style models); 3D models take one channel.
+  volume's ends (the 2.5D input of ``segment-train --context-slices (k - 1) / 2``, which
+  :func:`udaseg.inference.options.inference_options` reads from model.json); 3D models take one
+  channel.
 
 Runs under :func:`torch.inference_mode`; with ``amp`` the forward passes run in bfloat16 autocast
 where the device computes bf16 natively (CUDA, or a CPU with AVX512-BF16 / AMX; see

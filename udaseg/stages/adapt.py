@@ -35,6 +35,7 @@ from udaseg.data.sampling import SliceSampler, Source, VolumeBank, split_cases, 
 from udaseg.data.store import Store
 from udaseg.device import apply_threads, precision_record, resolve_device
 from udaseg.errors import UdasegError
+from udaseg.inference.models import context_slices
 from udaseg.inference.preprocessing import record_preprocessing
 from udaseg.progress import NullProgress, Progress
 from udaseg.training import loop
@@ -184,11 +185,19 @@ def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store]
             hint="preprocess both domains with the same dataset manifest",
             exit_code=2,
         )
-    if config.intensity_net > 0 and not spec.rerenders_source:
+    remaps = {"--intensity-net": config.intensity_net, "--location-scale": config.location_scale}
+    given = [option for option, value in remaps.items() if value > 0]
+    if given and not spec.rerenders_source:
         raise UdasegError(
-            f"{spec.name} does not take --intensity-net: its own generator translates the source "
-            "images, and re-rendered ones would teach it random contrasts",
-            hint="leave --intensity-net at 0 for this method",
+            f"{spec.name} does not take {' or '.join(given)}: its own generator translates the "
+            "source images, and re-mapped ones would teach it random contrasts",
+            hint=f"leave {' and '.join(given)} at 0 for this method",
+            exit_code=2,
+        )
+    if config.ipa > 0 and config.intensity_net == 0:
+        raise UdasegError(
+            f"--ipa {config.ipa} blends random renderings, which --intensity-net 0 turns off",
+            hint="add --intensity-net 1.0 (or drop --ipa)",
             exit_code=2,
         )
     if spec.needs_translator and config.translator is None:
@@ -232,10 +241,25 @@ def _check_translation(spec, stage: str, manifest: artifacts.Manifest, path: Pat
 
 
 def _init_model(config: AdaptConfig) -> tuple[dict, dict]:
-    """(model.json, checkpoint) of the ``--init`` model directory (its final weights)."""
+    """(model.json, checkpoint) of the ``--init`` model directory (its final weights).
+
+    Raises:
+        UdasegError (exit code 2): a 2.5D model (``segment-train --context-slices`` K > 0):
+            adaptation methods feed, translate and discriminate single slices.
+    """
     from udaseg.training.checkpoint import find_checkpoint, load_checkpoint, read_model_json
 
     info = read_model_json(config.init)
+    k = context_slices(info)
+    if k:
+        raise UdasegError(
+            f"--init {config.init}: the model was trained with --context-slices {k} (2.5D "
+            f"input of {2 * k + 1} slices), but adaptation methods train on single 2D slices",
+            hint="warm-start from a model trained with `udaseg segment-train --context-slices 0` "
+            "(the default), or adapt without --init",
+            path=config.init,
+            exit_code=2,
+        )
     checkpoint = load_checkpoint(find_checkpoint(config.init, "final", ("latest",)))
     return info, checkpoint
 
@@ -428,9 +452,17 @@ def _batch(samplers, job: _Job, generator: torch.Generator | None):
         source, labels = augment(source, labels, AugmentConfig(), generator)
         target, _ = augment(target, None, AugmentConfig(), generator)
     original = None
-    if generator is not None and job.config.intensity_net > 0:
+    cfg = job.config
+    if generator is not None and (cfg.intensity_net > 0 or cfg.location_scale > 0):
         original = source.to(runtime.device, memory_format=fmt)
-        source = rerender(source, job.config.intensity_net, generator)
+        source = rerender(
+            source,
+            cfg.intensity_net,
+            generator,
+            ipa=cfg.ipa,
+            location_scale=cfg.location_scale,
+            labels=labels,
+        )
     return AdaptBatch(
         source.to(runtime.device, memory_format=fmt),
         labels.to(runtime.device).long(),

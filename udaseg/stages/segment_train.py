@@ -14,6 +14,7 @@ adds Dice on another store's cases to the log for information only; it never sel
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,19 @@ def run(
             exit_code=2,
         )
     apply_threads(config.threads)
+    if not config.augment and (config.flip or config.location_scale > 0):
+        raise UdasegError(
+            "--flip and --location-scale are part of the augmentation, which --no-augment "
+            "turns off",
+            hint="drop --no-augment, or the --flip / --location-scale options",
+            exit_code=2,
+        )
+    if config.ipa > 0 and config.intensity_net == 0:
+        raise UdasegError(
+            f"--ipa {config.ipa} blends random renderings, which --intensity-net 0 turns off",
+            hint="add --intensity-net 1.0 (or drop --ipa)",
+            exit_code=2,
+        )
     inputs, stores = _inputs(config, force)
     hparams, model_kwargs = split_overrides(config)
     _check(config, hparams, stores)  # usage errors before any folder is made
@@ -169,6 +183,13 @@ def _check(config: SegmentTrainConfig, hparams: dict[str, Any], stores: list[Sto
             hint=f"give {dims} numbers: --set patch_size=" + ",".join(["128"] * dims),
             exit_code=2,
         )
+    if config.context_slices and dims != 2:
+        raise UdasegError(
+            f"--context-slices {config.context_slices}: {config.model} is a {dims}D model, which "
+            "sees the neighbouring slices already (2.5D input is for 2D models)",
+            hint="leave --context-slices at 0 for 3D models, or train a 2D model",
+            exit_code=2,
+        )
     batch, stores_trained = int(hparams["batch_size"]), len(config.train)
     if config.balance_stores and stores_trained > 1 and batch < stores_trained:
         raise UdasegError(
@@ -188,9 +209,16 @@ def _train(
     spec = model_spec(config.model)
     classes = stores[0].classes
     loop.seed_everything(config.seed, runtime.rank)
-    kwargs = {"in_channels": 1, "num_classes": len(classes) + 1, **model_kwargs}
+    # 2.5D: the slice and its context_slices neighbours on each side are the input channels
+    in_channels = 2 * config.context_slices + 1
+    kwargs = {"in_channels": in_channels, "num_classes": len(classes) + 1, **model_kwargs}
     model = loop.prepare_model(create_model(config.model, **kwargs), runtime, spec.dims)
     state = _state(config, hparams, model, kwargs, runtime)
+    if config.ema > 0:
+        # the average is what validation picks and predict loads, under the usual name
+        average = copy.deepcopy(loop.unwrap(model)).requires_grad_(False)
+        state.modules = {"model": average, ONLINE: model}
+        model = average
     state.extra["config_hash"] = config_hash
     if loop.resume_from(state, tmp):
         progress.log(f"resumed from step {state.step}")
@@ -211,6 +239,7 @@ def _train(
         stores[0],
         config.train_on,
         preprocessing=record_preprocessing(trained_on),
+        context_slices=config.context_slices,
     )
     if runtime.is_main:
         write_model_json(tmp, info)
@@ -264,15 +293,21 @@ def _sources(paths: list[Path], stores: list[Store], split: str) -> list[Source]
 def _sampler(config, hparams, dims, stores, rng):
     sources = _sources(config.train, stores[: len(config.train)], config.train_split)
     patch = tuple(int(s) for s in hparams["patch_size"])
-    cls = SliceSampler if dims == 2 else PatchSampler
     batch = int(hparams["batch_size"])
+
+    def sampler(bank: VolumeBank, n: int) -> SliceSampler | PatchSampler:
+        if dims == 3:
+            return PatchSampler(bank, patch, n, rng, config.foreground_fraction)
+        return SliceSampler(
+            bank, patch, n, rng, config.foreground_fraction, context_slices=config.context_slices
+        )
+
     if not config.balance_stores or len(sources) == 1:
-        bank = VolumeBank(sources, need_labels=True)
-        return cls(bank, patch, batch, rng, config.foreground_fraction)
+        return sampler(VolumeBank(sources, need_labels=True), batch)
     shares = [batch // len(sources) + (i < batch % len(sources)) for i in range(len(sources))]
     return BalancedSampler(
         [
-            cls(VolumeBank([source], need_labels=True), patch, n, rng, config.foreground_fraction)
+            sampler(VolumeBank([source], need_labels=True), n)
             for source, n in zip(sources, shares, strict=True)
         ]
     )
@@ -281,24 +316,38 @@ def _sampler(config, hparams, dims, stores, rng):
 def _step_fn(sampler, criterion, config, dims, runtime):
     from udaseg.data.augment import AugmentConfig, augment, rerender
 
-    # elastic deformation for volumes, as DAR-UNet trains its 3D network; 2D keeps the affine set
     augment_config = None
     if config.augment:
         augment_config = AugmentConfig(
-            elastic_alpha=2.0 if dims == 3 else 0.0, intensity_net=config.intensity_net
+            # elastic deformation for volumes, as DAR-UNet trains its 3D network
+            elastic_alpha=2.0 if dims == 3 else 0.0,
+            flip_axes=(-2, -1) if config.flip else (),
+            intensity_net=config.intensity_net,
+            ipa=config.ipa,
+            location_scale=config.location_scale,
         )
     fmt = loop.memory_format(runtime, dims)
+    trained = ONLINE if config.ema > 0 else "model"
 
     def step(state: loop.TrainState) -> dict[str, float]:
         images, labels = sampler()
         images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+        # 2.5D stacks (B, 2K+1, H, W) go through as volumes (B, 1, 2K+1, H, W): every slice of a
+        # stack then gets one spatial transform, one tone mapping and one rendering, as the
+        # slices of one scan would, and the label (the centre slice's) follows them
+        stacked = dims == 2 and images.shape[1] > 1
+        if stacked:
+            depth = images.shape[1]
+            images, labels = images.unsqueeze(1), labels.unsqueeze(1).expand(-1, depth, -1, -1)
         if augment_config is not None:
             images, labels = augment(images, labels, augment_config, state.torch_gen)
         elif config.intensity_net > 0:  # --no-augment keeps the re-rendering alone
-            images = rerender(images, config.intensity_net, state.torch_gen)
+            images = rerender(images, config.intensity_net, state.torch_gen, ipa=config.ipa)
+        if stacked:
+            images, labels = images.squeeze(1), labels[:, depth // 2]
         images = images.to(runtime.device, memory_format=fmt, non_blocking=True)
         labels = labels.to(runtime.device, non_blocking=True)
-        model, optimizer = state.modules["model"], state.optimizers["model"]
+        model, optimizer = state.modules[trained], state.optimizers["model"]
         model.train()
         with loop.autocast(runtime):
             outputs = model(images)
@@ -306,9 +355,28 @@ def _step_fn(sampler, criterion, config, dims, runtime):
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
+        if config.ema > 0:
+            update_ema(state.modules["model"], loop.unwrap(model), config.ema, state.step)
         return parts
 
     return step
+
+
+# with --ema the network the optimiser trains; "model" (validated, checkpointed, published) is
+# then its running average
+ONLINE = "online"
+
+
+@torch.no_grad()
+def update_ema(average: torch.nn.Module, online: torch.nn.Module, decay: float, step: int) -> None:
+    """``average = d * average + (1 - d) * online`` over the parameters, buffers (norms'
+    running statistics) copied; ``d`` ramps up to ``decay`` as ``(1 + step) / (10 + step)``
+    over the first steps, so the average is not dominated by the random initial weights."""
+    d = min(decay, (1 + step) / (10 + step))
+    for mine, theirs in zip(average.parameters(), online.parameters(), strict=True):
+        mine.lerp_(theirs.detach(), 1 - d)
+    for mine, theirs in zip(average.buffers(), online.buffers(), strict=True):
+        mine.copy_(theirs)
 
 
 def _validator(config, hparams, dims, stores, model, runtime):
@@ -325,11 +393,12 @@ def _validator(config, hparams, dims, stores, model, runtime):
     monitors = [(Path(p), Store(store_path(p))) for p in config.monitor]
 
     def validate() -> dict[str, Any]:
-        result = dice_on(model, val_store, cases, dims, hparams, runtime)
+        k = config.context_slices
+        result = dice_on(model, val_store, cases, dims, hparams, runtime, k)
         for path, store in monitors:
             chosen = split_cases(path, config.monitor_split, store)
             result[f"monitor:{store.dataset}/{store.domain}"] = dice_on(
-                model, store, chosen, dims, hparams, runtime
+                model, store, chosen, dims, hparams, runtime, k
             )
         return result
 

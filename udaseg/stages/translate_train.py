@@ -58,6 +58,7 @@ from udaseg.data.sampling import (
 from udaseg.data.store import Store
 from udaseg.device import apply_threads, precision_record, resolve_device
 from udaseg.errors import UdasegError
+from udaseg.inference.models import context_slices
 from udaseg.progress import NullProgress, Progress
 from udaseg.registry import accepted_kwargs
 from udaseg.training import loop
@@ -274,6 +275,11 @@ def _segmenter_input(path: Path, source: Store, target: Store, force: bool) -> d
     problem = None
     if int(info.get("dims", 2)) != 2:
         problem = f"it is a {info['dims']}D model; translators work on 2D slices"
+    elif context_slices(info):
+        problem = (
+            f"it was trained with --context-slices {context_slices(info)} (2.5D input), but the "
+            "semantic loss feeds it single translated slices"
+        )
     elif list(info.get("classes", [])) != list(source.classes):
         problem = f"its classes {info.get('classes')} are not the source's {list(source.classes)}"
     elif (info.get("dataset"), info.get("domain")) == (target.dataset, target.domain):

@@ -16,7 +16,8 @@ the code's defaults::
 
 A model directory (the output of ``segment-train`` and ``adapt``) holds the checkpoints and
 ``model.json``: the registered name and constructor kwargs, the dimensionality, the classes (in id
-order 1..C), the dataset and view it was trained on, the input layout, and ``preprocessing``: the
+order 1..C), the dataset and view it was trained on, the input layout (``in_channels`` and
+``context_slices`` K: a 2.5D model reads 2K + 1 neighbouring slices), and ``preprocessing``: the
 resolved preprocessing of every store its training data came from (see
 :mod:`udaseg.inference.preprocessing`), so ``predict`` needs nothing else, even for raw scans.
 """
@@ -109,11 +110,13 @@ def model_info(
     store: Store,
     train_on: str,
     preprocessing: dict[str, Any] | None = None,
+    context_slices: int = 0,
 ) -> dict[str, Any]:
     """``model.json`` of a model directory: what ``udaseg predict`` needs to rebuild and apply
     the model (``store`` gives the classes, dataset, domain and view it predicts;
     ``preprocessing`` is :func:`udaseg.inference.preprocessing.record_preprocessing` of the
-    training inputs, left out when None)."""
+    training inputs, left out when None; ``context_slices`` K: a 2D model reads each slice with
+    its K neighbours on each side, ``kwargs["in_channels"]`` = 2K + 1)."""
     info = {
         "name": name,
         "kwargs": kwargs,
@@ -121,6 +124,7 @@ def model_info(
         "classes": list(store.classes),
         "num_classes": len(store.classes) + 1,
         "in_channels": kwargs["in_channels"],
+        "context_slices": context_slices,
         "dataset": store.dataset,
         "domain": store.domain,
         "view": store.view,

@@ -16,14 +16,22 @@ from udaseg.training import loop
 
 
 def dice_on(
-    model, store: Store, cases: list[str], dims: int, hparams: dict, runtime: loop.Runtime
+    model,
+    store: Store,
+    cases: list[str],
+    dims: int,
+    hparams: dict,
+    runtime: loop.Runtime,
+    context_slices: int = 0,
 ) -> dict[str, Any]:
     """Mean Dice per class over ``cases`` of ``store`` (whole volumes, as predict does); the
     mean over classes is the ``score``.
 
     ``model``: a ``dims``-D segmenter (wrapped by DDP or ``torch.compile`` or not), put back in
     training mode afterwards; ``hparams["patch_size"]`` is its window ((H, W) or (D, H, W)
-    voxels). Returns ``{"score": float, "dice": {class name: float}, "cases": int}``.
+    voxels); ``context_slices`` K: a 2D model reading each slice with its K neighbours on each
+    side as 2K + 1 channels. Returns ``{"score": float, "dice": {class name: float},
+    "cases": int}``.
     """
     from udaseg.inference import segment_volume
     from udaseg.metrics import compute_dice
@@ -38,6 +46,7 @@ def dice_on(
             patch_size=tuple(hparams["patch_size"]),
             device=runtime.device,
             amp=runtime.amp,
+            in_channels=2 * context_slices + 1,
         )
         label = store.label(case)
         for class_id, name in enumerate(store.classes, start=1):
