@@ -4,6 +4,7 @@ manifest."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,90 @@ def test_uda_cpu_small_on_the_abdominal_data_is_the_abdominal_route(tmp_path):
     assert load_manifest("abdominal-normalized", ours_pre.overrides) == load_manifest(
         "abdominal-normalized", theirs_pre.overrides
     )
+
+
+GROUPS = """
+vars: {}
+presets:
+  full: {with: [bounds]}
+  one: {with: extra}
+stages:
+  - name: base
+    run: udaseg report --work ${work}/base
+  - name: bound
+    optional: bounds
+    run: udaseg report --work ${work}/bound
+  - name: more
+    optional: extra
+    run: udaseg report --work ${work}/more
+"""
+
+
+def groups_pipeline(tmp_path: Path, text: str = GROUPS) -> Path:
+    path = tmp_path / "groups.yaml"
+    path.write_text(text)
+    return path
+
+
+def dry_run(tmp_path: Path, *options: str) -> list[str]:
+    """The stages `udaseg run groups.yaml --dry-run` prints: the last folder of each command."""
+    from typer.testing import CliRunner
+
+    from udaseg.cli import app
+
+    path = groups_pipeline(tmp_path)
+    result = CliRunner().invoke(
+        app, ["run", str(path), "--work", str(tmp_path / "w"), "--dry-run", *options]
+    )
+    assert result.exit_code == 0, result.output
+    return [Path(line.split()[-1]).name for line in result.stdout.splitlines()]
+
+
+def test_a_preset_with_groups_runs_their_stages(tmp_path):
+    assert dry_run(tmp_path) == ["base"]
+    assert dry_run(tmp_path, "--preset", "full") == ["base", "bound"]
+    assert dry_run(tmp_path, "--preset", "one") == ["base", "more"]  # one group as a string
+    loaded = pipelines.load_pipeline(groups_pipeline(tmp_path), tmp_path / "w", "full")
+    assert loaded.preset_with == ["bounds"]
+
+
+def test_with_on_the_command_line_adds_to_the_presets_groups(tmp_path):
+    assert dry_run(tmp_path, "--preset", "full", "--with", "extra") == ["base", "bound", "more"]
+    assert dry_run(tmp_path, "--preset", "full", "--with", "bounds") == ["base", "bound"]
+    assert dry_run(tmp_path, "--preset", "full", "--only", "base") == ["base"]
+
+
+def test_an_unknown_group_in_a_preset_is_refused_when_the_pipeline_loads(tmp_path):
+    path = groups_pipeline(tmp_path, GROUPS.replace("with: [bounds]", "with: [bound]"))
+    with pytest.raises(
+        UdasegError, match=r'group \(with: of preset full in .*groups.yaml\) "bound"'
+    ) as caught:
+        pipelines.load_pipeline(path, tmp_path / "w", "full")
+    assert 'did you mean "bounds"' in caught.value.message
+    listed = groups_pipeline(tmp_path, GROUPS.replace("with: [bounds]", "with: {bounds: 1}"))
+    with pytest.raises(UdasegError, match="with: must list optional stage groups"):
+        pipelines.load_pipeline(listed, tmp_path / "w", "full")
+
+
+def test_a_preset_still_sets_only_declared_variables_and_with_is_reserved(tmp_path):
+    path = groups_pipeline(tmp_path, GROUPS.replace("with: extra", "with: extra, stepz: 3"))
+    with pytest.raises(UdasegError, match='variable in preset one "stepz"'):
+        pipelines.load_pipeline(path, tmp_path / "w", "one")
+    reserved = groups_pipeline(tmp_path, GROUPS.replace("vars: {}", "vars: {with: x}"))
+    with pytest.raises(UdasegError, match="may not be named with"):
+        pipelines.load_pipeline(reserved, tmp_path / "w")
+
+
+def test_the_run_summary_records_the_presets_groups(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipelines, "_call", lambda stage, progress: {"output": ""})
+    loaded = pipelines.load_pipeline(groups_pipeline(tmp_path), tmp_path / "w", "full")
+    chosen = pipelines.select(loaded.stages, None, None, [*loaded.preset_with, "extra"])
+    record = pipelines.run(loaded, chosen, echo=lambda line: None)
+    assert record["preset"] == "full"
+    assert record["preset_with"] == ["bounds"]
+    assert record["with"] == ["bounds", "extra"]
+    written = json.loads(Path(record["output"], "summary.json").read_text())
+    assert (written["preset_with"], written["with"]) == (["bounds"], ["bounds", "extra"])
+    plain = pipelines.load_pipeline(groups_pipeline(tmp_path), tmp_path / "w")
+    record = pipelines.run(plain, pipelines.select(plain.stages, None, None), echo=lambda _: None)
+    assert (record["preset"], record["preset_with"], record["with"]) == (None, [], [])

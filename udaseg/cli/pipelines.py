@@ -36,7 +36,9 @@ def run_pipeline(
     preset: Annotated[
         str | None,
         typer.Option(
-            help="Named variable set of the pipeline, e.g. cpu-small.", rich_help_panel=RESULTS
+            help="Named variable set of the pipeline, e.g. cpu-small (it may also switch "
+            "optional stages on, as --with does).",
+            rich_help_panel=RESULTS,
         ),
     ] = None,
     var: Annotated[
@@ -86,7 +88,8 @@ def run_pipeline(
         loaded.stages,
         [s.strip() for s in only.split(",")] if only else None,
         from_,
-        [s.strip() for s in with_.split(",")] if with_ else None,
+        # the preset's groups run as if --with named them
+        loaded.preset_with + ([s.strip() for s in with_.split(",")] if with_ else []),
     )
     if dry_run:
         for stage in chosen:

@@ -7,6 +7,7 @@ A pipeline is YAML::
       steps: 20000
     presets:                    # --preset NAME: named sets of vars (e.g. cpu-small)
       cpu-small: {steps: 300}
+      full: {with: [bounds]}    # `with`: optional groups the preset runs, as --with would
     stages:
       - name: preprocess        # unique; --only / --from pick stages by it
         run: udaseg preprocess mmwhs --raw ${raw} --work ${work}
@@ -44,6 +45,8 @@ from udaseg.progress import NullProgress, Progress
 
 PIPELINE_KEYS = ("description", "vars", "presets", "dataset", "stages", "outputs", "notes")
 STAGE_KEYS = ("name", "run", "label", "when", "optional")
+# the key of a preset that is not a variable: the optional groups it runs (``with: [bounds]``)
+PRESET_WITH = "with"
 DATASET_KEYS = ("manifest", "inplane_size")
 # variables a pipeline's `dataset:` section defines from the manifest (see dataset_variables)
 DERIVED = ("dataset_name", "patch", "geometry")
@@ -85,6 +88,8 @@ class Pipeline:
     outputs: dict[str, str] = field(default_factory=dict)
     # the --preset its variables came from (None: the pipeline's defaults)
     preset: str | None = None
+    # the optional groups that preset runs (its ``with:``), as if --with named them
+    preset_with: list[str] = field(default_factory=list)
 
 
 def find_pipeline(pipeline: str | Path) -> Path:
@@ -119,8 +124,9 @@ def load_pipeline(
 
     Raises:
         UdasegError: unreadable YAML, unknown keys, duplicate stage names, an unknown preset,
-            ``--var`` of an undeclared variable, or a ``${var}`` that no variable defines
-            (naming the stage).
+            a preset's variable or ``with:`` group that the pipeline does not declare, a
+            variable named ``with``, ``--var`` of an undeclared variable, or a ``${var}`` that
+            no variable defines (naming the stage).
     """
     path = find_pipeline(pipeline)
     try:
@@ -132,10 +138,21 @@ def load_pipeline(
     for key in data:
         look_up_option(key, PIPELINE_KEYS, what=f"key in pipeline {path.name}")
     variables = dict(data.get("vars") or {})
+    if PRESET_WITH in variables:
+        raise UdasegError(
+            f"pipeline {path}: a variable may not be named {PRESET_WITH}",
+            hint=f"rename it; {PRESET_WITH}: in a preset lists the optional groups it runs",
+            path=path,
+            exit_code=2,
+        )
     presets = data.get("presets") or {}
+    preset_with: list[str] = []
     if preset is not None:
         look_up_option(preset, list(presets), what=f"preset of pipeline {path.name}")
-        for key, value in presets[preset].items():
+        for key, value in (presets[preset] or {}).items():
+            if key == PRESET_WITH:
+                preset_with = _preset_groups(value, preset, path)
+                continue
             look_up_option(key, list(variables), what=f"variable in preset {preset}")
             variables[key] = value
     for key, value in (overrides or {}).items():
@@ -179,8 +196,15 @@ def load_pipeline(
         str(label): _substitute(str(where), variables, f"outputs.{label}", path)
         for label, where in (data.get("outputs") or {}).items()
     }
+    groups = sorted({s.optional for s in stages if s.optional})
+    for group in preset_with:
+        look_up_option(
+            group,
+            groups,
+            what=f"optional stage group ({PRESET_WITH}: of preset {preset} in {path})",
+        )
     description = str(data.get("description", ""))
-    return Pipeline(path.stem, path, description, stages, variables, outputs, preset)
+    return Pipeline(path.stem, path, description, stages, variables, outputs, preset, preset_with)
 
 
 def dataset_variables(section: Any, variables: dict[str, Any], path: Path) -> tuple[Any, dict]:
@@ -255,6 +279,20 @@ def _resized(geometry, size: int) -> tuple[tuple[int, int], str]:
     if geometry.inplane_mm is not None:
         options += f" --set geometry.inplane_mm={geometry.inplane_mm * scale:g}"
     return new, options
+
+
+def _preset_groups(value: Any, preset: str, path: Path) -> list[str]:
+    """A preset's ``with:``: a list of optional stage groups, or one group as a string."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise UdasegError(
+        f"preset {preset} of pipeline {path}: {PRESET_WITH}: must list optional stage groups",
+        hint=f"write {PRESET_WITH}: [bounds] or {PRESET_WITH}: bounds",
+        path=path,
+        exit_code=2,
+    )
 
 
 def _group(optional: Any, stage: str) -> str | None:
@@ -404,8 +442,8 @@ def select(
     extra: list[str] | None = None,
 ) -> list[Stage]:
     """The stages to run: ``only`` these names, or every stage from ``start`` on; optional
-    stages (``optional: GROUP``) only when ``only`` names them or ``extra`` (``--with``) names
-    their group."""
+    stages (``optional: GROUP``) only when ``only`` names them or ``extra`` (``--with``, and the
+    preset's ``with:``, :attr:`Pipeline.preset_with`) names their group."""
     names = [s.name for s in stages]
     groups = sorted({s.optional for s in stages if s.optional})
     for name in extra or []:
@@ -431,9 +469,11 @@ def run(
     """Run ``stages`` in order in this process; returns the run summary (also written to
     ``W/runs/<pipeline>/summary.json`` with the comparison table as ``comparison.md``).
 
-    The summary records the provenance ``udaseg report`` shows beside each result: the preset,
-    the variables, the udaseg version and git commit, each stage's command and the artifacts it
-    wrote (``artifacts``: workspace-relative keys such as ``evaluate/x``), and an index of every
+    The summary records the provenance ``udaseg report`` shows beside each result: the preset
+    and the optional groups it switched on (``preset_with``), the optional groups whose stages
+    were chosen (``with``: the preset's, ``--with``'s, or named by ``--only``), the variables,
+    the udaseg version and git commit, each stage's command and the artifacts it wrote
+    (``artifacts``: workspace-relative keys such as ``evaluate/x``), and an index of every
     artifact any run of this pipeline wrote into W (kept across runs with other variables, e.g.
     both directions of a route).
 
@@ -485,6 +525,8 @@ def run(
     record = {
         "pipeline": str(pipeline.path),
         "preset": pipeline.preset,
+        "preset_with": pipeline.preset_with,
+        "with": sorted({s.optional for s in stages if s.optional}),
         "udaseg_version": __version__,
         "git_commit": git_commit(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -525,7 +567,7 @@ def _artifact_index(path: Path, record: dict[str, Any]) -> dict[str, dict[str, A
         index = dict(json.loads(path.read_text(encoding="utf-8")).get("artifacts") or {})
     except (OSError, ValueError, AttributeError):
         index = {}
-    made = {k: record[k] for k in ("preset", "udaseg_version", "git_commit", "finished")}
+    made = {k: record[k] for k in ("preset", "with", "udaseg_version", "git_commit", "finished")}
     for stage in record["stages"]:
         for key in stage["artifacts"]:
             index[key] = {
