@@ -23,6 +23,9 @@ validation cases (or --cases), prints
 - with --both, the same for the reverse direction (target -> source -> target, on the target's
   cases, the target segmenter as the cycle instrument): one CycleGAN run checks both ways.
 
+A one-way translator (``cut.v1`` without ``--set bidirectional=true``) has no cycle and no
+reverse direction: those are printed as not applying, every other measure is reported.
+
     python benchmarks/translation_quality.py --translate W/translate/RUN \\
         --source-segmenter W/segment/unet_ct --target-segmenter W/segment/unet_mr \\
         [--styles W/styles/RUN] [--both]
@@ -46,9 +49,16 @@ from pathlib import Path
 
 from udaseg.data.sampling import split_cases, store_path
 from udaseg.data.store import Store
+from udaseg.inference.models import context_slices
 from udaseg.training.checkpoint import load_model
 from udaseg.translation.io import load_translator, open_run, open_unfinished_run
-from udaseg.translation.quality import CYCLE_TOLERANCE, direction_report, style_distances
+from udaseg.translation.quality import (
+    CYCLE_TOLERANCE,
+    NO_CYCLE,
+    direction_report,
+    style_distances,
+    translates_back,
+)
 
 
 def main() -> None:
@@ -88,6 +98,10 @@ def main() -> None:
     cases = args.cases.split(",") if args.cases else split_cases(run.source, args.split, source)
     src = load_model(args.source_segmenter, "final")
     tgt = load_model(args.target_segmenter, "final") if args.target_segmenter else None
+    # the quality measures segment single slices (udaseg.translation.quality.organ_dice)
+    for option, loaded in (("--source-segmenter", src), ("--target-segmenter", tgt)):
+        if loaded is not None and context_slices(loaded[1]):
+            parser.error(f"{option}: a 2.5D model (--context-slices); use a plain 2D one")
 
     report = {"translate": str(args.translate), "checkpoint": args.checkpoint, "cases": cases}
     measure = partial(direction_report, translator, styled=run.has_style_codes)
@@ -96,7 +110,9 @@ def main() -> None:
     if args.styles:
         originals = [source.image(case) for case in cases]
         report["style_distances"] = style_distances(translator, args.styles, originals)
-    if args.both:
+    if args.both and not translates_back(translator):
+        report["reverse"] = {"cases": [], "applies": False, "reason": NO_CYCLE}
+    elif args.both:
         reverse_cases = split_cases(run.target, args.split, target)
         reverse = measure(target, source, reverse_cases, tgt, src, back=True, other_dir=run.source)
         report["reverse"] = {"cases": reverse_cases, **reverse}
@@ -110,22 +126,31 @@ def print_report(report: dict, class_names) -> None:
     print_direction(report, class_names, "source", "target")
     if "style_distances" in report:
         print(f"  styles: mean pairwise |difference| {report['style_distances']['mean']:.3f}")
-    if "reverse" in report:
+    if "reverse" in report and report["reverse"].get("applies", True) is False:
+        print(f"reverse direction (target -> source): {report['reverse']['reason']}")
+    elif "reverse" in report:
         print(f"reverse direction: {len(report['reverse']['cases'])} target cases")
         print_direction(report["reverse"], class_names, "target", "source")
 
 
 def print_direction(report: dict, class_names, origin: str, other: str) -> None:
-    print(
-        f"  anatomy kept: {origin} segmenter Dice original {report['dice_original']:.3f}, "
-        f"cycle {report['dice_cycle']:.3f} "
-        f"(difference {report['dice_original'] - report['dice_cycle']:+.3f})"
-        + (
-            f"; back in the default style {report['dice_cycle_default_style']:.3f}"
-            if "dice_cycle_default_style" in report
-            else ""
+    cycle = "dice_cycle" in report  # absent for a one-way translator (report["cycle"] says why)
+    if cycle:
+        print(
+            f"  anatomy kept: {origin} segmenter Dice original {report['dice_original']:.3f}, "
+            f"cycle {report['dice_cycle']:.3f} "
+            f"(difference {report['dice_original'] - report['dice_cycle']:+.3f})"
+            + (
+                f"; back in the default style {report['dice_cycle_default_style']:.3f}"
+                if "dice_cycle_default_style" in report
+                else ""
+            )
         )
-    )
+    else:
+        print(
+            f"  anatomy kept (cycle): {report.get('cycle') or NO_CYCLE}; {origin} segmenter "
+            f"Dice on the original {report['dice_original']:.3f}"
+        )
     if "other_model_on_translated" in report:
         print(
             f"  {other} segmenter Dice: on untranslated {origin} "
@@ -133,23 +158,28 @@ def print_direction(report: dict, class_names, origin: str, other: str) -> None:
             f"{report['other_model_on_translated']:.3f}"
         )
     # the two checks in one line, so a sweep's logs can be grepped
-    gap = report["dice_original"] - report["dice_cycle"]
-    kept = abs(gap) <= CYCLE_TOLERANCE
     closer = [
         n
         for n in class_names
         if report["wasserstein"][n]["after"] < report["wasserstein"][n]["before"]
     ]
+    if cycle:
+        gap = report["dice_original"] - report["dice_cycle"]
+        kept = abs(gap) <= CYCLE_TOLERANCE
+        cycle_check = f"cycle difference {gap:+.3f} ({'within' if kept else 'beyond'} "
+        cycle_check += f"{CYCLE_TOLERANCE})"
+    else:
+        cycle_check = "cycle difference n/a (one-way)"
     print(
-        f"  checks: cycle difference {gap:+.3f} ({'within' if kept else 'beyond'} "
-        f"{CYCLE_TOLERANCE}); {len(closer)} of {len(class_names)} organs closer to {other}'s "
-        "intensities" + (f" ({', '.join(closer)})" if closer else "")
+        f"  checks: {cycle_check}; {len(closer)} of {len(class_names)} organs closer to "
+        f"{other}'s intensities" + (f" ({', '.join(closer)})" if closer else "")
     )
     for name in class_names:
         w, e = report["wasserstein"][name], report["edge_ratio"][name]
         d = report["organ_dice"][name]
+        dice = f"cycle Dice {d['original']:.3f} -> {d['cycle']:.3f}" if cycle else "cycle n/a"
         print(
-            f"  {name:<14} cycle Dice {d['original']:.3f} -> {d['cycle']:.3f}; "
+            f"  {name:<14} {dice}; "
             f"W1 to {other} intensities: before {w['before']:.3f}, after "
             f"{w['after']:.3f}"
             + (f" ({other}'s own spread {w['target_spread']:.3f})" if "target_spread" in w else "")

@@ -52,3 +52,33 @@ def test_unknown_model_is_refused_with_did_you_mean():
     done = run_script("--quick", "--models", "unet2d.v2")
     assert done.returncode == 2
     assert 'did you mean "unet2d.v1"' in done.stderr
+
+
+def load_script(name: str):
+    """A benchmark script as a module (benchmarks/ is no package), for its functions."""
+    import importlib.util
+
+    path = SCRIPT.parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_translation_quality_prints_a_one_way_translator_without_its_cycle(capsys):
+    """cut.v1 (one-way): the measures that apply are printed, the cycle and the reverse
+    direction say they do not apply, instead of a KeyError or a translate_back crash."""
+    from tests.translation.test_quality import cut_report
+    from udaseg.translation.quality import NO_CYCLE
+
+    script = load_script("translation_quality")
+    report = {"translate": "W/translate/cut", "cases": ["c0"], **cut_report(False)}
+    report["reverse"] = {"cases": [], "applies": False, "reason": NO_CYCLE}
+    script.print_report(report, ["organ_a", "organ_b"])
+    printed = capsys.readouterr().out
+    assert "anatomy kept (cycle): does not apply" in printed
+    assert "cycle difference n/a" in printed and "W1 to target intensities" in printed
+    assert "reverse direction (target -> source): does not apply" in printed
+    two_way = {"translate": "W/translate/cut2", "cases": ["c0"], **cut_report(True)}
+    script.print_report(two_way, ["organ_a", "organ_b"])
+    assert "cycle Dice" in capsys.readouterr().out

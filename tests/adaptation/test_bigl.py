@@ -220,3 +220,15 @@ def test_learning_rates_follow_sec_3_6():
     )
     for name in DISCRIMINATORS:
         assert method.optimizers[name].param_groups[0]["lr"] == pytest.approx(5e-5)
+
+
+def test_refuses_a_one_way_translator_and_takes_a_two_way_cut():
+    from udaseg.translation.registry import create_translator, translator_spec
+
+    tiny = translator_spec("cut.v1").tiny
+    one_way = create_translator("cut.v1", **tiny).eval().requires_grad_(False)
+    with pytest.raises(UdasegError, match="bidirectional=true"):
+        build(one_way)
+    two_way = create_translator("cut.v1", **tiny, bidirectional=True).eval()
+    losses = build(two_way.requires_grad_(False)).train_step(batch())
+    assert all(math.isfinite(v) for v in losses.values())

@@ -202,7 +202,8 @@ def bigl(ctx: AdaptContext) -> AdaptMethod:
     features and the position/channel attention masks within each appearance domain.
 
     Raises:
-        UdasegError: the context holds no translator (BiGL translates online).
+        UdasegError: the context holds no translator (BiGL translates online), or a one-way
+            one (``translates_back`` false: no x_t->s).
     """
     if ctx.translator is None:
         raise UdasegError(
@@ -211,6 +212,15 @@ def bigl(ctx: AdaptContext) -> AdaptMethod:
             exit_code=2,
         )
     hparams, translator = ctx.hparams, ctx.translator
+    if not getattr(translator, "translates_back", True):
+        # refused before any network is built: every iteration needs x_t->s
+        raise UdasegError(
+            "bigl.v1 needs both translation directions, but the --translator run is one-way "
+            "(it cannot render target slices in the source appearance)",
+            hint="retrain it with `udaseg translate train --method cut.v1 --set "
+            "bidirectional=true`, or pass a two-way translator such as cyclegan.v1",
+            exit_code=2,
+        )
     model = ctx.segmenter()
     width = int(hparams["d_width"])
     discriminators = {

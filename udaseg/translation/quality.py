@@ -9,7 +9,9 @@ returns; translators are rendered on the CPU in batches of 8 slices
 * anatomy kept (cycle): Dice of a segmenter trained on the origin domain on the original volumes
   and on their cycle reconstructions (origin -> other -> origin), per organ and on average
   (:func:`direction_report`); a cycle should cost at most :data:`CYCLE_TOLERANCE` of mean Dice.
-  A translator with style codes returns in each slice's own style, the cycle it is trained on;
+  A translator with style codes returns in each slice's own style, the cycle it is trained on.
+  A one-way translator (``translates_back`` false, e.g. ``cut.v1`` without ``bidirectional``) has
+  no cycle: the measure is reported as not applying (:data:`NO_CYCLE`), the others still apply;
 * anatomy where the label says (translated): Dice of a segmenter trained on the other domain (used
   only as a measuring instrument) on the translated volumes against the origin's labels, beside
   the same segmenter on the untranslated volumes;
@@ -42,6 +44,17 @@ from udaseg.translation.io import encode_styles, render_volume
 # the anatomy check: mean Dice on the cycle reconstructions at most this far below the
 # originals'
 CYCLE_TOLERANCE = 0.02
+# why the cycle measure (and the reverse direction) is missing for a one-way translator
+NO_CYCLE = (
+    "does not apply: the translator is one-way (no target -> source generator); "
+    "cut.v1 trains one with --set bidirectional=true"
+)
+
+
+def translates_back(translator) -> bool:
+    """Whether ``translator`` renders target images in the source appearance: one-way
+    translators say no with a ``translates_back`` attribute; the others all do."""
+    return bool(getattr(translator, "translates_back", True))
 
 
 def organ_dice(model, info, volume, label, classes) -> list[float]:
@@ -89,29 +102,34 @@ def direction_report(
     (``dice_original``, ``dice_cycle``; ``dice_cycle_default_style`` when ``styled``;
     ``other_model_on_original`` / ``_on_translated`` with ``foreign``), ``organ_dice``
     ({organ: {"original", "cycle"}}), ``wasserstein`` (:func:`wasserstein_report`) and
-    ``edge_ratio`` (:func:`edge_report`)."""
+    ``edge_ratio`` (:func:`edge_report`). For a one-way translator (:func:`translates_back`
+    false) the cycle is not measured: no ``dice_cycle`` keys and no "cycle" per organ, and
+    ``cycle`` says why (:data:`NO_CYCLE`); ``cycle`` is None when measured.
+
+    Raises:
+        UdasegError: ``back`` with a one-way translator (it has no reverse direction).
+    """
+    cycle = translates_back(translator)
+    if back and not cycle:
+        raise UdasegError(f"the reverse direction {NO_CYCLE}", exit_code=2)
     classes = range(1, len(origin.classes) + 1)
     rows, organs, originals, translated, labels = [], [], [], [], []
     for case in cases:
         image, label = origin.image(case), origin.label(case)
         moved = render_volume(translator, image, None, 8, "cpu", back=back)
-        # a translator with style codes closes the cycle in each slice's own style, as it was
-        # trained; its default (mean) style back is reported beside it
-        domain = "target" if back else "source"
-        codes = encode_styles(translator, image, 8, "cpu", domain=domain) if styled else None
-        cycled = render_volume(translator, moved, codes, 8, "cpu", back=not back)
         # per organ too: where the cycle loses anatomy (small organs first, as a mean per-pixel
         # cycle loss weighs them least) is what a user tuning the translator needs to see
-        per_organ = {
-            "original": organ_dice(*own, image, label, classes),
-            "cycle": organ_dice(*own, cycled, label, classes),
-        }
-        row = {
-            "case": case,
-            "dice_original": float(np.mean(per_organ["original"])),
-            "dice_cycle": float(np.mean(per_organ["cycle"])),
-        }
-        if styled:
+        per_organ = {"original": organ_dice(*own, image, label, classes)}
+        row = {"case": case, "dice_original": float(np.mean(per_organ["original"]))}
+        if cycle:
+            # a translator with style codes closes the cycle in each slice's own style, as it
+            # was trained; its default (mean) style back is reported beside it
+            domain = "target" if back else "source"
+            codes = encode_styles(translator, image, 8, "cpu", domain=domain) if styled else None
+            cycled = render_volume(translator, moved, codes, 8, "cpu", back=not back)
+            per_organ["cycle"] = organ_dice(*own, cycled, label, classes)
+            row["dice_cycle"] = float(np.mean(per_organ["cycle"]))
+        if cycle and styled:
             default = render_volume(translator, moved, None, 8, "cpu", back=not back)
             row["dice_cycle_default_style"] = mean_dice(*own, default, label, classes)
         if foreign:
@@ -122,12 +140,12 @@ def direction_report(
         originals.append(image)
         translated.append(moved)
         labels.append(label)
-    report = {"per_case": rows}
+    report = {"per_case": rows, "cycle": None if cycle else NO_CYCLE}
     for key in rows[0]:
         if key != "case":
             report[key] = float(np.mean([r[key] for r in rows]))
     report["organ_dice"] = {
-        name: {k: float(np.mean([o[k][i] for o in organs])) for k in ("original", "cycle")}
+        name: {k: float(np.mean([o[k][i] for o in organs])) for k in organs[0]}
         for i, name in enumerate(origin.classes)
     }
     # the other domain's labelled volumes, read only to measure

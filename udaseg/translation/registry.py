@@ -19,6 +19,11 @@ this contract (images are (N, 1, H, W) float32 in the stores' normalised range [
     method.samples(source, target) -> dict[str, Tensor]          # panels for the PNG grids:
         at least "source", "translated", "reconstructed" (source -> target -> source), "target"
 
+A one-way method (``cut.v1`` unless trained with ``bidirectional``) has a ``translates_back``
+attribute that is false, and its ``translate_back`` raises a UdasegError naming the option that
+adds the reverse direction; callers that need x_t->s read the attribute (absent: true) to refuse
+early or skip the reverse direction.
+
 ``translate`` uses inference weights (EMA where the method keeps one) and no gradients when called
 under ``torch.no_grad()``; ``style`` is (N, style_dim) or None for the method's default style
 (the mean/learned target-domain style, or the only one for methods without codes).
@@ -49,7 +54,7 @@ class TranslatorSpec:
 
 
 def _load_builtin() -> None:
-    from udaseg.translation import cyclegan, disentangled, domain_style  # noqa: F401
+    from udaseg.translation import cut, cyclegan, disentangled, domain_style  # noqa: F401
 
 
 _REGISTRY: Registry[TranslatorSpec] = Registry("translation method", _load_builtin)
