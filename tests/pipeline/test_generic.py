@@ -132,7 +132,7 @@ def test_a_not_applicable_stage_is_recorded_and_outputs_are_printed(tmp_path, ti
 
 
 @pytest.mark.parametrize("dataset", ["abdominal-normalized", "mmwhs", "chaos", "custom"])
-@pytest.mark.parametrize("preset", [None, "cpu-small", "smoke"])
+@pytest.mark.parametrize("preset", [None, "cpu-small", "cpu-90", "smoke"])
 def test_uda_parses_on_every_manifest(tmp_path, dataset, preset):
     """The generic route has no dataset constants: on any built-in manifest every stage parses
     with the real command parser, and store names, sizes and evaluation follow the manifest."""
@@ -148,7 +148,7 @@ def test_uda_parses_on_every_manifest(tmp_path, dataset, preset):
             assert stage.args[stage.args.index("--source") + 1].endswith(f"{manifest.name}__{src}")
     scored = [s for s in loaded.stages if s.kind == "evaluate"]
     assert all((s.not_applicable is None) == manifest.domains[tgt].labelled for s in scored)
-    if preset == "cpu-small":
+    if preset in ("cpu-small", "cpu-90"):
         assert loaded.variables["patch"].split(",")[0] in ("128", loaded.variables["patch"][:3])
         assert max(int(n) for n in loaded.variables["patch"].split(",")) == 128
 
