@@ -608,3 +608,18 @@ def test_a_predict_run_says_what_it_holds(toy):
     old = fake_predict_run(toy, "old", {"cases": 3}, codes=False)
     before = stage.run(config(toy, pred=old, pred_values=None), toy.work)
     assert before.summary["per_class"] == ids.summary["per_class"]
+
+
+def test_a_stale_predict_run_names_the_command_that_rebuilds_it(toy):
+    old = toy.work / "predict" / "stale"
+    with artifacts.building(old) as tmp:
+        for i, case in enumerate(CASES):
+            write(tmp / f"{case}.nii.gz", prediction(i))
+        # predict records dataset None when it read a store: not an argument of the rerun
+        config_record = {"name": "stale", "dataset": None}
+        artifacts.publish(tmp, old, stage="predict", config=config_record, summary={"cases": 3})
+    with open(old / f"{CASES[0]}.nii.gz", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(artifacts.StaleInputError, match=r"rerun `udaseg predict`") as caught:
+        stage.run(config(toy, pred=old, pred_values=None), toy.work)
+    assert "None" not in str(caught.value.hint)

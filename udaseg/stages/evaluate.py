@@ -229,9 +229,10 @@ def _inputs(pred: Source, ref: Source, force: bool) -> dict[str, dict[str, str]]
         if source.artifact is None:
             continue
         found = artifacts.load_manifest(source.artifact)
-        rerun = f"udaseg {found.stage}" + (
-            f" {found.config['dataset']}" if "dataset" in found.config else ""
-        )
+        # preprocess takes the dataset as an argument; predict records dataset None when it
+        # read a store, which is no argument to repeat
+        dataset = found.config.get("dataset")
+        rerun = f"udaseg {found.stage}" + (f" {dataset}" if dataset else "")
         checked = artifacts.require_input(
             source.artifact, stage=found.stage, rerun=rerun, force=force
         )
