@@ -467,9 +467,7 @@ def _intensity_net(images: Tensor, net: _NetDraws, sel: Tensor) -> Tensor:
     return torch.minimum(torch.maximum(mean + std * blended, low), high)
 
 
-def _location_scale(
-    images: Tensor, labels: Tensor | None, tone: _ToneDraws, sel: Tensor
-) -> Tensor:
+def _location_scale(images: Tensor, labels: Tensor | None, tone: _ToneDraws, sel: Tensor) -> Tensor:
     """Re-map the selected samples' intensities by their random tone curve and ``a * v + b``
     (see the module docstring), per class region where ``tone.local`` and labels are given.
 
