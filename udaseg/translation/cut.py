@@ -64,7 +64,12 @@ from udaseg.config.values import parse_ints
 from udaseg.errors import UdasegError
 from udaseg.losses.gan import discriminator_loss, gan_loss, set_requires_grad
 from udaseg.models.discriminators import PatchDiscriminator
-from udaseg.translation.cyclegan import Autocast, ResidualBlock, ResnetGenerator
+from udaseg.translation.cyclegan import (
+    Autocast,
+    ResidualBlock,
+    ResnetGenerator,
+    generator_discriminator_adams,
+)
 from udaseg.translation.registry import register_translator
 
 # Park et al. (Sec. 4 and their default options): Adam 2e-4, betas (0.5, 0.999), batch 1,
@@ -313,16 +318,7 @@ class CUT(nn.Module):
     def optimizers(self, hparams: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
         """Adam over the generator(s) and NCE heads (``lr_g``) and the discriminator(s)
         (``lr_d``), both with ``betas``."""
-        betas = tuple(float(b) for b in hparams["betas"])
-
-        def adam(modules: list[nn.Module], lr: float) -> torch.optim.Optimizer:
-            params = [p for m in modules for p in m.parameters()]
-            return torch.optim.Adam(params, lr=float(lr), betas=betas)
-
-        return {
-            "generator": adam(self.generators, hparams["lr_g"]),
-            "discriminator": adam(self.discriminators, hparams["lr_d"]),
-        }
+        return generator_discriminator_adams(self.generators, self.discriminators, hparams)
 
     # --- training ---------------------------------------------------------------------------
 

@@ -152,6 +152,24 @@ def _conv_in_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> list[nn.
     ]
 
 
+def generator_discriminator_adams(
+    generators: list[nn.Module], discriminators: list[nn.Module], hparams: dict[str, Any]
+) -> dict[str, torch.optim.Optimizer]:
+    """``{"generator": .., "discriminator": ..}``: Adam over the generators' parameters at
+    ``lr_g`` and the discriminators' at ``lr_d``, both with ``betas``, the GAN translators'
+    two optimisers (parameters in module order, which checkpoints' optimiser states follow)."""
+    betas = tuple(float(b) for b in hparams["betas"])
+
+    def adam(modules: list[nn.Module], lr: float) -> torch.optim.Optimizer:
+        params = [p for m in modules for p in m.parameters()]
+        return torch.optim.Adam(params, lr=float(lr), betas=betas)
+
+    return {
+        "generator": adam(generators, hparams["lr_g"]),
+        "discriminator": adam(discriminators, hparams["lr_d"]),
+    }
+
+
 class ResidualBlock(nn.Module):
     """Rk: two reflection-padded 3x3 convs with instance norm, added to the input."""
 
@@ -354,16 +372,7 @@ class CycleTranslator(nn.Module):
 
     def optimizers(self, hparams: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
         """Adam over both generators (``lr_g``) and over both discriminators (``lr_d``)."""
-        betas = tuple(float(b) for b in hparams["betas"])
-
-        def adam(modules: list[nn.Module], lr: float) -> torch.optim.Optimizer:
-            params = [p for m in modules for p in m.parameters()]
-            return torch.optim.Adam(params, lr=float(lr), betas=betas)
-
-        return {
-            "generator": adam(self.generators, hparams["lr_g"]),
-            "discriminator": adam(self.discriminators, hparams["lr_d"]),
-        }
+        return generator_discriminator_adams(self.generators, self.discriminators, hparams)
 
     # --- training ---------------------------------------------------------------------------
 
