@@ -6,22 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+# STILL: no geometry, no gamma, so the intensity re-mapping acts alone
+from tests.data.test_augment import STILL, _gen
 from udaseg.data.augment import AugmentConfig, augment
 from udaseg.errors import UdasegError
-
-# no geometry, no gamma: the intensity re-mapping alone
-STILL = {
-    "rotation_deg": 0.0,
-    "scale": (1.0, 1.0),
-    "shear": 0.0,
-    "translate": 0.0,
-    "intensity_gamma": None,
-    "p": 1.0,
-}
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _ramp_batch(n: int = 6, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

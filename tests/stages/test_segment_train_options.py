@@ -8,19 +8,17 @@ import pytest
 import torch
 
 from tests.conftest import KillAt
-from tests.stages.test_segment_train import config, log_without_times, same_weights, weights
+from tests.stages.test_segment_train import (
+    config,
+    log_without_times,
+    same_weights,
+    weights,
+)
+from tests.stages.test_segment_train import stores as stores  # noqa: F401 (a fixture)
 from udaseg import artifacts
 from udaseg.errors import UdasegError
-from udaseg.stages import preprocess, segment_train
+from udaseg.stages import segment_train
 from udaseg.training.checkpoint import load_checkpoint
-
-
-@pytest.fixture
-def stores(tiny_dataset, tmp_path):
-    raw, manifest = tiny_dataset
-    preprocess.run(preprocess.PreprocessConfig(dataset=str(manifest), raw=raw), tmp_path / "w")
-    root = tmp_path / "w" / "preprocessed"
-    return root / "tiny__src", root / "tiny__tgt"
 
 
 @pytest.mark.parametrize(
