@@ -526,15 +526,26 @@ def rerender(
     n = images.shape[0]
     net = _draw_nets(n, images.shape[1], cfg, generator) if probability > 0 else None
     tone = _draw_tones(n, cfg, generator) if location_scale > 0 else None
+    return _remap(images, labels, tone, net, torch.arange(n))
+
+
+def _remap(
+    images: Tensor, labels: Tensor | None, tone: _ToneDraws | None, net: _NetDraws | None, sel
+) -> Tensor:
+    """The location-scale re-mapping, then the rendering, each on the samples its draws chose.
+
+    images: the samples ``sel`` (indices into the drawn batch) of a batch; labels: theirs or None.
+    """
     if tone is not None:
-        rows = tone.apply.nonzero().squeeze(1)
+        rows = tone.apply[sel].nonzero().squeeze(1)  # rows of images (and sel) to re-map
         if len(rows):
             chosen = None if labels is None else _take(labels, rows)
-            images = _put(images, rows, _location_scale(_take(images, rows), chosen, tone, rows))
+            remapped = _location_scale(_take(images, rows), chosen, tone, sel[rows])
+            images = _put(images, rows, remapped)
     if net is not None:
-        rows = net.apply.nonzero().squeeze(1)
+        rows = net.apply[sel].nonzero().squeeze(1)
         if len(rows):
-            images = _put(images, rows, _intensity_net(_take(images, rows), net, rows))
+            images = _put(images, rows, _intensity_net(_take(images, rows), net, sel[rows]))
     return images
 
 
@@ -595,16 +606,7 @@ def augment(
     warped = None if labels is None else _warp_labels(_take(labels, sel), grid.to(labels.device))
     if warped is not None:
         warped = _flip(warped, draws.flips[sel], config.flip_axes, 1)
-    if draws.tone is not None:
-        rows = draws.tone.apply[sel].nonzero().squeeze(1)
-        if len(rows):
-            chosen = None if warped is None else _take(warped, rows)
-            remapped = _location_scale(_take(out, rows), chosen, draws.tone, sel[rows])
-            out = _put(out, rows, remapped)
-    if draws.net is not None:
-        rows = draws.net.apply[sel].nonzero().squeeze(1)  # rows of out (and sel) to re-render
-        if len(rows):
-            out = _put(out, rows, _intensity_net(_take(out, rows), draws.net, sel[rows]))
+    out = _remap(out, warped, draws.tone, draws.net, sel)
     new_images = _put(images, sel, out)
     if labels is None:
         return new_images, None
