@@ -529,6 +529,17 @@ def rerender(
     return _remap(images, labels, tone, net, torch.arange(n))
 
 
+def check_ipa(ipa: float, intensity_net: float) -> None:
+    """Refuse ``--ipa`` without ``--intensity-net``: IPA blends renderings that only exist when
+    the random networks re-render (exit code 2, naming both options)."""
+    if ipa > 0 and intensity_net == 0:
+        raise UdasegError(
+            f"--ipa {ipa} blends random renderings, which --intensity-net 0 turns off",
+            hint="add --intensity-net 1.0 (or drop --ipa)",
+            exit_code=2,
+        )
+
+
 def _remap(
     images: Tensor, labels: Tensor | None, tone: _ToneDraws | None, net: _NetDraws | None, sel
 ) -> Tensor:

@@ -31,6 +31,7 @@ import torch
 from udaseg import artifacts, layout
 from udaseg.config import result_config, values
 from udaseg.config.adapt import STAGE, AdaptConfig
+from udaseg.data.augment import check_ipa
 from udaseg.data.sampling import SliceSampler, Source, VolumeBank, split_cases, store_path
 from udaseg.data.store import Store
 from udaseg.device import apply_threads, precision_record, resolve_device
@@ -194,12 +195,7 @@ def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store]
             hint=f"leave {' and '.join(given)} at 0 for this method",
             exit_code=2,
         )
-    if config.ipa > 0 and config.intensity_net == 0:
-        raise UdasegError(
-            f"--ipa {config.ipa} blends random renderings, which --intensity-net 0 turns off",
-            hint="add --intensity-net 1.0 (or drop --ipa)",
-            exit_code=2,
-        )
+    check_ipa(config.ipa, config.intensity_net)
     if spec.needs_translator and config.translator is None:
         raise UdasegError(
             f"{spec.name} translates online and needs --translator",

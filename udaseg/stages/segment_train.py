@@ -25,6 +25,7 @@ import torch
 from udaseg import artifacts, layout
 from udaseg.config import result_config, values
 from udaseg.config.segment_train import HPARAM_KEYS, STAGE, TRAIN_ON, SegmentTrainConfig
+from udaseg.data.augment import check_ipa
 from udaseg.data.sampling import (
     BalancedSampler,
     PatchSampler,
@@ -96,12 +97,7 @@ def run(
             hint="drop --no-augment, or the --flip / --location-scale options",
             exit_code=2,
         )
-    if config.ipa > 0 and config.intensity_net == 0:
-        raise UdasegError(
-            f"--ipa {config.ipa} blends random renderings, which --intensity-net 0 turns off",
-            hint="add --intensity-net 1.0 (or drop --ipa)",
-            exit_code=2,
-        )
+    check_ipa(config.ipa, config.intensity_net)
     inputs, stores = _inputs(config, force)
     hparams, model_kwargs = split_overrides(config)
     _check(config, hparams, stores)  # usage errors before any folder is made
