@@ -217,7 +217,8 @@ def test_refusals_name_the_problem(ws):
         adapt.run(config(ws, "sifa.v1", intensity_net=0.5), work)
 
 
-def test_intensity_net_re_renders_the_labelled_slices_only(ws, monkeypatch):
+def batches_seen(monkeypatch) -> list:
+    """The AdaptBatch of every step from now on, in order."""
     seen = []
     real_batch = adapt._batch
 
@@ -227,6 +228,11 @@ def test_intensity_net_re_renders_the_labelled_slices_only(ws, monkeypatch):
         return batch
 
     monkeypatch.setattr(adapt, "_batch", spy)
+    return seen
+
+
+def test_intensity_net_re_renders_the_labelled_slices_only(ws, monkeypatch):
+    seen = batches_seen(monkeypatch)
     work = ws[0]
     cfg = config(ws, "advent.v1", name="gin", intensity_net=1.0)
     cfg.hparams = {**cfg.hparams, "steps": 2}
@@ -280,15 +286,7 @@ def test_cli_adapt_runs_and_shows_the_hparams(ws):
 
 
 def test_location_scale_and_ipa_remap_the_labelled_slices_only(ws, monkeypatch):
-    seen = []
-    real_batch = adapt._batch
-
-    def spy(samplers, job, generator):
-        batch = real_batch(samplers, job, generator)
-        seen.append(batch)
-        return batch
-
-    monkeypatch.setattr(adapt, "_batch", spy)
+    seen = batches_seen(monkeypatch)
     work = ws[0]
     cfg = config(ws, "advent.v1", name="ls", location_scale=1.0, intensity_net=0.5, ipa=1.0)
     cfg.hparams = {**cfg.hparams, "steps": 2}
