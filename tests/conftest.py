@@ -130,3 +130,16 @@ class KillAt(NullProgress):
         self.seen += steps
         if self.seen >= self.stop:
             raise KeyboardInterrupt("killed")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions run fastest on one thread, and a second thread fighting other
+    processes for the CPU slows them several-fold; restore the setting for other tests.
+    Modules of tiny-network tests take it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -38,12 +38,7 @@ class StandIn(nn.Module):
         return self._back(x)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(translator: nn.Module | None = None, seed: int = 0, **hparams) -> AdaptMethod:

@@ -18,13 +18,7 @@ BACK_KEYS = {"g_adv_s", "nce_ts", "nce_idt_ts", "d_s"}
 no_autocast = contextlib.nullcontext
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run fastest on one thread; restore the setting for other tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec() -> registry.TranslatorSpec:

@@ -36,14 +36,7 @@ STEP_KEYS = {"g_adv_t", "g_adv_s", "cycle_s", "cycle_t", "d_t", "d_s", "total"}
 no_autocast = contextlib.nullcontext
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run fastest on one thread, and a second thread fighting other
-    processes for the CPU slows them several-fold; restore the setting for other tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec(name: str) -> registry.TranslatorSpec:
