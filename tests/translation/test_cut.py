@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import io
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.translation.test_cyclegan import checkpoint, restore_training
 from udaseg.errors import UdasegError
 from udaseg.translation import registry
 from udaseg.translation.cut import CUT, encoder_points, patch_nce_loss, run_recording
@@ -176,25 +176,13 @@ def test_resume_is_exact(bidirectional):
     opts = model.optimizers(spec().hparams)
     for source, target in batches[:3]:
         model.train_step(source, target, opts, no_autocast)
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in opts.items()},
-            "rng": torch.get_rng_state(),
-        },
-        buffer,
-    )
+    buffer = checkpoint(model, opts)
     expected_losses = [model.train_step(s, t, opts, no_autocast) for s, t in batches[3:]]
 
-    buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     fresh = tiny(seed=123, bidirectional=bidirectional)
     fresh.load_state_dict(saved["model"])
-    fresh_opts = fresh.optimizers(spec().hparams)
-    for key, state in saved["optimizers"].items():
-        fresh_opts[key].load_state_dict(state)
-    torch.set_rng_state(saved["rng"])
+    fresh_opts = restore_training(fresh, spec().hparams, saved)
     losses = [fresh.train_step(s, t, fresh_opts, no_autocast) for s, t in batches[3:]]
     assert losses == expected_losses
     expected, got = model.state_dict(), fresh.state_dict()

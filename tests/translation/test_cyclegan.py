@@ -39,6 +39,32 @@ no_autocast = contextlib.nullcontext
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def checkpoint(model: torch.nn.Module, opts: dict) -> io.BytesIO:
+    """What a translate-train checkpoint holds for resuming: weights (pools included), optimiser
+    states and torch's RNG, saved to memory and rewound for reading."""
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in opts.items()},
+            "rng": torch.get_rng_state(),
+        },
+        buffer,
+    )
+    buffer.seek(0)
+    return buffer
+
+
+def restore_training(fresh: torch.nn.Module, hparams: dict, saved: dict) -> dict:
+    """Fresh optimisers of ``fresh`` (already holding the saved weights) with the saved states,
+    and torch's RNG as it was; returns the optimisers."""
+    opts = fresh.optimizers(hparams)
+    for key, state in saved["optimizers"].items():
+        opts[key].load_state_dict(state)
+    torch.set_rng_state(saved["rng"])
+    return opts
+
+
 def spec(name: str) -> registry.TranslatorSpec:
     # importing udaseg.translation.cyclegan registered it; read the registry directly so these
     # tests do not depend on the other built-in translator modules
@@ -273,19 +299,10 @@ def test_resume_is_exact(name):
     opts = model.optimizers(spec(name).hparams)
     for source, target in batches[:3]:
         model.train_step(source, target, opts, no_autocast)
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in opts.items()},
-            "rng": torch.get_rng_state(),
-        },
-        buffer,
-    )
+    buffer = checkpoint(model, opts)
     for source, target in batches[3:]:
         model.train_step(source, target, opts, no_autocast)
 
-    buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     assert {"pool_t.images", "pool_t.count", "pool_s.images", "pool_s.count"} <= set(saved["model"])
     assert saved["model"]["pool_t.images"].shape == (4, 1, 32, 32)
@@ -293,10 +310,7 @@ def test_resume_is_exact(name):
     fresh.load_state_dict(saved["model"])
     for key, value in saved["model"].items():
         assert torch.equal(fresh.state_dict()[key], value), key
-    fresh_opts = fresh.optimizers(spec(name).hparams)
-    for key, state in saved["optimizers"].items():
-        fresh_opts[key].load_state_dict(state)
-    torch.set_rng_state(saved["rng"])
+    fresh_opts = restore_training(fresh, spec(name).hparams, saved)
     for source, target in batches[3:]:
         fresh.train_step(source, target, fresh_opts, no_autocast)
 
