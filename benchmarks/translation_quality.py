@@ -57,8 +57,8 @@ from udaseg.translation.quality import (
     NO_CYCLE,
     direction_report,
     style_distances,
-    translates_back,
 )
+from udaseg.translation.registry import translates_back
 
 
 def main() -> None:

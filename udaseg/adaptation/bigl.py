@@ -57,6 +57,7 @@ from udaseg.losses.gan import gan_loss
 from udaseg.models.discriminators import SmallMapDiscriminator
 from udaseg.models.unet import BIGL_HPARAMS
 from udaseg.training.loop import unwrap
+from udaseg.translation.registry import translates_back
 
 # The segmenter trains as dual-attention-unet.v1's own segment-train settings (BIGL_HPARAMS,
 # Sec. 3.6: lr 5e-3 with poly decay of power 0.75, CE + generalised Dice; SGD with momentum and
@@ -212,7 +213,7 @@ def bigl(ctx: AdaptContext) -> AdaptMethod:
             exit_code=2,
         )
     hparams, translator = ctx.hparams, ctx.translator
-    if not getattr(translator, "translates_back", True):
+    if not translates_back(translator):
         # refused before any network is built: every iteration needs x_t->s
         raise UdasegError(
             "bigl.v1 needs both translation directions, but the --translator run is one-way "

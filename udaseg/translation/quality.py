@@ -40,6 +40,7 @@ from udaseg.errors import UdasegError
 from udaseg.inference import segment_volume
 from udaseg.metrics import compute_dice
 from udaseg.translation.io import encode_styles, render_volume
+from udaseg.translation.registry import translates_back
 
 # the anatomy check: mean Dice on the cycle reconstructions at most this far below the
 # originals'
@@ -49,12 +50,6 @@ NO_CYCLE = (
     "does not apply: the translator is one-way (no target -> source generator); "
     "cut.v1 trains one with --set bidirectional=true"
 )
-
-
-def translates_back(translator) -> bool:
-    """Whether ``translator`` renders target images in the source appearance: one-way
-    translators say no with a ``translates_back`` attribute; the others all do."""
-    return bool(getattr(translator, "translates_back", True))
 
 
 def organ_dice(model, info, volume, label, classes) -> list[float]:

@@ -81,6 +81,12 @@ def register_translator(
     )
 
 
+def translates_back(translator: Any) -> bool:
+    """Whether ``translator`` renders target images in the source appearance: one-way
+    translators say no with a ``translates_back`` attribute; the others all do."""
+    return bool(getattr(translator, "translates_back", True))
+
+
 def translator_spec(name: str) -> TranslatorSpec:
     return _REGISTRY.get(name)
 
