@@ -222,6 +222,53 @@ def test_ignored_voxels_do_not_contribute(name):
     assert loss(_out(scrambled), target)[0].item() == pytest.approx(total.item(), rel=1e-6)
 
 
+def _one_hot_reference(name: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The formulas of the module docstring written with a full one-hot target, in float64."""
+    valid = target != -100
+    labels = torch.where(valid, target, 0)
+    g = F.one_hot(labels, C).movedim(-1, 1).double() * valid.unsqueeze(1)
+    logp = F.log_softmax(logits.double(), 1)
+    p = logp.exp() * valid.unsqueeze(1)
+    dims = (0, 2, 3)
+    counts = g.sum(dims)
+    logp_y = (logp * g).sum(1)
+
+    def weighted_mean(per_voxel, w_c):
+        w = (g * w_c.view(1, -1, 1, 1)).sum(1)
+        return (w * per_voxel).sum() / w.sum()
+
+    def soft_dice():
+        dice = (2 * (p * g).sum(dims) + 1) / ((p * p).sum(dims) + counts + 1)
+        return 1 - dice[1:].mean()
+
+    if name == "ce":
+        return weighted_mean(-logp_y, torch.ones(C, dtype=torch.float64))
+    if name == "ce_dice":
+        return weighted_mean(-logp_y, 1 - counts / counts.sum()) + soft_dice()
+    if name == "dice_focal":
+        focal = -((1 - logp_y.exp()) ** 2) * logp_y
+        return soft_dice() + 10 * weighted_mean(focal, torch.ones(C, dtype=torch.float64))
+    w = 1 / counts
+    w = w / w.sum()
+    gdice = 1 - (2 * (w * (p * g).sum(dims)).sum() + 1) / ((w * (p.sum(dims) + counts)).sum() + 1)
+    return gdice + weighted_mean(-logp_y, torch.ones(C, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_values_and_gradients_match_the_one_hot_formulas(name):
+    # the terms sum each class's voxels by label rather than through a one-hot product
+    target = _target((2, 16, 16), seed=3)
+    target[0, :3] = -100
+    logits = _logits((2, C, 16, 16), seed=4, requires_grad=True) * 2
+    total, _ = create_loss(name, C)(_out(logits), target)
+    (grad,) = torch.autograd.grad(total, logits)
+    wide = logits.detach().double().requires_grad_(True)
+    expected = _one_hot_reference(name, wide, target)
+    (expected_grad,) = torch.autograd.grad(expected, wide)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-7)
+
+
 def test_out_of_range_target_and_bad_shapes_raise():
     loss = create_loss("ce", C)
     with pytest.raises(ValueError, match="outside 0..3"):
