@@ -297,3 +297,45 @@ def test_location_scale_and_ipa_remap_the_labelled_slices_only(ws, monkeypatch):
         adapt.run(config(ws, "sifa.v1", location_scale=0.5), work)
     with pytest.raises(UdasegError, match="--intensity-net"):
         adapt.run(config(ws, "advent.v1", name="x", ipa=0.5), work)
+
+
+def test_a_translator_trained_target_to_source_is_used_reversed(ws, monkeypatch):
+    work, source, target = ws
+    translate_stage.run(
+        translate_stage.TranslateTrainConfig(
+            method="cyclegan.v1",
+            source=target,
+            target=source,
+            hparams={
+                **translator_spec("cyclegan.v1").tiny,
+                "steps": 2,
+                "batch_size": 1,
+                "patch_size": [32, 32],
+            },
+            name="cyc-back",
+            device="cpu",
+        ),
+        work,
+    )
+    from udaseg.translation import io as translation_io
+    from udaseg.translation.reverse import ReversedTranslator
+
+    loaded = []
+    real_load = translation_io.load_translator
+
+    def spy(*args, **kwargs):
+        translator, spec = real_load(*args, **kwargs)
+        loaded.append(translator)
+        return translator, spec
+
+    monkeypatch.setattr(translation_io, "load_translator", spy)
+    forward = adapt.run(config(ws, "bigl.v1", name="bigl-forward"), work)
+    backward = adapt.run(
+        config(ws, "bigl.v1", name="bigl-back", translator=work / "translate" / "cyc-back"), work
+    )
+    assert forward.summary["translator_direction"] == "forward"
+    assert backward.summary["translator_direction"] == "reversed"
+    assert not isinstance(loaded[0], ReversedTranslator)
+    assert isinstance(loaded[1], ReversedTranslator)
+    _, info = load_model(work / "adapt" / "bigl-back", "final")
+    assert info["translator_direction"] == "reversed"

@@ -27,7 +27,9 @@ class AdaptConfig(StageConfig):
         None, help="Preprocessed target store (its labels never train anything)."
     )
     translator: Path | None = result(
-        None, help="translate-train run, for methods that translate online (BiGL)."
+        None,
+        help="translate-train run, for methods that translate online (BiGL); a two-way run "
+        "trained target -> source is used reversed.",
     )
     init: Path | None = result(
         None, help="Model directory to start the segmenter from (the source-only run)."

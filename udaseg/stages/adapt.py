@@ -128,6 +128,7 @@ def run(
         return done
     runtime = loop.setup_runtime(config.device, config.amp, config.channels_last, config.compile)
     job = _Job(config, spec, hparams, model, model_kwargs, source, target, init, runtime)
+    job.translator_direction = _translator_direction(config, source, target)
     digest = loop.resume_key(artifacts.run_hash(stage_config, out), inputs)
     with loop.building(out, runtime) as tmp:
         loop.prepare_resume(tmp, digest, config.resume, progress, runtime)
@@ -151,6 +152,8 @@ class _Job:
     target: Store
     init: tuple[dict, dict] | None
     runtime: loop.Runtime
+    # how the --translator run maps source -> target (udaseg.translation.io.orientation)
+    translator_direction: str | None = None
 
 
 def _run_name(config: AdaptConfig, source: Store, target: Store) -> str:
@@ -308,7 +311,8 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
     if config.translator is not None:
         from udaseg.translation.io import load_translator
 
-        translator, _ = load_translator(config.translator, "final", runtime.device)
+        reverse = job.translator_direction == "reversed"
+        translator, _ = load_translator(config.translator, "final", runtime.device, reverse=reverse)
         translator.requires_grad_(False)
     ctx = AdaptContext(
         job.model, job.model_kwargs, job.model_kwargs["num_classes"], hparams, runtime, generator
@@ -356,8 +360,19 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
         "steps": state.step,
         "last_validation": last,
         "init": str(config.init) if config.init else None,
+        "translator_direction": job.translator_direction,
         "skipped": False,
     }
+
+
+def _translator_direction(config: AdaptConfig, source: Store, target: Store) -> str | None:
+    """How --translator maps --source -> --target; a run trained target -> source is used
+    reversed (one two-way translator serves both adaptation directions)."""
+    if config.translator is None:
+        return None
+    from udaseg.translation.io import orientation, read_model_json
+
+    return orientation(read_model_json(Path(config.translator)), source, target)
 
 
 def _write_extras(method, job: _Job, banks, directory: Path) -> None:
@@ -513,4 +528,6 @@ def _model_info(job: _Job) -> dict[str, Any]:
     )
     info["method"] = job.config.method
     info["source_domain"] = job.source.domain
+    if job.translator_direction is not None:
+        info["translator_direction"] = job.translator_direction
     return info

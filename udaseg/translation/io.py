@@ -136,8 +136,13 @@ def checkpoint_path(directory: Path, which: str = "final") -> Path:
     )
 
 
-def load_translator(directory: Path, which: str = "final", device: str = "cpu"):
+def load_translator(
+    directory: Path, which: str = "final", device: str = "cpu", *, reverse: bool = False
+):
     """Rebuild the translator of a translate run from its checkpoint, in eval mode on ``device``.
+
+    ``reverse``: wrap it in :class:`udaseg.translation.reverse.ReversedTranslator`, to translate
+    from its target domain to its source domain (see :func:`orientation`).
 
     Returns:
         (translator module, the checkpoint's model spec ``{"name", "kwargs"}``).
@@ -149,7 +154,27 @@ def load_translator(directory: Path, which: str = "final", device: str = "cpu"):
     spec = checkpoint["model"]
     translator = create_translator(spec["name"], **dict(spec["kwargs"]))
     translator.load_state_dict(checkpoint["state_dict"])
+    if reverse:
+        from udaseg.translation.reverse import ReversedTranslator
+
+        translator = ReversedTranslator(translator)
     return translator.to(device).eval(), spec
+
+
+def orientation(info: dict[str, Any], source: Any, target: Any) -> str:
+    """How a translate run with ``model.json`` ``info`` maps a ``source`` -> ``target`` pair of
+    stores (anything with ``dataset`` and ``domain``): ``"forward"`` when it was trained from
+    the source's domain to the target's, ``"reversed"`` when trained the other way round, and
+    ``"other"`` when its domains are not this pair (e.g. a translated source store)."""
+
+    def same(side: str, store: Any) -> bool:
+        return (info[side]["dataset"], info[side]["domain"]) == (store.dataset, store.domain)
+
+    if same("source", source) and same("target", target):
+        return "forward"
+    if same("source", target) and same("target", source):
+        return "reversed"
+    return "other"
 
 
 def pad_to_multiple(images: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[slice, slice]]:
