@@ -380,20 +380,22 @@ def _sum_of_maps(maps: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tens
 class GatedResidual(torch.autograd.Function):
     """apply(skip, r, *maps) = skip + r * (sum of maps), each map broadcastable to r.
 
-    The sum is built in r's layout (and rebuilt in the backward rather than kept: a full-size
-    tensor per block); the backward reduces each map's gradient in memory order (see
-    :func:`_reduction_order`), which autograd's own broadcast reduction does not.
+    The sum is built once in r's layout and kept for the backward (a full-size tensor per block:
+    rebuilding it took four full-size passes per block and step); the backward reduces each
+    map's gradient in memory order (see :func:`_reduction_order`), which autograd's own
+    broadcast reduction does not.
     """
 
     @staticmethod
     def forward(ctx, skip: torch.Tensor, r: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(r, *maps)
-        return torch.addcmul(skip, r, _sum_of_maps(maps, r))
+        total = _sum_of_maps(maps, r)
+        ctx.save_for_backward(r, total, *maps)
+        return torch.addcmul(skip, r, total)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        r, *maps = ctx.saved_tensors
+        r, total, *maps = ctx.saved_tensors
         order = _reduction_order(r)
         inverse = tuple(order.index(i) for i in range(5))
         # the products in r's layout, whatever layout grad arrives in, one at a time
@@ -404,9 +406,8 @@ class GatedResidual(torch.autograd.Function):
             reduced = product.sum(dims, keepdim=True) if dims else product
             grad_maps.append(reduced.permute(inverse).to(grad.dtype))
         del product
-        total = _sum_of_maps(maps, r)
-        grad_r = torch.mul(grad, total, out=total)
-        return (grad, grad_r, *grad_maps)
+        # not in place into the saved sum: a second backward through a kept graph reads it
+        return (grad, grad * total, *grad_maps)
 
 
 class QAMBranch(nn.Module):
