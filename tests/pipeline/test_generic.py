@@ -184,6 +184,29 @@ def test_uda_cpu_small_on_the_abdominal_data_is_the_abdominal_route(tmp_path):
     )
 
 
+def test_the_two_directions_can_share_one_translator(tmp_path):
+    """translator_from/translator_to name the other run's translator: the MR -> CT run's
+    translator stage is then the CT -> MR run's (same artifact) and BiGL reads it."""
+    common = {"raw": "/data", "dataset": "abdominal-normalized"}
+    forward = pipelines.load_pipeline(
+        "uda", tmp_path, "cpu-90", {**common, "src": "ct", "tgt": "mr"}
+    )
+    shared = pipelines.load_pipeline(
+        "uda",
+        tmp_path,
+        "cpu-90",
+        {**common, "src": "mr", "tgt": "ct", "translator_from": "ct", "translator_to": "mr"},
+    )
+
+    def config(loaded, name):
+        return pipelines._parse(next(s for s in loaded.stages if s.name == name)).config
+
+    assert config(shared, "cyclegan") == config(forward, "cyclegan")
+    bigl = config(shared, "bigl-gin")
+    assert Path(bigl.translator) == tmp_path / "translate" / "cyclegan-ct-to-mr"
+    assert Path(bigl.source).name.endswith("__mr") and Path(bigl.target).name.endswith("__ct")
+
+
 GROUPS = """
 vars: {}
 presets:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,44 @@ def test_a_pipeline_with_an_unknown_option_is_refused_before_it_runs(tmp_path):
     loaded = pipelines.load_pipeline(tmp_path / "p.yaml", tmp_path)
     with pytest.raises(UdasegError, match="stage bad.*--stepz.*did you mean"):
         pipelines.check(loaded.stages[0])
+
+
+def test_a_stage_whose_artifact_another_process_builds_fails_or_waits(tmp_path):
+    import threading
+
+    from udaseg import artifacts
+
+    path = write(
+        tmp_path,
+        """
+stages:
+  - name: make
+    run: udaseg phantom --out ${work}/raw --size tiny
+  - name: stores
+    run: udaseg preprocess ${work}/raw/dataset.yaml --raw ${work}/raw --work ${work}
+""",
+    )
+    work = tmp_path / "w"
+    loaded = pipelines.load_pipeline(path, work)
+    store = work / "preprocessed" / "phantom-abdomen__ct"
+    # the lock stands for another process: flock excludes every other holder
+    failed = pytest.raises(UdasegError, match="stage stores failed: .*another process")
+    with artifacts.locked(store), failed as caught:
+        pipelines.run(loaded, loaded.stages, echo=lambda line: None)
+    assert caught.value.exit_code == 3 and not store.exists()
+
+    holding, lines = threading.Event(), []
+
+    def hold() -> None:
+        with artifacts.locked(store):
+            holding.set()
+            time.sleep(1.0)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+    record = pipelines.run(loaded, loaded.stages, echo=lines.append, wait_for_locks=0.2)
+    holder.join()
+    assert any("stores: " in line and "waiting" in line for line in lines)
+    assert [s["status"] for s in record["stages"]] == ["skipped", "ran"]
+    assert (store / "manifest.json").is_file()

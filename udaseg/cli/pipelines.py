@@ -71,6 +71,17 @@ def run_pipeline(
             rich_help_panel=RUNTIME,
         ),
     ] = False,
+    wait_for_locks: Annotated[
+        float,
+        typer.Option(
+            "--wait-for-locks",
+            help="Where another process builds a stage's artifact (e.g. the other direction "
+            "training a translator both use), wait for it, checking every SECONDS, instead "
+            "of failing.",
+            metavar="SECONDS",
+            rich_help_panel=RUNTIME,
+        ),
+    ] = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a pipeline (a paper's experiment as stage commands), skipping current stages.
@@ -105,7 +116,7 @@ def run_pipeline(
     def echo(line: str) -> None:
         typer.echo(line, err=True)
 
-    record = runner.run(loaded, chosen, echo=echo)
+    record = runner.run(loaded, chosen, echo=echo, wait_for_locks=wait_for_locks)
     if as_json:
         emit(record, True)
     else:  # plain Markdown, unwrapped, to paste into notes

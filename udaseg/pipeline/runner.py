@@ -465,9 +465,15 @@ def run(
     *,
     progress: Progress | None = None,
     echo=print,
+    wait_for_locks: float = 0.0,
 ) -> dict[str, Any]:
     """Run ``stages`` in order in this process; returns the run summary (also written to
     ``W/runs/<pipeline>/summary.json`` with the comparison table as ``comparison.md``).
+
+    ``wait_for_locks``: where a stage's artifact is being built by another process (e.g. the
+    other direction of a route, training the translator both share), wait for it, polling every
+    this many seconds, then run the stage (which finds the artifact current and skips it);
+    0 fails at once, naming the holder.
 
     The summary records the provenance ``udaseg report`` shows beside each result: the preset
     and the optional groups it switched on (``preset_with``), the optional groups whose stages
@@ -504,7 +510,7 @@ def run(
             continue
         echo(f"$ {stage.command}")
         started = time.perf_counter()
-        summary = _call(stage, progress)
+        summary = _call(stage, progress, wait_for_locks, echo)
         skipped = _skipped(summary)
         results.append(
             {
@@ -581,12 +587,22 @@ def _artifact_index(path: Path, record: dict[str, Any]) -> dict[str, dict[str, A
     return index
 
 
-def _call(stage: Stage, progress: Progress) -> Any:
+def _call(stage: Stage, progress: Progress, wait_for_locks: float = 0.0, echo=print) -> Any:
     """Run one stage command in this process; its summary (an evaluate stage's: the scores in
     its ``summary.json``, which the comparison table reads)."""
+    from udaseg.artifacts import ArtifactLockedError
+
     command = _parse(stage)
     try:
-        result = command.run(progress)
+        while True:
+            try:
+                result = command.run(progress)
+                break
+            except ArtifactLockedError as exc:
+                if wait_for_locks <= 0:
+                    raise
+                echo(f"  {stage.name}: {exc.message}; waiting")
+                time.sleep(wait_for_locks)
     except UdasegError as exc:
         raise UdasegError(
             f"stage {stage.name} failed: {exc.message}",
