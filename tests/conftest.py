@@ -133,13 +133,17 @@ class KillAt(NullProgress):
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(monkeypatch):
     """Tiny convolutions run fastest on one thread, and a second thread fighting other
     processes for the CPU slows them several-fold; restore the setting for other tests.
-    Modules of tiny-network tests take it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    Stages started in the test keep it as their default. Modules of tiny-network tests take it
+    with ``pytestmark = pytest.mark.usefixtures(...)``."""
     import torch
+
+    from udaseg import device
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    monkeypatch.setattr(device, "_PROCESS_THREADS", 1)
     yield
     torch.set_num_threads(threads)

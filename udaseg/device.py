@@ -151,16 +151,25 @@ def resolve_threads(threads: int | None) -> int | None:
     return int(slurm) if slurm.isdigit() and int(slurm) > 0 else None
 
 
+#: torch's intra-op thread count before the first stage of this process changed it
+_PROCESS_THREADS: int | None = None
+
+
 def apply_threads(threads: int | None) -> int:
     """Set torch's intra-op threads to :func:`resolve_threads` (``threads``) at a stage's start;
-    returns the count in effect. Inter-op threads (parallel independent ops, rare in eager
-    execution) are capped at the same count, where torch still allows it (only before its first
-    parallel work in the process)."""
+    returns the count in effect. Without a count the process's own default is restored, so a
+    stage's ``--threads`` does not carry over to the next stage of a pipeline run in the same
+    process. Inter-op threads (parallel independent ops, rare in eager execution) are capped at
+    the same count, where torch still allows it (only before its first parallel work in the
+    process)."""
     import torch
 
+    global _PROCESS_THREADS
+    if _PROCESS_THREADS is None:
+        _PROCESS_THREADS = torch.get_num_threads()
     count = resolve_threads(threads)
     if count is None:
-        return torch.get_num_threads()
+        count = _PROCESS_THREADS
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     if torch.get_num_interop_threads() > count:

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 import yaml
 
 from tests.conftest import TINY_MANIFEST, require_shared, write_tiny_dataset
@@ -35,12 +34,7 @@ OVERRIDES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(store: Path, work: Path, name: str, train_on: str = "source") -> Path:

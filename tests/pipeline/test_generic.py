@@ -280,7 +280,7 @@ def test_a_preset_still_sets_only_declared_variables_and_with_is_reserved(tmp_pa
 
 
 def test_the_run_summary_records_the_presets_groups(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipelines, "_call", lambda stage, progress: {"output": ""})
+    monkeypatch.setattr(pipelines, "_call", lambda stage, *rest: {"output": ""})
     loaded = pipelines.load_pipeline(groups_pipeline(tmp_path), tmp_path / "w", "full")
     chosen = pipelines.select(loaded.stages, None, None, [*loaded.preset_with, "extra"])
     record = pipelines.run(loaded, chosen, echo=lambda line: None)

@@ -94,13 +94,7 @@ def _tolerate_missing_builtin_models(monkeypatch):
     monkeypatch.setattr(registry, "_load_builtin", load)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions run fastest on one thread (and suffer most from a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Pointwise(nn.Module):

@@ -52,8 +52,10 @@ def no_native_bf16(monkeypatch):
 
 
 @pytest.fixture
-def restore_threads():
+def restore_threads(monkeypatch):
     threads = torch.get_num_threads()
+    # the default a stage records in the test is undone with it
+    monkeypatch.setattr(devices, "_PROCESS_THREADS", devices._PROCESS_THREADS)
     yield
     torch.set_num_threads(threads)
 
@@ -247,11 +249,21 @@ def test_threads_sets_torch_threads_at_the_stage_start(
 
 def test_threads_default_to_slurm_cpus_per_task(monkeypatch, restore_threads):
     torch.set_num_threads(2)
+    devices._PROCESS_THREADS = None  # as in a fresh process (restore_threads puts it back)
     monkeypatch.delenv(devices.SLURM_CPUS_ENV, raising=False)
     assert devices.apply_threads(None) == 2 and torch.get_num_threads() == 2
     monkeypatch.setenv(devices.SLURM_CPUS_ENV, "1")
     assert devices.apply_threads(None) == 1 and torch.get_num_threads() == 1
     assert devices.apply_threads(2) == 2 and torch.get_num_threads() == 2
+
+
+def test_a_stages_threads_do_not_carry_over_to_the_next_stage(monkeypatch, restore_threads):
+    torch.set_num_threads(2)
+    devices._PROCESS_THREADS = None
+    monkeypatch.delenv(devices.SLURM_CPUS_ENV, raising=False)
+    assert devices.apply_threads(1) == 1 and torch.get_num_threads() == 1  # e.g. --threads 1
+    # the next stage of the same pipeline run, without --threads: the process's default again
+    assert devices.apply_threads(None) == 2 and torch.get_num_threads() == 2
 
 
 def test_threads_is_on_the_command_line(restore_threads):
