@@ -101,17 +101,18 @@ def test_every_shipped_pipeline_loads_with_known_commands(tmp_path):
         pipelines.load_pipeline(unknown, tmp_path)
 
 
+def phantom_then_preprocess(tmp_path: Path, name: str, manifest: str) -> Path:
+    """A pipeline: stage "make" writes the tiny phantom, stage ``name`` preprocesses
+    ``manifest`` with it."""
+    stages = [
+        {"name": "make", "run": "udaseg phantom --out ${work}/raw --size tiny"},
+        {"name": name, "run": f"udaseg preprocess {manifest} --raw ${{work}}/raw --work ${{work}}"},
+    ]
+    return write(tmp_path, json.dumps({"stages": stages}))
+
+
 def test_a_failing_stage_is_named_and_earlier_ones_are_kept(tmp_path):
-    path = write(
-        tmp_path,
-        """
-stages:
-  - name: make
-    run: udaseg phantom --out ${work}/raw --size tiny
-  - name: broken
-    run: udaseg preprocess ${work}/nowhere.yaml --raw ${work}/raw --work ${work}
-""",
-    )
+    path = phantom_then_preprocess(tmp_path, "broken", "${work}/nowhere.yaml")
     loaded = pipelines.load_pipeline(path, tmp_path / "w")
     with pytest.raises(UdasegError, match="stage broken failed") as caught:
         pipelines.run(loaded, loaded.stages, echo=lambda line: None)
@@ -241,16 +242,7 @@ def test_a_stage_whose_artifact_another_process_builds_fails_or_waits(tmp_path):
 
     from udaseg import artifacts
 
-    path = write(
-        tmp_path,
-        """
-stages:
-  - name: make
-    run: udaseg phantom --out ${work}/raw --size tiny
-  - name: stores
-    run: udaseg preprocess ${work}/raw/dataset.yaml --raw ${work}/raw --work ${work}
-""",
-    )
+    path = phantom_then_preprocess(tmp_path, "stores", "${work}/raw/dataset.yaml")
     work = tmp_path / "w"
     loaded = pipelines.load_pipeline(path, work)
     store = work / "preprocessed" / "phantom-abdomen__ct"

@@ -8,6 +8,7 @@ The per-method behaviour (losses, update order, masks) is tested in the method's
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,23 +62,24 @@ def ws(tmp_path_factory):
         ),
         work,
     )
+    tiny_cyclegan(work, source, target, "cyc")
+    return work, source, target
+
+
+def tiny_cyclegan(work: Path, source: Path, target: Path, name: str) -> None:
+    """A 2-iteration tiny CycleGAN run translating ``source``'s domain to ``target``'s."""
+    hparams = {"steps": 2, "batch_size": 1, "patch_size": [32, 32]}
     translate_stage.run(
         translate_stage.TranslateTrainConfig(
             method="cyclegan.v1",
             source=source,
             target=target,
-            hparams={
-                **translator_spec("cyclegan.v1").tiny,
-                "steps": 2,
-                "batch_size": 1,
-                "patch_size": [32, 32],
-            },
-            name="cyc",
+            hparams={**translator_spec("cyclegan.v1").tiny, **hparams},
+            name=name,
             device="cpu",
         ),
         work,
     )
-    return work, source, target
 
 
 def config(ws, method: str, **overrides) -> adapt.AdaptConfig:
@@ -301,22 +303,7 @@ def test_location_scale_and_ipa_remap_the_labelled_slices_only(ws, monkeypatch):
 
 def test_a_translator_trained_target_to_source_is_used_reversed(ws, monkeypatch):
     work, source, target = ws
-    translate_stage.run(
-        translate_stage.TranslateTrainConfig(
-            method="cyclegan.v1",
-            source=target,
-            target=source,
-            hparams={
-                **translator_spec("cyclegan.v1").tiny,
-                "steps": 2,
-                "batch_size": 1,
-                "patch_size": [32, 32],
-            },
-            name="cyc-back",
-            device="cpu",
-        ),
-        work,
-    )
+    tiny_cyclegan(work, target, source, "cyc-back")
     from udaseg.translation import io as translation_io
     from udaseg.translation.reverse import ReversedTranslator
 
