@@ -80,20 +80,16 @@ ClassWeights = str | Sequence[float] | Tensor | None
 class HeadInputs:
     """What every term needs from one head, computed once.
 
-    logp/prob: (N, C, *spatial) float32 log-softmax and softmax; logp_y: (N, *spatial) float32,
-    log p of each voxel's labelled class; valid: (N, *spatial) bool, True where labelled; labels:
-    (N, *spatial) int64 with unlabelled voxels set to 0 (so they can index), always read together
-    with ``valid``; counts: (C,) float32 labelled voxels per class; all_valid: every voxel is
-    labelled (the masks can be skipped).
+    logp/prob: (N, C, *spatial) float32 log-softmax and softmax; onehot: (N, C, *spatial) float32,
+    zero at unlabelled voxels; valid: (N, *spatial) bool, True where labelled; labels: (N, *spatial)
+    int64 with unlabelled voxels set to 0 (so they can index), always read together with ``valid``.
     """
 
     logp: Tensor
     prob: Tensor
-    logp_y: Tensor
+    onehot: Tensor
     valid: Tensor
     labels: Tensor
-    counts: Tensor
-    all_valid: bool
 
     @property
     def num_classes(self) -> int:
@@ -101,25 +97,7 @@ class HeadInputs:
 
     def class_counts(self) -> Tensor:
         """(C,) number of labelled voxels of each class in the batch."""
-        return self.counts
-
-    def labelled(self, per_voxel: Tensor) -> Tensor:
-        """per_voxel (N, *spatial) or (N, C, *spatial), zero where unlabelled."""
-        if self.all_valid:
-            return per_voxel
-        mask = self.valid if per_voxel.ndim == self.valid.ndim else self.valid.unsqueeze(1)
-        return per_voxel * mask
-
-    def sums_by_label(self, per_voxel: Tensor) -> Tensor:
-        """(C,) sums of per_voxel (N, *spatial) over the labelled voxels of each class.
-
-        The same as ``(per_voxel * onehot).sum`` per class without building the (N, C, *spatial)
-        one-hot or product: at 3D patch sizes those full-size tensors cost more than the loss.
-        """
-        # float64 accumulators: index_add adds sequentially, float32 would lose digits over 10^6
-        values = self.labelled(per_voxel).flatten().double()
-        sums = values.new_zeros(self.num_classes).index_add(0, self.labels.flatten(), values)
-        return sums.to(per_voxel.dtype)
+        return self.onehot.sum(dim=_reduce_dims(self.onehot))
 
 
 def _reduce_dims(x: Tensor) -> tuple[int, ...]:
@@ -131,14 +109,13 @@ def _reduce_dims(x: Tensor) -> tuple[int, ...]:
 class TargetInputs:
     """The target's part of :class:`HeadInputs`, shared by all heads of one call."""
 
+    onehot: Tensor
     valid: Tensor
     labels: Tensor
-    counts: Tensor
-    all_valid: bool
 
 
 def target_inputs(target: Tensor, num_classes: int, ignore_index: int) -> TargetInputs:
-    """Labelled mask, index-safe labels and per-class counts of a (N, *s) target."""
+    """One-hot (N, C, *s), labelled mask and index-safe labels of a (N, *s) target."""
     target = target.long()
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= num_classes))
@@ -148,18 +125,15 @@ def target_inputs(target: Tensor, num_classes: int, ignore_index: int) -> Target
             f"target holds class ids {found} outside 0..{num_classes - 1} "
             f"(ignore_index={ignore_index})"
         )
-    all_valid = bool(valid.all())
-    labels = target if all_valid else torch.where(valid, target, torch.zeros_like(target))
-    counted = labels if all_valid else labels[valid]
-    counts = torch.bincount(counted.flatten(), minlength=num_classes).float()
-    return TargetInputs(valid, labels, counts, all_valid)
+    labels = torch.where(valid, target, torch.zeros_like(target))
+    onehot = F.one_hot(labels, num_classes).movedim(-1, 1).float() * valid.unsqueeze(1)
+    return TargetInputs(onehot, valid, labels)
 
 
 def head_inputs(logits: Tensor, t: TargetInputs) -> HeadInputs:
     """Float32 softmax of one head's (N, C, *s) logits, with the target's parts."""
     logp = F.log_softmax(logits.float(), dim=1)
-    logp_y = logp.gather(1, t.labels.unsqueeze(1)).squeeze(1)
-    return HeadInputs(logp, logp.exp(), logp_y, t.valid, t.labels, t.counts, t.all_valid)
+    return HeadInputs(logp, logp.exp(), t.onehot, t.valid, t.labels)
 
 
 # --- class weights -----------------------------------------------------------------------------
@@ -217,22 +191,22 @@ def generalized_dice_weights(counts: Tensor, power: float = 1.0) -> Tensor:
 def _weighted_mean(per_voxel: Tensor, h: HeadInputs, class_weights: ClassWeights) -> Tensor:
     """sum_n w_{y_n} l_n / sum_n w_{y_n} over labelled voxels; 0 (with a graph) when none."""
     weights = batch_class_weights(class_weights, h.class_counts()).to(per_voxel.device)
-    # sum_n w_{y_n} l_n = sum_c w_c (sum of l over class c's voxels)
-    return (weights * h.sums_by_label(per_voxel)).sum() / (weights * h.counts).sum().clamp_min(
-        1e-12
-    )
+    w = weights[h.labels] * h.valid
+    return (w * per_voxel).sum() / w.sum().clamp_min(1e-12)
 
 
 def cross_entropy_term(h: HeadInputs, class_weights: ClassWeights = None) -> Tensor:
     """Class-weighted mean cross-entropy over labelled voxels."""
-    return _weighted_mean(-h.logp_y, h, class_weights)
+    nll = -h.logp.gather(1, h.labels.unsqueeze(1)).squeeze(1)
+    return _weighted_mean(nll, h, class_weights)
 
 
 def focal_term(h: HeadInputs, gamma: float = 2.0, class_weights: ClassWeights = None) -> Tensor:
     """Focal loss ``-(1 - p_y)^gamma log p_y``, weighted mean like the cross-entropy."""
+    logp_y = h.logp.gather(1, h.labels.unsqueeze(1)).squeeze(1)
     # clamp: exp(logp) can round a hair above 1, and a negative base breaks non-integer gamma
-    modulator = (1.0 - h.logp_y.exp()).clamp_min(0.0).pow(gamma)
-    return _weighted_mean(-modulator * h.logp_y, h, class_weights)
+    modulator = (1.0 - logp_y.exp()).clamp_min(0.0).pow(gamma)
+    return _weighted_mean(-modulator * logp_y, h, class_weights)
 
 
 def _dice_classes(num_classes: int, include_background: bool) -> slice:
@@ -244,10 +218,11 @@ def soft_dice_term(
 ) -> Tensor:
     """1 - mean over classes of the batch soft Dice (see the module docstring)."""
     keep = _dice_classes(h.num_classes, include_background)
-    prob = h.labelled(h.prob)
-    intersection = h.sums_by_label(h.logp_y.exp())[keep]
-    pred = (prob.square() if squared_pred else prob).sum(_reduce_dims(prob))[keep]
-    truth = h.counts[keep]
+    dims = _reduce_dims(h.prob)
+    prob = h.prob * h.valid.unsqueeze(1)
+    intersection = (prob * h.onehot).sum(dims)[keep]
+    pred = (prob.square() if squared_pred else prob).sum(dims)[keep]
+    truth = h.onehot.sum(dims)[keep]
     dice = (2.0 * intersection + smooth) / (pred + truth + smooth)
     if dice.numel() == 0:  # a single-class problem without background: nothing to score
         return prob.sum() * 0.0
@@ -259,11 +234,12 @@ def generalized_dice_term(
 ) -> Tensor:
     """Generalized Dice loss, per-batch weights ``1 / count^weight_power`` (module docstring)."""
     keep = _dice_classes(h.num_classes, include_background)
-    prob = h.labelled(h.prob)
-    counts = h.counts[keep]
+    dims = _reduce_dims(h.prob)
+    prob = h.prob * h.valid.unsqueeze(1)
+    counts = h.onehot.sum(dims)[keep]
     weights = generalized_dice_weights(counts, weight_power)
-    intersection = (weights * h.sums_by_label(h.logp_y.exp())[keep]).sum()
-    union = (weights * (prob.sum(_reduce_dims(prob))[keep] + counts)).sum()
+    intersection = (weights * (prob * h.onehot).sum(dims)[keep]).sum()
+    union = (weights * (prob.sum(dims)[keep] + counts)).sum()
     return 1.0 - (2.0 * intersection + smooth) / (union + smooth)
 
 
