@@ -82,7 +82,8 @@ class HeadInputs:
 
     logp/prob: (N, C, *spatial) float32 log-softmax and softmax; onehot: (N, C, *spatial) float32,
     zero at unlabelled voxels; valid: (N, *spatial) bool, True where labelled; labels: (N, *spatial)
-    int64 with unlabelled voxels set to 0 (so they can index), always read together with ``valid``.
+    int64 with unlabelled voxels set to 0 (so they can index), always read together with ``valid``;
+    counts: (C,) labelled voxels per class; all_valid: every voxel is labelled.
     """
 
     logp: Tensor
@@ -90,6 +91,8 @@ class HeadInputs:
     onehot: Tensor
     valid: Tensor
     labels: Tensor
+    counts: Tensor
+    all_valid: bool
 
     @property
     def num_classes(self) -> int:
@@ -97,7 +100,16 @@ class HeadInputs:
 
     def class_counts(self) -> Tensor:
         """(C,) number of labelled voxels of each class in the batch."""
-        return self.onehot.sum(dim=_reduce_dims(self.onehot))
+        return self.counts
+
+    def labelled(self, per_voxel: Tensor) -> Tensor:
+        """per_voxel, (N, *spatial) or (N, C, *spatial), zero where unlabelled. Where every voxel
+        is labelled it is returned as it is: the mask would multiply by exactly 1, and at 3D
+        patch sizes each full-size product costs about as much as a network head."""
+        if self.all_valid:
+            return per_voxel
+        mask = self.valid if per_voxel.ndim == self.valid.ndim else self.valid.unsqueeze(1)
+        return per_voxel * mask
 
 
 def _reduce_dims(x: Tensor) -> tuple[int, ...]:
@@ -112,10 +124,13 @@ class TargetInputs:
     onehot: Tensor
     valid: Tensor
     labels: Tensor
+    counts: Tensor
+    all_valid: bool
 
 
 def target_inputs(target: Tensor, num_classes: int, ignore_index: int) -> TargetInputs:
-    """One-hot (N, C, *s), labelled mask and index-safe labels of a (N, *s) target."""
+    """One-hot (N, C, *s), labelled mask, index-safe labels and per-class counts of a (N, *s)
+    target."""
     target = target.long()
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= num_classes))
@@ -125,15 +140,19 @@ def target_inputs(target: Tensor, num_classes: int, ignore_index: int) -> Target
             f"target holds class ids {found} outside 0..{num_classes - 1} "
             f"(ignore_index={ignore_index})"
         )
-    labels = torch.where(valid, target, torch.zeros_like(target))
-    onehot = F.one_hot(labels, num_classes).movedim(-1, 1).float() * valid.unsqueeze(1)
-    return TargetInputs(onehot, valid, labels)
+    all_valid = bool(valid.all())
+    labels = target if all_valid else torch.where(valid, target, torch.zeros_like(target))
+    onehot = F.one_hot(labels, num_classes).movedim(-1, 1).float()
+    if not all_valid:
+        onehot = onehot * valid.unsqueeze(1)
+    counts = onehot.sum(dim=_reduce_dims(onehot))
+    return TargetInputs(onehot, valid, labels, counts, all_valid)
 
 
 def head_inputs(logits: Tensor, t: TargetInputs) -> HeadInputs:
     """Float32 softmax of one head's (N, C, *s) logits, with the target's parts."""
     logp = F.log_softmax(logits.float(), dim=1)
-    return HeadInputs(logp, logp.exp(), t.onehot, t.valid, t.labels)
+    return HeadInputs(logp, logp.exp(), t.onehot, t.valid, t.labels, t.counts, t.all_valid)
 
 
 # --- class weights -----------------------------------------------------------------------------
@@ -191,7 +210,7 @@ def generalized_dice_weights(counts: Tensor, power: float = 1.0) -> Tensor:
 def _weighted_mean(per_voxel: Tensor, h: HeadInputs, class_weights: ClassWeights) -> Tensor:
     """sum_n w_{y_n} l_n / sum_n w_{y_n} over labelled voxels; 0 (with a graph) when none."""
     weights = batch_class_weights(class_weights, h.class_counts()).to(per_voxel.device)
-    w = weights[h.labels] * h.valid
+    w = h.labelled(weights[h.labels])
     return (w * per_voxel).sum() / w.sum().clamp_min(1e-12)
 
 
@@ -219,10 +238,10 @@ def soft_dice_term(
     """1 - mean over classes of the batch soft Dice (see the module docstring)."""
     keep = _dice_classes(h.num_classes, include_background)
     dims = _reduce_dims(h.prob)
-    prob = h.prob * h.valid.unsqueeze(1)
+    prob = h.labelled(h.prob)
     intersection = (prob * h.onehot).sum(dims)[keep]
     pred = (prob.square() if squared_pred else prob).sum(dims)[keep]
-    truth = h.onehot.sum(dims)[keep]
+    truth = h.counts[keep]
     dice = (2.0 * intersection + smooth) / (pred + truth + smooth)
     if dice.numel() == 0:  # a single-class problem without background: nothing to score
         return prob.sum() * 0.0
@@ -235,8 +254,8 @@ def generalized_dice_term(
     """Generalized Dice loss, per-batch weights ``1 / count^weight_power`` (module docstring)."""
     keep = _dice_classes(h.num_classes, include_background)
     dims = _reduce_dims(h.prob)
-    prob = h.prob * h.valid.unsqueeze(1)
-    counts = h.onehot.sum(dims)[keep]
+    prob = h.labelled(h.prob)
+    counts = h.counts[keep]
     weights = generalized_dice_weights(counts, weight_power)
     intersection = (weights * (prob * h.onehot).sum(dims)[keep]).sum()
     union = (weights * (prob.sum(dims)[keep] + counts)).sum()
