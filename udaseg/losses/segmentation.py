@@ -142,7 +142,10 @@ def target_inputs(target: Tensor, num_classes: int, ignore_index: int) -> Target
         )
     all_valid = bool(valid.all())
     labels = target if all_valid else torch.where(valid, target, torch.zeros_like(target))
-    onehot = F.one_hot(labels, num_classes).movedim(-1, 1).float()
+    # written straight into (N, C, *s) float32: the layout of the logits it multiplies
+    onehot = torch.zeros(
+        (labels.shape[0], num_classes, *labels.shape[1:]), dtype=torch.float32, device=labels.device
+    ).scatter_(1, labels.unsqueeze(1), 1.0)
     if not all_valid:
         onehot = onehot * valid.unsqueeze(1)
     counts = onehot.sum(dim=_reduce_dims(onehot))
