@@ -593,6 +593,7 @@ def _call(stage: Stage, progress: Progress, wait_for_locks: float = 0.0, echo=pr
     from udaseg.artifacts import ArtifactLockedError
 
     command = _parse(stage)
+    waited_since = None
     try:
         while True:
             try:
@@ -601,8 +602,12 @@ def _call(stage: Stage, progress: Progress, wait_for_locks: float = 0.0, echo=pr
             except ArtifactLockedError as exc:
                 if wait_for_locks <= 0:
                     raise
-                echo(f"  {stage.name}: {exc.message}; waiting")
+                if waited_since is None:  # said once, not at every poll
+                    waited_since = time.perf_counter()
+                    echo(f"  {stage.name}: {exc.message}; waiting")
                 time.sleep(wait_for_locks)
+        if waited_since is not None:
+            echo(f"  {stage.name}: waited {time.perf_counter() - waited_since:.0f} s")
     except UdasegError as exc:
         raise UdasegError(
             f"stage {stage.name} failed: {exc.message}",
