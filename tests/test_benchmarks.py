@@ -82,3 +82,28 @@ def test_translation_quality_prints_a_one_way_translator_without_its_cycle(capsy
     two_way = {"translate": "W/translate/cut2", "cases": ["c0"], **cut_report(True)}
     script.print_report(two_way, ["organ_a", "organ_b"])
     assert "cycle Dice" in capsys.readouterr().out
+
+
+def test_ab_times_both_trees_in_one_run_and_refuses_a_tree_without_udaseg(tmp_path):
+    script = SCRIPT.with_name("train_step_ab.py")
+    repo = SCRIPT.parents[1]
+    common = ["--model", "unet2d.v1", "--size", "32,32", "--rounds", "1", "--steps", "1"]
+    done = subprocess.run(
+        [sys.executable, str(script), str(repo), str(repo), *common],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["before", "after"]
+    assert "unet2d.v1 bf16: median" in done.stdout and "before / after:" in lines[-1]
+    empty = tmp_path / "not-a-checkout"
+    (empty / "benchmarks").mkdir(parents=True)
+    refused = subprocess.run(
+        [sys.executable, str(script), str(empty), str(repo), *common],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode != 0 and str(empty) in refused.stderr
