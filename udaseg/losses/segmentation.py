@@ -76,31 +76,26 @@ ClassWeights = str | Sequence[float] | Tensor | None
 # --- per-head inputs ------------------------------------------------------------------------------
 
 
-@dataclass
-class HeadInputs:
-    """What every term needs from one head, computed once.
+def _reduce_dims(x: Tensor) -> tuple[int, ...]:
+    """All dims of (N, C, *spatial) but the class dim: the batch and spatial sums."""
+    return (0, *range(2, x.ndim))
 
-    logp/prob: (N, C, *spatial) float32 log-softmax and softmax; onehot: (N, C, *spatial) float32,
-    zero at unlabelled voxels; valid: (N, *spatial) bool, True where labelled; labels: (N, *spatial)
-    int64 with unlabelled voxels set to 0 (so they can index), always read together with ``valid``;
-    counts: (C,) labelled voxels per class; all_valid: every voxel is labelled.
+
+@dataclass
+class TargetInputs:
+    """The target's part of every term's inputs, built once per call and shared by all heads.
+
+    onehot: (N, C, *spatial) float32, zero at unlabelled voxels; valid: (N, *spatial) bool, True
+    where labelled; labels: (N, *spatial) int64 with unlabelled voxels set to 0 (so they can
+    index), always read together with ``valid``; counts: (C,) labelled voxels per class;
+    all_valid: every voxel is labelled.
     """
 
-    logp: Tensor
-    prob: Tensor
     onehot: Tensor
     valid: Tensor
     labels: Tensor
     counts: Tensor
     all_valid: bool
-
-    @property
-    def num_classes(self) -> int:
-        return self.logp.shape[1]
-
-    def class_counts(self) -> Tensor:
-        """(C,) number of labelled voxels of each class in the batch."""
-        return self.counts
 
     def labelled(self, per_voxel: Tensor) -> Tensor:
         """per_voxel, (N, *spatial) or (N, C, *spatial), zero where unlabelled. Where every voxel
@@ -112,20 +107,17 @@ class HeadInputs:
         return per_voxel * mask
 
 
-def _reduce_dims(x: Tensor) -> tuple[int, ...]:
-    """All dims of (N, C, *spatial) but the class dim: the batch and spatial sums."""
-    return (0, *range(2, x.ndim))
-
-
 @dataclass
-class TargetInputs:
-    """The target's part of :class:`HeadInputs`, shared by all heads of one call."""
+class HeadInputs(TargetInputs):
+    """What every term needs from one head: the target's parts and the head's logp/prob,
+    (N, C, *spatial) float32 log-softmax and softmax, computed once."""
 
-    onehot: Tensor
-    valid: Tensor
-    labels: Tensor
-    counts: Tensor
-    all_valid: bool
+    logp: Tensor
+    prob: Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return self.logp.shape[1]
 
 
 def target_inputs(target: Tensor, num_classes: int, ignore_index: int) -> TargetInputs:
@@ -155,7 +147,7 @@ def target_inputs(target: Tensor, num_classes: int, ignore_index: int) -> Target
 def head_inputs(logits: Tensor, t: TargetInputs) -> HeadInputs:
     """Float32 softmax of one head's (N, C, *s) logits, with the target's parts."""
     logp = F.log_softmax(logits.float(), dim=1)
-    return HeadInputs(logp, logp.exp(), t.onehot, t.valid, t.labels, t.counts, t.all_valid)
+    return HeadInputs(**vars(t), logp=logp, prob=logp.exp())
 
 
 # --- class weights -----------------------------------------------------------------------------
@@ -212,7 +204,7 @@ def generalized_dice_weights(counts: Tensor, power: float = 1.0) -> Tensor:
 
 def _weighted_mean(per_voxel: Tensor, h: HeadInputs, class_weights: ClassWeights) -> Tensor:
     """sum_n w_{y_n} l_n / sum_n w_{y_n} over labelled voxels; 0 (with a graph) when none."""
-    weights = batch_class_weights(class_weights, h.class_counts()).to(per_voxel.device)
+    weights = batch_class_weights(class_weights, h.counts).to(per_voxel.device)
     w = h.labelled(weights[h.labels])
     return (w * per_voxel).sum() / w.sum().clamp_min(1e-12)
 
