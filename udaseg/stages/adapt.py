@@ -102,7 +102,7 @@ def run(
         )
     spec = method_spec(config.method)
     apply_threads(config.threads)
-    inputs, source, target = _inputs(config, spec, force)
+    inputs, source, target, translator_direction = _inputs(config, spec, force)
     init = _init_model(config) if config.init else None
     hparams, rest = split_overrides(config)
     model, model_kwargs = _segmenter(config, spec, hparams, rest, init, source)
@@ -127,8 +127,18 @@ def run(
     if done:
         return done
     runtime = loop.setup_runtime(config.device, config.amp, config.channels_last, config.compile)
-    job = _Job(config, spec, hparams, model, model_kwargs, source, target, init, runtime)
-    job.translator_direction = _translator_direction(config, source, target)
+    job = _Job(
+        config,
+        spec,
+        hparams,
+        model,
+        model_kwargs,
+        source,
+        target,
+        init,
+        runtime,
+        translator_direction,
+    )
     digest = loop.resume_key(artifacts.run_hash(stage_config, out), inputs)
     with loop.building(out, runtime) as tmp:
         loop.prepare_resume(tmp, digest, config.resume, progress, runtime)
@@ -152,8 +162,9 @@ class _Job:
     target: Store
     init: tuple[dict, dict] | None
     runtime: loop.Runtime
-    # how the --translator run maps source -> target (udaseg.translation.io.orientation)
-    translator_direction: str | None = None
+    # how the --translator run maps source -> target (udaseg.translation.io.orientation): a
+    # run trained target -> source is used reversed
+    translator_direction: str | None
 
 
 def _run_name(config: AdaptConfig, source: Store, target: Store) -> str:
@@ -162,8 +173,9 @@ def _run_name(config: AdaptConfig, source: Store, target: Store) -> str:
     return layout.joined(config.method, source.dataset, f"{source.domain}-to-{target.domain}")
 
 
-def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store]:
-    """Check every input artifact is complete and current; return their records and stores."""
+def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store, str | None]:
+    """Check every input artifact is complete and current; return their records, the stores
+    and how the --translator run maps source -> target (None without one)."""
     inputs: dict[str, Any] = {}
     source_dir = artifacts.check_finished(Path(config.source), "--source")
     target_dir = artifacts.check_finished(Path(config.target), "--target")
@@ -205,11 +217,15 @@ def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store]
             hint="pass a run of `udaseg translate train` trained on these two domains",
             exit_code=2,
         )
+    direction = None
     if config.translator is not None:
-        from udaseg.translation.io import open_run
+        from udaseg.translation.io import open_run, orientation
 
-        translator = artifacts.check_finished(Path(config.translator), "--translator")
-        inputs["translator"] = open_run(translator, force=force).record()
+        translator = open_run(
+            artifacts.check_finished(Path(config.translator), "--translator"), force=force
+        )
+        inputs["translator"] = translator.record()
+        direction = orientation(translator.info, source, target)
     if config.init is not None:
         init_dir = artifacts.check_finished(Path(config.init), "--init")
         manifest = artifacts.require_input_from(
@@ -221,7 +237,7 @@ def _inputs(config: AdaptConfig, spec, force: bool) -> tuple[dict, Store, Store]
             force=force,
         )
         inputs["init"] = artifacts.input_record(init_dir, manifest)
-    return inputs, source, target
+    return inputs, source, target, direction
 
 
 def _check_translation(spec, stage: str, manifest: artifacts.Manifest, path: Path) -> None:
@@ -363,16 +379,6 @@ def _train(job: _Job, tmp: Path, digest: str, progress: Progress) -> dict[str, A
         "translator_direction": job.translator_direction,
         "skipped": False,
     }
-
-
-def _translator_direction(config: AdaptConfig, source: Store, target: Store) -> str | None:
-    """How --translator maps --source -> --target; a run trained target -> source is used
-    reversed (one two-way translator serves both adaptation directions)."""
-    if config.translator is None:
-        return None
-    from udaseg.translation.io import orientation, read_model_json
-
-    return orientation(read_model_json(Path(config.translator)), source, target)
 
 
 def _write_extras(method, job: _Job, banks, directory: Path) -> None:
