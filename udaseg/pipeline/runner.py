@@ -590,24 +590,9 @@ def _artifact_index(path: Path, record: dict[str, Any]) -> dict[str, dict[str, A
 def _call(stage: Stage, progress: Progress, wait_for_locks: float = 0.0, echo=print) -> Any:
     """Run one stage command in this process; its summary (an evaluate stage's: the scores in
     its ``summary.json``, which the comparison table reads)."""
-    from udaseg.artifacts import ArtifactLockedError
-
     command = _parse(stage)
-    waited_since = None
     try:
-        while True:
-            try:
-                result = command.run(progress)
-                break
-            except ArtifactLockedError as exc:
-                if wait_for_locks <= 0:
-                    raise
-                if waited_since is None:  # said once, not at every poll
-                    waited_since = time.perf_counter()
-                    echo(f"  {stage.name}: {exc.message}; waiting")
-                time.sleep(wait_for_locks)
-        if waited_since is not None:
-            echo(f"  {stage.name}: waited {time.perf_counter() - waited_since:.0f} s")
+        result = _run_waiting(command, stage.name, progress, wait_for_locks, echo)
     except UdasegError as exc:
         raise UdasegError(
             f"stage {stage.name} failed: {exc.message}",
@@ -623,6 +608,29 @@ def _call(stage: Stage, progress: Progress, wait_for_locks: float = 0.0, echo=pr
     if result.stage == "evaluate":
         return {**read_summary(result.summary["output"]), **result.summary}
     return result.summary
+
+
+def _run_waiting(command, name: str, progress: Progress, wait_for_locks: float, echo) -> Any:
+    """``command.run(progress)``; while another process holds the lock of the artifact it
+    builds, wait (when ``wait_for_locks`` > 0, polling every that many seconds) and run it again,
+    saying so once and then how long it waited."""
+    from udaseg.artifacts import ArtifactLockedError
+
+    waited_since = None
+    while True:
+        try:
+            result = command.run(progress)
+            break
+        except ArtifactLockedError as exc:
+            if wait_for_locks <= 0:
+                raise
+            if waited_since is None:
+                waited_since = time.perf_counter()
+                echo(f"  {name}: {exc.message}; waiting")
+            time.sleep(wait_for_locks)
+    if waited_since is not None:
+        echo(f"  {name}: waited {time.perf_counter() - waited_since:.0f} s")
+    return result
 
 
 def _skipped(summary: Any) -> bool:
