@@ -64,8 +64,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     size = [int(v) for v in args.size.split(",")]
-    config = {"kind": "segmenter", "model": args.model, "size": size, "batch": args.batch}
-    config["kwargs"] = {}
+    config = {
+        "kind": "segmenter",
+        "model": args.model,
+        "size": size,
+        "batch": args.batch,
+        "kwargs": {},
+    }
     trees = {"before": args.before, "after": args.after}
     seconds: dict[str, list[float]] = {name: [] for name in trees}
     for round_ in range(args.rounds):
