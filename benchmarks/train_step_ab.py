@@ -20,6 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from train_step import plan
+
+from udaseg.errors import UdasegError
+
 CHILD = """
 import json, sys, time
 tree, config, precision, steps, threads = sys.argv[1:6]
@@ -55,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", type=Path, help="source tree (a checkout) measured first")
     parser.add_argument("after", type=Path, help="the other source tree")
-    parser.add_argument("--model", default="dar-unet.v1", help="a registered segmenter")
+    parser.add_argument("--model", default="dar-unet.v1", help="a registered model or translator")
     parser.add_argument("--size", default="32,256,256", help="input size, e.g. 32,256,256")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--precision", choices=("bf16", "float32"), default="bf16")
@@ -63,14 +67,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed steps per child")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    size = [int(v) for v in args.size.split(",")]
-    config = {
-        "kind": "segmenter",
-        "model": args.model,
-        "size": size,
-        "batch": args.batch,
-        "kwargs": {},
-    }
+    # the same config train_step.py builds (and checks) for the model
+    try:
+        config = plan([args.model], paper=False, quick=False, batch=args.batch, size=args.size)[0]
+    except UdasegError as exc:
+        sys.exit(f"error: {exc.message}")
     trees = {"before": args.before, "after": args.after}
     seconds: dict[str, list[float]] = {name: [] for name in trees}
     for round_ in range(args.rounds):
