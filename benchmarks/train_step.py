@@ -95,6 +95,18 @@ def plan(names: list[str], *, paper: bool, quick: bool, batch: int | None, size:
     return configs
 
 
+def plan_or_exit(names: list[str], **options) -> list[dict]:
+    """:func:`plan`, or the error and its fix printed to stderr and the process ended with the
+    error's exit code (2): how every benchmark script reports a bad ``--models``/``--size``."""
+    from udaseg.errors import UdasegError
+
+    try:
+        return plan(names, **options)
+    except UdasegError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+
+
 def _translator_names() -> list[str]:
     from udaseg.translation.registry import list_translators
 
@@ -420,18 +432,13 @@ def main() -> None:
 
 
 def main_run(args: argparse.Namespace) -> None:
-    from udaseg.errors import UdasegError
     from udaseg.models.registry import list_models
 
     names = args.models.split(",") if args.models else [*list_models(), *_translator_names()]
     steps = 1 if args.quick else args.steps
-    try:
-        configs = plan(
-            names, paper=args.paper_sizes, quick=args.quick, batch=args.batch, size=args.size
-        )
-    except UdasegError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
+    configs = plan_or_exit(
+        names, paper=args.paper_sizes, quick=args.quick, batch=args.batch, size=args.size
+    )
     started = time.perf_counter()
     info = machine(args.threads, args.quick)
     print(machine_line(info), flush=True)

@@ -20,9 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from train_step import plan
-
-from udaseg.errors import UdasegError
+from train_step import plan_or_exit
 
 CHILD = """
 import json, sys, time
@@ -68,10 +66,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     # the same config train_step.py builds (and checks) for the model
-    try:
-        config = plan([args.model], paper=False, quick=False, batch=args.batch, size=args.size)[0]
-    except UdasegError as exc:
-        sys.exit(f"error: {exc.message}")
+    config = plan_or_exit([args.model], paper=False, quick=False, batch=args.batch, size=args.size)[
+        0
+    ]
     trees = {"before": args.before, "after": args.after}
     seconds: dict[str, list[float]] = {name: [] for name in trees}
     for round_ in range(args.rounds):
